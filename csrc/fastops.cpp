@@ -1,0 +1,27 @@
+// Every fastops operator schema, declared once.
+//
+// Kernels are added per dispatch key next to their code (csrc/cpu/<family>.cpp registers CPU,
+// csrc/cuda/<family>.cu registers CUDA). Fake (meta) impls and autograd are registered in Python
+// (fastops/ops.py). Backward passes are operators of their own so that they too can be
+// checked, compiled and exported.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastops, m) {
+  // --- activations (csrc/cpu/activation.cpp, csrc/cuda/activation.cu) ---
+  m.def("hardswish(Tensor x) -> Tensor");
+  m.def("hardswish_backward(Tensor grad_out, Tensor x) -> Tensor");
+  m.def("hardswish_(Tensor(a!) x) -> ()");
+  m.def("hardsigmoid(Tensor x) -> Tensor");
+  m.def("hardsigmoid_backward(Tensor grad_out, Tensor x) -> Tensor");
+  m.def("hardsigmoid_(Tensor(a!) x) -> ()");
+}
+
+// `import fastops._C` loads this library, which runs the registrations above. The module itself
+// carries no functions: everything is reached through torch.ops.fastops.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "fastops compiled kernels (see torch.ops.fastops)", -1, nullptr,
+  };
+  return PyModule_Create(&module_def);
+}

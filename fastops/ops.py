@@ -1,0 +1,149 @@
+"""The functional API, `fastops.ops.<op>`, and the Python half of every C++ operator.
+
+This file
+  1. registers, for each `torch.ops.fastops.<op>` declared in csrc/fastops.cpp, its fake (meta)
+     impl and its autograd formula, so the ops work under torch.compile, export and autograd;
+  2. defines the functions users call: they check arguments (errors name the op and the
+     argument), pick the implementation for the tensor's device (fastops/_backend.py) and fall
+     back to `fastops.reference` for anything no kernel covers.
+"""
+
+import torch
+
+from . import _backend, _checks, _extension, reference
+
+__all__ = ["hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake impls and autograd of the C++ ops
+# ---------------------------------------------------------------------------------------------
+
+
+def register_activation(ns, name, second_derivative):
+    """fake + autograd for <ns>::<name>, <ns>::<name>_backward and <ns>::<name>_ (the C++ ops in
+    namespace "fastops", the Triton ones in "fastops_triton").
+
+    `second_derivative(gg, grad_out, x)` is d(<name>_backward)/dx contracted with gg, so that
+    double backward (gradient penalties, gradgradcheck) works as it does for torch's own op."""
+    bwd = f"{name}_backward"
+    bwd_op = getattr(getattr(torch.ops, ns), bwd)
+
+    @torch.library.register_fake(f"{ns}::{name}")
+    def _fake(x):
+        _checks.check_floating(name, "x", x)
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(f"{ns}::{bwd}")
+    def _fake_backward(grad_out, x):
+        _checks.check_floating(bwd, "x", x)
+        _checks.check_like(bwd, "grad_out", grad_out, "x", x)
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(f"{ns}::{name}_")
+    def _fake_inplace(x):
+        _checks.check_floating(name, "x", x)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return bwd_op(grad, x)
+
+    torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup)
+
+    def setup_backward(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward_backward(ctx, gg):
+        grad_out, x = ctx.saved_tensors
+        return bwd_op(gg, x), second_derivative(gg, grad_out, x)
+
+    torch.library.register_autograd(f"{ns}::{bwd}", backward_backward, setup_context=setup_backward)
+
+
+def hardswish_second_derivative(gg, grad_out, x):
+    return gg * grad_out * torch.where((x > -3) & (x < 3), 1.0 / 3.0, 0.0).to(x.dtype)
+
+
+def hardsigmoid_second_derivative(gg, grad_out, x):
+    return torch.zeros_like(x)
+
+
+if _extension.has_extension():
+    register_activation("fastops", "hardswish", hardswish_second_derivative)
+    register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the implementation
+# ---------------------------------------------------------------------------------------------
+
+
+def _impl(op: str, x: torch.Tensor):
+    """The callable that runs `op` for tensors like `x`; same signature as torch.ops.fastops.<op>."""
+    device = x.device.type
+    if device == "cuda":
+        triton_ok = _backend.triton_available()
+        if _backend.resolve(op.rstrip("_")) == "triton" and triton_ok:
+            from . import triton as fastops_triton
+
+            return getattr(fastops_triton.ops, op)
+        if _extension.has_cuda_kernels():
+            return getattr(torch.ops.fastops, op)
+        if triton_ok:
+            from . import triton as fastops_triton
+
+            return getattr(fastops_triton.ops, op)
+    elif device in ("cpu", "meta") and _extension.has_extension():
+        return getattr(torch.ops.fastops, op)
+    return getattr(reference, op)
+
+
+def _pick(op: str, x: torch.Tensor, impl):
+    """`impl` is an op namespace to use (fastops.triton forces its own), or None to choose."""
+    return _impl(op, x) if impl is None else getattr(impl, op)
+
+
+def _activation(op: str, x: torch.Tensor, inplace: bool, impl=None) -> torch.Tensor:
+    _checks.check_floating(op, "x", x)
+    if not inplace:
+        return _pick(op, x, impl)(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        # Autograd needs x's old value: compute from a copy, then write back, exactly the
+        # semantics of torch's in-place activations (a leaf that requires grad is refused).
+        return x.copy_(_pick(op, x, impl)(x.clone()))
+    _pick(op + "_", x, impl)(x)
+    return x
+
+
+def _activation_backward(op: str, grad_out: torch.Tensor, x: torch.Tensor, impl=None) -> torch.Tensor:
+    _checks.check_floating(op, "x", x)
+    _checks.check_like(op, "grad_out", grad_out, "x", x)
+    return _pick(op, x, impl)(grad_out, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def hardswish(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """x * relu6(x + 3) / 6 (MobileNet V3), forward and backward fused into one pass each."""
+    return _activation("hardswish", x, inplace)
+
+
+def hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """relu6(x + 3) / 6 (MobileNet V3's squeeze-excite gate)."""
+    return _activation("hardsigmoid", x, inplace)
+
+
+def hardswish_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The gradient of hardswish at x, times grad_out."""
+    return _activation_backward("hardswish_backward", grad_out, x)
+
+
+def hardsigmoid_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The gradient of hardsigmoid at x, times grad_out."""
+    return _activation_backward("hardsigmoid_backward", grad_out, x)

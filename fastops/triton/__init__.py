@@ -1,0 +1,56 @@
+"""fastops' Triton kernels, callable directly: `fastops.triton.hardswish(x)`.
+
+Each kernel is wrapped as a torch custom op (`torch.ops.fastops_triton.<op>`) with a fake impl
+and autograd, so it works in eager, autograd and torch.compile like the C++ ops. On CUDA
+tensors they run on the GPU; on CPU tensors they run under Triton's interpreter, which must be
+switched on with TRITON_INTERPRET=1 *before* this module is first imported (Triton binds the
+interpreter when a kernel is defined). That is how CI checks them.
+"""
+
+import torch
+
+from .. import ops as _ops
+from . import activation as _activation
+
+__all__ = ["hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "ops"]
+
+
+def _define_activation(name):
+    @torch.library.custom_op(f"fastops_triton::{name}", mutates_args=())
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _activation.forward(name, x)
+
+    @torch.library.custom_op(f"fastops_triton::{name}_backward", mutates_args=())
+    def backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _activation.backward(name, grad_out, x)
+
+    @torch.library.custom_op(f"fastops_triton::{name}_", mutates_args=("x",))
+    def forward_(x: torch.Tensor) -> None:
+        _activation.forward_(name, x)
+
+
+_define_activation("hardswish")
+_define_activation("hardsigmoid")
+_ops.register_activation("fastops_triton", "hardswish", _ops.hardswish_second_derivative)
+_ops.register_activation("fastops_triton", "hardsigmoid", _ops.hardsigmoid_second_derivative)
+
+# The Triton ops, looked up by name (fastops.ops picks from here when the backend is "triton").
+ops = torch.ops.fastops_triton
+
+
+def hardswish(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """hardswish through the Triton kernel, on any tensors (see the module docstring)."""
+    return _ops._activation("hardswish", x, inplace, impl=ops)
+
+
+def hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """hardsigmoid through the Triton kernel."""
+    return _ops._activation("hardsigmoid", x, inplace, impl=ops)
+
+
+def hardswish_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return _ops._activation_backward("hardswish_backward", grad_out, x, impl=ops)
+
+
+def hardsigmoid_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return _ops._activation_backward("hardsigmoid_backward", grad_out, x, impl=ops)

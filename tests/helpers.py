@@ -1,0 +1,68 @@
+"""Shared test tools: input layouts, dtype tolerances, output poisoning."""
+
+import contextlib
+
+import torch
+
+# Tolerances for comparing a kernel with the reference, per dtype.
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float64: dict(rtol=1e-7, atol=1e-7),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+}
+
+LAYOUTS = ("contiguous", "channels_last", "strided", "permuted", "offset", "expanded")
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: the layouts whose strides an output must keep exactly."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def randn(shape, dtype=torch.float32, device="cpu", scale=4.0):
+    """Normal data spread over the activations' interesting range (the kinks sit at +-3)."""
+    return (torch.randn(shape, dtype=torch.float32, device=device) * scale).to(dtype)
+
+
+def make_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A tensor equal to x (same shape and values) stored in the named layout."""
+    if layout == "contiguous":
+        return x.contiguous()
+    if layout == "channels_last":
+        return x.to(memory_format=torch.channels_last) if x.dim() == 4 else x.contiguous()
+    if layout == "strided":  # every other element of a twice-as-wide buffer
+        buf = torch.empty(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        buf[..., ::2] = x
+        return buf[..., ::2]
+    if layout == "permuted":  # dense but in reversed dimension order
+        dims = list(range(x.dim()))[::-1]
+        return x.permute(dims).contiguous().permute(dims)
+    if layout == "offset":  # storage offset of one element: not 16-byte aligned
+        buf = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+        out = buf[1:].view(x.shape)
+        out.copy_(x)
+        return out
+    if layout == "expanded":  # stride 0 along dim 0 (only valid for inputs, not in-place)
+        return x[:1].expand(x.shape) if x.dim() > 0 else x
+    raise ValueError(layout)
+
+
+@contextlib.contextmanager
+def poisoned_memory(like: torch.Tensor, count: int = 4):
+    """Fill the memory the allocator is about to hand out with NaN, so an output element a
+    kernel forgets to write shows up as NaN instead of a lucky zero. Works with the CUDA caching
+    allocator and, for blocks below the mmap threshold, with glibc malloc on CPU."""
+    bufs = [torch.full_like(like, float("nan"), memory_format=torch.preserve_format) for _ in range(count)]
+    del bufs
+    yield
+
+
+def assert_close(actual, expected, dtype=None, equal_nan=True):
+    dtype = dtype or expected.dtype
+    torch.testing.assert_close(actual, expected, equal_nan=equal_nan, **TOL[dtype])
