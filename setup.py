@@ -14,6 +14,7 @@ Switches (environment variables):
 
 import glob
 import os
+import platform
 import sys
 
 from setuptools import find_packages, setup
@@ -57,7 +58,9 @@ def _extension():
 
     sources = ["csrc/fastops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # Never pass -std: torch picks the standard it was built with (C++17 on 2.11, C++20 on 2.14).
-    cxx = ["-fopenmp", "-fdiagnostics-color=always"]
+    cxx = ["-fopenmp", "-fdiagnostics-color=always", "-Wno-psabi"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        cxx.append("-mprefer-vector-width=512")  # let the AVX-512 clones (csrc/cpu/simd.h) use zmm
     cxx += ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
     nvcc = ["-O0", "-G", "-lineinfo"] if debug else ["-O3", "-DNDEBUG"]
     if _flag("FASTOPS_PTXAS_VERBOSE"):

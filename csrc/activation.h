@@ -18,41 +18,54 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FASTOPS_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define FASTOPS_HD inline __attribute__((always_inline))  // so SIMD callers inline them (cpu/simd.h)
 #else
 #define FASTOPS_HD inline
 #endif
 
 namespace fastops {
 
+// The scalar type of T's lanes: T itself for float/double; the CPU kernels specialise it for
+// their SIMD vector types (csrc/cpu/simd.h), so the formulas below run on 16 lanes at once.
+// Constants are written in the lane type and broadcast.
+template <typename T>
+struct lane {
+  using type = T;
+};
+
 // clamp(x + 3, 0, 6), NaN-propagating.
 template <typename T>
 FASTOPS_HD T relu6_shift3(T x) {
-  T t = x + T(3);
-  t = t < T(0) ? T(0) : t;
-  t = t > T(6) ? T(6) : t;
+  using S = typename lane<T>::type;
+  T t = x + S(3);
+  t = t < S(0) ? S(0) : t;
+  t = t > S(6) ? S(6) : t;
   return t;
 }
 
 template <typename T>
 FASTOPS_HD T hardsigmoid_fwd(T x) {
-  return relu6_shift3(x) / T(6);
+  using S = typename lane<T>::type;
+  return relu6_shift3(x) / S(6);
 }
 
 template <typename T>
 FASTOPS_HD T hardswish_fwd(T x) {
-  return x * relu6_shift3(x) / T(6);
+  using S = typename lane<T>::type;
+  return x * relu6_shift3(x) / S(6);
 }
 
 template <typename T>
 FASTOPS_HD T hardswish_bwd(T grad, T x) {
-  if (x <= T(-3)) return T(0);
-  if (x >= T(3)) return grad;
-  return grad * (x / T(3) + T(0.5));
+  using S = typename lane<T>::type;
+  return x <= S(-3) ? S(0) : (x >= S(3) ? grad : grad * (x / S(3) + S(0.5)));
 }
 
 template <typename T>
 FASTOPS_HD T hardsigmoid_bwd(T grad, T x) {
-  return (x > T(-3) && x < T(3)) ? grad * (T(1) / T(6)) : T(0);
+  using S = typename lane<T>::type;
+  return (x > S(-3)) & (x < S(3)) ? grad * (S(1) / S(6)) : S(0);
 }
 
 }  // namespace fastops

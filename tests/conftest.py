@@ -24,3 +24,16 @@ def _seed(request):
     """Fresh random data for every test, reproducible from the test's name."""
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
     yield
+
+
+def pytest_configure(config):
+    import fastops
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source_tree = os.path.join(here, "fastops")
+    if os.path.dirname(os.path.abspath(fastops.__file__)) == source_tree and not fastops.has_extension():
+        raise pytest.UsageError(
+            "the tests imported fastops from the source tree, which has no compiled kernels: run "
+            "`pytest tests` (not `python -m pytest`, which puts the source tree first on sys.path), "
+            "or install in editable mode with `pip install --no-build-isolation -e .`"
+        )

@@ -262,3 +262,44 @@ def test_modules_drop_in(name, inplace):
     assert_close(y, expected)
     assert (y is xin) == inplace
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+# -------------------------------------------------------------------------------- CUDA only
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_and_triton_backends_agree(op):
+    x = randn((8, 240, 28, 28), torch.float16, "cuda").to(memory_format=torch.channels_last)
+    with fastops.use_backend("cuda"):
+        a = getattr(fastops.ops, op)(x)
+    with fastops.use_backend("triton"):
+        b = getattr(fastops.ops, op)(x)
+    assert_close(a, b)
+    assert a.is_contiguous(memory_format=torch.channels_last) and b.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ("cuda", "triton"))
+def test_cuda_runs_on_the_current_stream(backend):
+    x = randn((64, 96, 56, 56), torch.float32, "cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with fastops.use_backend(backend), torch.cuda.stream(side):
+        y = fastops.ops.hardswish(x * 1.0)  # producer and consumer both on `side`
+    side.synchronize()
+    assert_close(y, F.hardswish(x))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ("cuda", "triton"))
+def test_cuda_more_than_2_to_the_31_elements(backend):
+    """64-bit indexing: a 4.3 GB float16 tensor whose tail lies past element 2**31."""
+    n = 2**31 + 4099
+    x = torch.empty(n, dtype=torch.float16, device="cuda").normal_(0, 4)
+    with fastops.use_backend(backend):
+        y = fastops.ops.hardswish(x)
+    for sl in (slice(0, 4096), slice(2**31 - 2048, 2**31 + 2048), slice(n - 4096, n)):
+        assert_close(y[sl], F.hardswish(x[sl].float()).half())
+    del x, y
+    torch.cuda.empty_cache()

@@ -1,13 +1,20 @@
-// CPU helpers for auto-vectorised loops.
+// Explicit SIMD for the CPU kernels, without intrinsics.
 //
-// FASTOPS_CPU_MULTIVERSION compiles a function once per instruction set (AVX-512, AVX2, baseline)
-// and picks the best at load time (GCC function multi-versioning), so one wheel runs everywhere
-// and still uses wide vectors where the machine has them. Loops inside such functions are
-// written plainly over raw pointers; -O3 vectorises them.
+// `f32x16` is a GCC/Clang vector of 16 floats. The formulas of csrc/activation.h are templates,
+// so the same source computes one lane (CUDA, loop tails) or 16 (here). A function marked
+// FASTOPS_CPU_MULTIVERSION is compiled once per instruction set (AVX-512, AVX2, baseline SSE2)
+// and the best is picked at load time (GCC function multi-versioning): one wheel runs on any
+// x86-64, and the 16-lane vectors become one zmm, two ymm or four xmm registers accordingly.
+// Everything these functions call is FASTOPS_CPU_INLINE, so it is compiled for the caller's ISA.
+//
+// bfloat16 travels as raw uint16 bits: widening is a shift, narrowing rounds to nearest even
+// and keeps NaN a NaN, as c10::BFloat16 does.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+
+#include "../activation.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(FASTOPS_NO_MULTIVERSION)
@@ -15,25 +22,66 @@
 #else
 #define FASTOPS_CPU_MULTIVERSION
 #endif
+#define FASTOPS_CPU_INLINE inline __attribute__((always_inline))
 
 namespace fastops {
 namespace cpu {
 
-// bfloat16 <-> float32 on raw bits, written so the compiler can vectorise them. Rounding is
-// round-to-nearest-even and NaN stays NaN, as c10::BFloat16 does.
-inline float bf16_bits_to_float(uint16_t b) {
-  uint32_t u = uint32_t(b) << 16;
+constexpr int kLanes = 16;
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+
+// ---- one element ----
+FASTOPS_CPU_INLINE float widen(float v) { return v; }
+FASTOPS_CPU_INLINE float widen(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
   float f;
   std::memcpy(&f, &u, sizeof(f));
   return f;
 }
-
-inline uint16_t float_to_bf16_bits(float f) {
+FASTOPS_CPU_INLINE void narrow(float* p, float v) { *p = v; }
+FASTOPS_CPU_INLINE void narrow(uint16_t* p, float v) {
   uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
+  std::memcpy(&u, &v, sizeof(u));
   const bool is_nan = (u & 0x7fffffffu) > 0x7f800000u;
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return is_nan ? uint16_t(0x7fc0) : uint16_t(rounded);
+  *p = is_nan ? uint16_t(0x7fc0) : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// ---- 16 elements ----
+FASTOPS_CPU_INLINE f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+FASTOPS_CPU_INLINE f32x16 load16(const uint16_t* p) {
+  u16x16 h;
+  std::memcpy(&h, p, sizeof(h));
+  return reinterpret_cast<f32x16>(__builtin_convertvector(h, u32x16) << 16);
+}
+FASTOPS_CPU_INLINE void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof(v)); }
+FASTOPS_CPU_INLINE void store16(uint16_t* p, f32x16 v) {
+  const u32x16 u = reinterpret_cast<u32x16>(v);
+  u32x16 r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  r = (u & 0x7fffffffu) > 0x7f800000u ? u32x16{} + 0x7fc0u : r;
+  const u16x16 h = __builtin_convertvector(r, u16x16);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+// y[i] = f(x[i]) for float (E = float) or bfloat16 bits (E = uint16_t); y may be x.
+template <typename E, typename F>
+FASTOPS_CPU_INLINE void map1(const E* x, E* y, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store16(y + i, f(load16(x + i)));
+  for (; i < n; ++i) narrow(y + i, f(widen(x[i])));
+}
+
+// z[i] = f(a[i], b[i]).
+template <typename E, typename F>
+FASTOPS_CPU_INLINE void map2(const E* a, const E* b, E* z, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store16(z + i, f(load16(a + i), load16(b + i)));
+  for (; i < n; ++i) narrow(z + i, f(widen(a[i]), widen(b[i])));
 }
 
 // Elements per parallel task: large enough that the threading overhead vanishes, small enough
@@ -41,4 +89,10 @@ inline uint16_t float_to_bf16_bits(float f) {
 constexpr int64_t kPointwiseGrain = 32768;
 
 }  // namespace cpu
+
+template <>
+struct lane<cpu::f32x16> {
+  using type = float;
+};
+
 }  // namespace fastops

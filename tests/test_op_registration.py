@@ -1,0 +1,133 @@
+"""The op contract of the custom ops themselves: schema, fake impls, autograd registration
+(torch.library.opcheck), torch.compile(fullgraph=True) and torch.export, for the C++ ops
+(torch.ops.fastops) and the Triton ops (torch.ops.fastops_triton)."""
+
+import pytest
+import torch
+from torch import nn
+
+import fastops
+from helpers import assert_close, make_layout, randn
+
+ACTIVATIONS = ("hardswish", "hardsigmoid")
+
+
+def _triton_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _opcheck_cases(ns, device):
+    """(op, args) pairs covering each op in several layouts."""
+    cases = []
+    for name in ACTIVATIONS:
+        for layout in ("contiguous", "channels_last", "strided"):
+            x = make_layout(randn((2, 3, 5, 4), device=device), layout)
+            g = randn(x.shape, device=device)
+            cases.append((getattr(ns, name).default, (x.detach().requires_grad_(),)))
+            cases.append((getattr(ns, f"{name}_backward").default, (g, x)))
+            cases.append((getattr(ns, f"{name}_").default, (x.clone(),)))
+    return cases
+
+
+@pytest.mark.parametrize("case", range(18))
+def test_opcheck_cpp_ops(case):
+    op, args = _opcheck_cases(torch.ops.fastops, "cpu")[case]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("case", range(18))
+def test_opcheck_triton_ops(case):
+    op, args = _opcheck_cases(_triton_ops(), _triton_device())[case]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", range(18))
+def test_opcheck_cuda_ops(case):
+    op, args = _opcheck_cases(torch.ops.fastops, "cuda")[case]
+    torch.library.opcheck(op, args)
+
+
+def _triton_ops():
+    return fastops.triton.ops
+
+
+def test_every_schema_has_cpu_cuda_fake_and_autograd():
+    """Each op declared in C++ has a CPU kernel, a CUDA kernel (CUDA builds), a fake impl, and
+    (for the out-of-place ops) autograd."""
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    for name in ACTIVATIONS:
+        for op in (name, f"{name}_backward", f"{name}_"):
+            qual = f"fastops::{op}"
+            assert has(qual, "CPU"), qual
+            if fastops.has_cuda_kernels():
+                assert has(qual, "CUDA"), qual
+            assert has(qual, "Meta"), qual  # register_fake also serves meta tensors
+        for op in (name, f"{name}_backward"):
+            assert has(f"fastops::{op}", "Autograd"), op
+
+
+class _Block(nn.Module):
+    """A MobileNet-V3-like stem: conv, hardswish, conv, hardsigmoid gate."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = fastops.nn.Hardswish(inplace=inplace)
+        self.conv2 = nn.Conv2d(8, 8, 1)
+        self.gate = fastops.nn.Hardsigmoid()
+
+    def forward(self, x):
+        h = self.act(self.conv1(x))
+        return h * self.gate(self.conv2(h))
+
+
+@pytest.mark.parametrize("inplace", (False, True))
+def test_compile_fullgraph_inductor_forward_and_backward(inplace):
+    torch._dynamo.reset()
+    model = _Block(inplace)
+    x = randn((2, 3, 9, 11)).to(memory_format=torch.channels_last).requires_grad_()
+    compiled = torch.compile(model, fullgraph=True, backend="inductor")
+    y = compiled(x)
+    expected = model(x)
+    assert_close(y, expected)
+    g = randn(y.shape)
+    (gx,) = torch.autograd.grad(y, x, g)
+    (ex,) = torch.autograd.grad(expected, x, g)
+    assert_close(gx, ex)
+
+
+def test_compile_fullgraph_raw_ops_and_dynamic_shapes():
+    torch._dynamo.reset()
+
+    def f(x):
+        return torch.ops.fastops.hardswish(x) + fastops.ops.hardsigmoid(x * 2)
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
+    for shape in ((3, 7), (5, 11), (1, 2, 3, 4)):
+        x = randn(shape)
+        assert_close(compiled(x), f(x))
+
+
+def test_compile_triton_ops():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: fastops.triton.hardswish(x) * 2, fullgraph=True, backend="aot_eager")
+    x = randn((4, 6), device=_triton_device())
+    assert_close(compiled(x), torch.nn.functional.hardswish(x) * 2)
+
+
+def test_compile_reports_bad_dtype_at_trace_time():
+    torch._dynamo.reset()
+    compiled = torch.compile(torch.ops.fastops.hardswish, fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="fastops.hardswish: argument 'x' must be a floating-point tensor"):
+        compiled(torch.arange(6))
+
+
+def test_export():
+    model = _Block().eval()
+    x = randn((1, 3, 8, 8))
+    ep = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert "fastops.hardswish.default" in targets and "fastops.hardsigmoid.default" in targets
+    x2 = randn((1, 3, 8, 8))
+    assert_close(ep.module()(x2), model(x2))
