@@ -30,3 +30,12 @@ def check_like(op: str, arg: str, a, barg: str, b) -> None:
         raise TypeError(f"fastops.{op}: argument '{arg}' has dtype {a.dtype} but '{barg}' has dtype {b.dtype}")
     if a.device != b.device:
         raise ValueError(f"fastops.{op}: argument '{arg}' is on {a.device} but '{barg}' is on {b.device}")
+
+
+def check_writable(op: str, arg: str, t) -> None:
+    """An in-place op cannot write a tensor whose elements share memory (an expanded view)."""
+    if torch._debug_has_internal_overlap(t) == 1:
+        raise RuntimeError(
+            f"fastops.{op}: argument '{arg}' has elements that share memory (an expanded view); "
+            "in-place is not possible, clone it first"
+        )

@@ -43,6 +43,7 @@ def register_activation(ns, name, second_derivative):
     @torch.library.register_fake(f"{ns}::{name}_")
     def _fake_inplace(x):
         _checks.check_floating(name, "x", x)
+        _checks.check_writable(name, "x", x)
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
@@ -110,6 +111,7 @@ def _activation(op: str, x: torch.Tensor, inplace: bool, impl=None) -> torch.Ten
     _checks.check_floating(op, "x", x)
     if not inplace:
         return _pick(op, x, impl)(x)
+    _checks.check_writable(op, "x", x)
     if torch.is_grad_enabled() and x.requires_grad:
         # Autograd needs x's old value: compute from a copy, then write back, exactly the
         # semantics of torch's in-place activations (a leaf that requires grad is refused).

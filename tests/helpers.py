@@ -4,6 +4,8 @@ import contextlib
 
 import torch
 
+from fastops._layout import is_dense  # noqa: F401  (re-exported for the tests)
+
 # Tolerances for comparing a kernel with the reference, per dtype.
 TOL = {
     torch.float32: dict(rtol=1e-5, atol=1e-6),
@@ -13,16 +15,6 @@ TOL = {
 }
 
 LAYOUTS = ("contiguous", "channels_last", "strided", "permuted", "offset", "expanded")
-
-
-def is_dense(t: torch.Tensor) -> bool:
-    """Non-overlapping and dense: the layouts whose strides an output must keep exactly."""
-    expected = 1
-    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def randn(shape, dtype=torch.float32, device="cpu", scale=4.0):

@@ -161,10 +161,16 @@ def test_inplace(impl, op, layout):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_inplace_refuses_overlapping_memory(op):
-    x = randn((1, 5)).expand(4, 5)
-    with pytest.raises(RuntimeError, match=f"fastops.{op}"):
-        torch.ops.fastops.__getattr__(f"{op}_")(x)
+def test_inplace_refuses_overlapping_memory(impl, op):
+    x = randn((1, 5), device=impl.device).expand(4, 5)
+    with impl.context(), pytest.raises(RuntimeError, match=f"fastops.{op}: argument 'x' has elements that share memory"):
+        impl.fn(op)(x, inplace=True)
+    if impl.name != "triton":
+        with pytest.raises(RuntimeError, match=f"fastops.{op}: argument 'x' has elements that share memory"):
+            getattr(torch.ops.fastops, f"{op}_")(x)
+    else:
+        with pytest.raises(RuntimeError, match=f"fastops.{op}: argument 'x' has elements that share memory"):
+            getattr(fastops.triton.ops, f"{op}_")(x)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -210,6 +216,13 @@ def test_raw_ops_reject_bad_input(op):
         bwd(x.double(), x)
     with pytest.raises(TypeError, match=f"fastops.{op}: argument 'x' must be a torch.Tensor"):
         getattr(fastops.ops, op)([1.0, 2.0])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_meta_tensors(op):
+    x = torch.empty(2, 3, 4, 5, device="meta").to(memory_format=torch.channels_last)
+    y = getattr(fastops.ops, op)(x)
+    assert y.device.type == "meta" and y.shape == x.shape and y.stride() == x.stride()
 
 
 @pytest.mark.parametrize("op", OPS)

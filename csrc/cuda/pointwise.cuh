@@ -26,11 +26,19 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// Enough blocks to keep every SM busy and memory latency covered; the grid-stride loop does the
+// rest. The SM count is read once per device.
 inline int max_resident_blocks() {
-  int device = 0, sms = 0;
+  constexpr int kMaxDevices = 64;
+  static int sms_of[kMaxDevices] = {};
+  int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms * 8;  // enough blocks in flight to cover memory latency; the loop strides the rest
+  int sms = device < kMaxDevices ? sms_of[device] : 0;
+  if (sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (device < kMaxDevices) sms_of[device] = sms;
+  }
+  return sms * 8;
 }
 
 inline int blocks_for(int64_t items) {

@@ -1,7 +1,8 @@
-"""Layout plumbing for flat Triton pointwise kernels; the rule of csrc/pointwise.h.
+"""Launch plumbing for flat Triton pointwise kernels.
 
 The output is `torch.empty_like(x)` (dense, x's memory format); an operand that does not share
-its strides is copied into that layout first, so kernels index raw buffers with one offset.
+its strides is copied into that layout first (fastops/_layout.py), so kernels index raw buffers
+with one offset.
 """
 
 import os
@@ -14,15 +15,6 @@ BLOCK = 1024
 
 def grid(n: int):
     return (triton.cdiv(n, BLOCK),)
-
-
-def as_flat_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`t` if it already has dense `like`'s strides, else a copy of it in that layout."""
-    if t.shape == like.shape and t.stride() == like.stride():
-        return t
-    copy = torch.empty_like(like)
-    copy.copy_(t)
-    return copy
 
 
 # Triton's interpreter truncates float32 -> bfloat16 conversions, where compiled Triton (and

@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 
 from .. import _checks
-from ._pointwise import BLOCK, as_flat_layout_of, grid, needs_manual_bf16_rounding
+from .._layout import as_flat_layout_of, is_dense
+from ._pointwise import BLOCK, grid, needs_manual_bf16_rounding
 
 # ------------------------------------------------------------------------------- math
 
@@ -111,13 +112,13 @@ def forward(act: str, x: torch.Tensor) -> torch.Tensor:
 
 def forward_(act: str, x: torch.Tensor) -> None:
     _checks.check_floating(act, "x", x)
+    _checks.check_writable(act, "x", x)
     if x.numel() == 0:
         return
-    dense = torch.empty_like(x)
-    if dense.stride() == x.stride():  # x itself is dense: write over it
+    if is_dense(x):  # write straight over x
         _launch_forward(act, x, x)
     else:
-        dense.copy_(x)
+        dense = x.contiguous()
         _launch_forward(act, dense, dense)
         x.copy_(dense)
 
