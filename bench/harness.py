@@ -1,0 +1,774 @@
+"""The fastops benchmark harness: every op family's bench module plugs into this.
+
+What it does, and why (see shared/benchmarking.md for the measurements behind each rule):
+
+* Machine set-up (`setup_machine`): a fixed, recorded thread count, and on Linux/glibc an allocator
+  held steady with mallopt, because glibc's habit of returning freed multi-MB blocks to the OS and
+  faulting them back in distorts eager timings by up to 2.5x. Every contender runs under the same
+  setting and the report says which.
+* A memory roof (`copy_bandwidth`): the bandwidth of a large tensor copy, measured at the start and
+  again between cases. A case whose surrounding copy bandwidth fell below 75% of the start value is
+  flagged: the machine was busy, its absolute numbers are suspect (its ratios usually are not).
+* Interleaved timing (`run_case`): warm-up, then R rounds in which every contender is timed once
+  (A B C, B C A, ...), each sample timing `inner` back-to-back calls. Absolute times move +-20-30%
+  between runs on the shared VMs, so only same-run ratios of medians are quoted.
+* Cold inputs: when a case's inputs would fit in the last-level cache, K copies of the inputs are
+  made and call number k uses set k mod K, so a call does not find its inputs already cached.
+* Results: median, p10/p90 and IQR per contender, GB/s from the case's bytes moved, fraction of the
+  measured copy bandwidth, speedups (ratios of medians); a plain-text table and a JSON file.
+
+A bench module (bench/bench_<family>.py) provides `cases(quick, device, dtypes, layouts)` returning
+`Case`s; `standard_contenders` builds the usual fastops / eager / torch.compile contenders for an op
+that has a torch.nn.functional equivalent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+BANDWIDTH_FLAG_FRACTION = 0.75  # flag a case whose copy bandwidth fell below this x the start value
+BUSY_FLAG_CORES = 0.25  # flag a case during whose timing other processes used more than this many cores
+CACHE_MULTIPLE = 4  # rotate inputs until their footprint is at least this x the last-level cache
+MAX_INPUT_SETS = 512  # ...but never more sets than this (tiny tensors stay cache resident)
+MAX_ROTATION_BYTES = 1 << 30  # ...nor more memory than this
+DEFAULT_LLC_BYTES = 32 << 20  # when the cache size cannot be read
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+LAYOUTS = ("nchw", "channels_last")
+MODES = ("fwd", "fwd+bwd")
+STANDARD_CONTENDERS = ("fastops", "eager", "compile")
+
+# What setup_machine did; copied into the report.
+_MACHINE: dict[str, Any] = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine set-up and description
+# ---------------------------------------------------------------------------------------------
+
+
+def setup_machine(threads: int | None = None) -> dict[str, Any]:
+    """Fix the thread count and hold glibc's allocator steady. Call before allocating tensors.
+
+    Returns (and records for the report) {"threads": n, "allocator": {...}}."""
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    _MACHINE["threads"] = torch.get_num_threads()
+    _MACHINE["allocator"] = _hold_glibc_allocator()
+    return dict(_MACHINE)
+
+
+def _hold_glibc_allocator() -> dict[str, Any]:
+    """mallopt(M_MMAP_MAX, 0) + mallopt(M_TRIM_THRESHOLD, 2**31-1): large blocks come from the heap
+    and freed memory is kept, so a call does not page-fault its output buffer back in each time.
+    Equivalent to MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 in the environment."""
+    env = {k: os.environ[k] for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ}
+    if not sys.platform.startswith("linux"):
+        return {"held": False, "setting": "platform default", "why": f"not Linux ({sys.platform})", "env": env}
+    libc_name, libc_version = platform.libc_ver()
+    if libc_name != "glibc":
+        return {"held": False, "setting": "platform default", "why": f"libc is {libc_name or 'unknown'}, not glibc", "env": env}
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        mallopt.restype = ctypes.c_int
+        # mallopt returns 1 on success, 0 on error
+        ok_mmap = mallopt(M_MMAP_MAX, 0) == 1
+        ok_trim = mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError) as e:
+        return {"held": False, "setting": "glibc default", "why": f"mallopt unavailable: {e}", "env": env}
+    held = ok_mmap and ok_trim
+    return {
+        "held": held,
+        "setting": "glibc mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2147483647" if held else "glibc default (mallopt failed)",
+        "glibc": libc_version,
+        "mmap_max_ok": ok_mmap,
+        "trim_threshold_ok": ok_trim,
+        "env": env,
+    }
+
+
+def llc_bytes(device: str) -> int:
+    """Last-level cache size: the GPU's L2, or the CPU's L3 (L2 if no L3) from sysfs."""
+    if device == "cuda":
+        size = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0)
+        return int(size) or DEFAULT_LLC_BYTES
+    best = 0
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            text = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        size = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+        if level >= 2 and size > best:
+            best = size
+    return best or DEFAULT_LLC_BYTES
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:
+        try:
+            from importlib import metadata
+
+            return metadata.version(module)
+        except Exception:
+            return None
+
+
+def _fastops_info() -> dict[str, Any]:
+    """Which fastops was imported and which kernels it has: a run of the reference fallback
+    instead of the kernels must be visible in the report."""
+    try:
+        import fastops
+    except Exception as e:  # noqa: BLE001 - any import failure is reported, not raised
+        return {"importable": False, "error": f"{type(e).__name__}: {e}"}
+    info: dict[str, Any] = {"importable": True, "file": getattr(fastops, "__file__", None)}
+    info["version"] = getattr(fastops, "__version__", None) or _version("fastops")
+    for probe in ("has_extension", "has_cuda_kernels", "get_backend"):
+        fn = getattr(fastops, probe, None)
+        if callable(fn):
+            try:
+                info[probe] = fn()
+            except Exception as e:  # noqa: BLE001
+                info[probe] = f"error: {e}"
+    return info
+
+
+def _git_state() -> dict[str, Any]:
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {
+        "commit": head.stdout.strip() if head.returncode == 0 else None,
+        "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None,
+    }
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """Everything needed to tell two result files apart."""
+    cpu = _cpu_model()
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu,
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "allocator": _MACHINE.get("allocator", {"held": False, "setting": "not set up (setup_machine not called)"}),
+        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+        "llc_bytes": llc_bytes(device),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "fastops": _fastops_info(),
+        "git": _git_state(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing primitives
+# ---------------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_calls(run: Callable[[Any], Any], seq: list[Any], device: str) -> float:
+    """Seconds per call of `run(s) for s in seq`. Results are dropped as soon as they are made."""
+    if device == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for s in seq:
+            run(s)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / len(seq)
+    t0 = time.perf_counter()
+    for s in seq:
+        run(s)
+    return (time.perf_counter() - t0) / len(seq)
+
+
+def copy_bandwidth(device: str, nbytes: int | None = None, reps: int = 7, warmup: int = 2) -> float:
+    """Copy bandwidth in GB/s (bytes read + bytes written, per second) of a large fp32 tensor copy:
+    the memory roof the pointwise ops are measured against. Median of `reps` copies."""
+    if nbytes is None:
+        # CPU: at least 64 MB and about the LLC per buffer, so src+dst do not stay cached;
+        # capped so that a measurement stays well under a second on a slow VM.
+        nbytes = (1 << 30) if device == "cuda" else min(max(64 << 20, llc_bytes(device)), 256 << 20)
+    n = nbytes // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)  # ones/zeros: pages touched up front
+    dst = torch.zeros(n, dtype=torch.float32, device=device)
+    for _ in range(warmup):
+        dst.copy_(src)
+    _sync(device)
+    times = sorted(_time_calls(lambda _: dst.copy_(src), [None], device) for _ in range(reps))
+    del src, dst
+    return 2 * n * 4 / _percentile(times, 50) / 1e9
+
+
+def _percentile(sorted_xs: list[float], p: float) -> float:
+    """Linear-interpolated percentile of an already sorted list."""
+    if not sorted_xs:
+        return float("nan")
+    pos = (len(sorted_xs) - 1) * p / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+class OtherLoad:
+    """How many cores' worth of CPU time *other* processes (and the hypervisor, as steal time) took
+    while a case was being timed: /proc/stat busy time minus this process's own CPU time.
+
+    The copy-bandwidth check misses the worst trap of a 2-core VM: one busy neighbour process makes
+    torch's 2-thread parallel regions wait for a descheduled thread, and a 0.5 ms op then takes 8 ms
+    (scheduler ticks) while a 40 ms copy barely notices. This measures that neighbour directly.
+    Linux only; elsewhere `cores()` is None."""
+
+    def __init__(self):
+        self._start = self._snapshot()
+
+    @staticmethod
+    def _snapshot():
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except (OSError, IndexError):
+            return None
+        # user nice system idle iowait irq softirq steal (guest time is already in user)
+        ticks = [int(x) for x in fields[:8]]
+        busy = sum(ticks) - ticks[3] - ticks[4]
+        own = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.perf_counter()
+
+    def cores(self) -> float | None:
+        end = self._snapshot()
+        if self._start is None or end is None or end[2] <= self._start[2]:
+            return None
+        busy, own, wall = (e - s for e, s in zip(end, self._start))
+        return max(0.0, (busy - own) / wall)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases and contenders
+# ---------------------------------------------------------------------------------------------
+
+# An input set is whatever a contender's `run` takes; standard_contenders use
+# {"args": (tensor, ...), "grad": tensor | None}.
+InputSet = Any
+Run = Callable[[InputSet], Any]
+# A contender factory does the contender's one-off setup (import, compile, ...) and returns `run`.
+# It may raise: the contender is then reported as failed.
+ContenderFactory = Callable[[], Run]
+
+
+@dataclass
+class Case:
+    """One benchmark configuration: an op on one shape / dtype / layout / mode / device."""
+
+    op: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    layout: str  # "nchw" | "channels_last"
+    mode: str  # "fwd" | "fwd+bwd"
+    device: str
+    bytes_moved: int  # for the roof: each input read once + each output written once
+    make_inputs: Callable[[int], InputSet]  # set index -> a fresh input set (on `device`)
+    contenders: dict[str, ContenderFactory]  # name -> factory, in report order
+    reference: str = "eager"  # contender whose outputs the others are checked against
+    accept_vs: str | None = None  # acceptance: fastops must be no slower than this contender
+    label: str = ""  # optional short tag shown in the table, e.g. "acceptance"
+
+    @property
+    def name(self) -> str:
+        dt = str(self.dtype).replace("torch.", "")
+        return f"{self.op} {'x'.join(map(str, self.shape))} {dt} {self.layout} {self.mode}"
+
+
+def memory_format(layout: str) -> torch.memory_format:
+    return {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}[layout]
+
+
+def tensor_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def standard_contenders(
+    fastops_fn: Callable[[], Callable[..., torch.Tensor]],
+    eager_fn: Callable[..., torch.Tensor],
+    mode: str,
+) -> dict[str, ContenderFactory]:
+    """fastops / eager / compile contenders for an op with a plain-PyTorch equivalent.
+
+    fastops_fn: returns the fastops function (called at setup, so a failing `import fastops` is a
+        failed contender, not a crashed run).
+    eager_fn: the torch equivalent, e.g. torch.nn.functional.hardswish.
+    mode "fwd": run = f(*args). mode "fwd+bwd": y = f(*args), then the gradient of y w.r.t. the
+        args that require grad for the upstream gradient `grad`. torch.autograd.grad is used rather
+        than y.backward(g) so that .grad is not accumulated (which would add a read + write)."""
+
+    def wrap(f: Callable[..., torch.Tensor]) -> Run:
+        if mode == "fwd":
+            return lambda s: f(*s["args"])
+        if mode == "fwd+bwd":
+
+            def fwd_bwd(s):
+                wrt = [a for a in s["args"] if isinstance(a, torch.Tensor) and a.requires_grad]
+                return torch.autograd.grad(f(*s["args"]), wrt, s["grad"])
+
+            return fwd_bwd
+        raise ValueError(f"unknown mode {mode!r}")
+
+    def compiled() -> Run:
+        # A fresh dynamo state per case: every case compiles the same function, and past
+        # cache_size_limit recompilations dynamo would silently fall back to eager.
+        torch._dynamo.reset()
+        # Forward only is compiled; in fwd+bwd AOTAutograd compiles the backward graph too.
+        # The compile itself happens on the first call, which the harness makes before timing.
+        return wrap(torch.compile(eager_fn, dynamic=False))
+
+    return {
+        "fastops": lambda: wrap(fastops_fn()),
+        "eager": lambda: wrap(eager_fn),
+        "compile": compiled,
+    }
+
+
+def pointwise_inputs(
+    shape: tuple[int, ...], dtype: torch.dtype, layout: str, mode: str, device: str, scale: float = 4.0
+) -> Callable[[int], InputSet]:
+    """make_inputs for a one-tensor pointwise op: x ~ scale * N(0,1) (covers every branch of the
+    hard activations), plus an upstream gradient g in fwd+bwd mode. All sets hold the same values
+    (cloned from one draw: cheap) in different memory."""
+    gen = torch.Generator().manual_seed(0)
+    fmt = memory_format(layout)
+    base_x = (torch.randn(shape, generator=gen) * scale).to(device=device, dtype=dtype)
+    base_g = torch.randn(shape, generator=gen).to(device=device, dtype=dtype) if mode == "fwd+bwd" else None
+
+    def make(k: int) -> InputSet:
+        x = base_x.clone(memory_format=fmt)
+        if base_g is None:
+            return {"args": (x,), "grad": None}
+        return {"args": (x.requires_grad_(),), "grad": base_g.clone(memory_format=fmt)}
+
+    return make
+
+
+def _set_bytes(s: Any) -> int:
+    """Bytes of the distinct tensors held by an input set (nested dicts / lists / tuples)."""
+    seen: dict[int, int] = {}
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            seen[o.untyped_storage().data_ptr()] = o.untyped_storage().nbytes()
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(s)
+    return sum(seen.values())
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def _check(out: Any, ref: Any) -> tuple[str, float | None]:
+    """Compare a contender's outputs with the reference's: values (torch's per-dtype tolerances,
+    relaxed 4x) and memory layout (the op contract: outputs keep the input's memory format)."""
+    outs, refs = _tensors(out), _tensors(ref)
+    if len(outs) != len(refs):
+        return f"mismatch: {len(outs)} outputs vs {len(refs)}", None
+    err = 0.0
+    for o, r in zip(outs, refs):
+        if o.shape != r.shape or o.dtype != r.dtype:
+            return f"mismatch: {tuple(o.shape)} {o.dtype} vs {tuple(r.shape)} {r.dtype}", None
+        d = (o.detach().double() - r.detach().double()).abs()
+        err = max(err, float(d.max()) if d.numel() else 0.0)
+        rtol, atol = {torch.float16: (1e-3, 1e-5), torch.bfloat16: (1.6e-2, 1e-5)}.get(o.dtype, (1.3e-6, 1e-5))
+        if not torch.allclose(o.detach().double(), r.detach().double(), rtol=4 * rtol, atol=4 * atol):
+            return "mismatch", err
+    for o, r in zip(outs, refs):
+        if o.dim() == 4 and o.is_contiguous(memory_format=torch.channels_last) != r.is_contiguous(
+            memory_format=torch.channels_last
+        ):
+            return "layout differs", err
+    return "ok", err
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a case
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    rounds: int = 15
+    warmup: int = 3  # untimed calls per contender after its first (setup) call
+    target_s: float = 4e-3  # a sample times `inner` calls, chosen so the fastest takes about this
+    rotate: bool = True  # rotate input sets to keep inputs out of the cache
+    llc_bytes: int = DEFAULT_LLC_BYTES
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    input_sets: int = 1
+    inner: int = 1
+    copy_gbps_before: float | None = None
+    copy_gbps_after: float | None = None
+    other_load_cores: float | None = None
+
+
+def _failed(e: BaseException) -> str:
+    """A one-line status for a contender that raised."""
+    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+    return f"failed: {type(e).__name__}: {first}"
+
+
+class _Counter:
+    """The global call counter k: call k uses input set k mod K, whichever contender makes it, so a
+    set is reused only after every other set has been touched."""
+
+    def __init__(self, sets: list[Any]):
+        self.sets, self.k = sets, 0
+
+    def next(self, n: int) -> list[Any]:
+        K = len(self.sets)
+        seq = [self.sets[(self.k + i) % K] for i in range(n)]
+        self.k += n
+        return seq
+
+
+def run_case(case: Case, settings: Settings, contenders: list[str] | None = None, log=print) -> CaseResult:
+    """Time every (selected) contender of `case`, interleaved round by round."""
+    device = case.device
+    names = [n for n in case.contenders if contenders is None or n in contenders]
+    result = CaseResult(case)
+
+    # Input sets: enough copies that the footprint is >= CACHE_MULTIPLE x the LLC, within limits.
+    first = case.make_inputs(0)
+    per_set = max(1, _set_bytes(first))
+    K = 1
+    if settings.rotate:
+        want = min(CACHE_MULTIPLE * settings.llc_bytes, MAX_ROTATION_BYTES)
+        K = max(1, min(MAX_INPUT_SETS, math.ceil(want / per_set)))
+    sets = [first] + [case.make_inputs(k) for k in range(1, K)]
+    result.input_sets = K
+    counter = _Counter(sets)
+
+    # Set up each contender: build it, make its first call (torch.compile compiles here), check
+    # its outputs against the reference, warm it up. Any failure marks only that contender.
+    runs: dict[str, Run] = {}
+    status: dict[str, str] = {}
+    errors: dict[str, float | None] = {}
+    ref_out = None
+    order = sorted(names, key=lambda n: n != case.reference)  # reference first, for the checks
+    for name in order:
+        try:
+            run = case.contenders[name]()
+            out = run(sets[0])
+            _sync(device)
+            if name == case.reference:
+                ref_out, status[name], errors[name] = out, "ok", 0.0
+            elif ref_out is not None:
+                status[name], errors[name] = _check(out, ref_out)
+            else:
+                status[name], errors[name] = "ok (unchecked)", None
+            del out
+            for s in counter.next(settings.warmup):
+                run(s)
+            _sync(device)
+            runs[name] = run
+        except Exception as e:  # noqa: BLE001 - a contender's failure must not stop the run
+            status[name] = _failed(e)
+            log(f"    {name}: {status[name]}")
+    del ref_out
+
+    # Calibrate `inner` (same for every contender) so the fastest contender's sample is ~target_s.
+    estimates = {}
+    for name, run in list(runs.items()):
+        try:
+            n = 1
+            while True:
+                t = _time_calls(run, counter.next(n), device)
+                if t * n >= settings.target_s / 4 or n >= 1 << 16:
+                    break
+                n *= 2
+            estimates[name] = t
+        except Exception as e:  # noqa: BLE001
+            status[name] = _failed(e)
+            del runs[name]
+    inner = max(1, math.ceil(settings.target_s / min(estimates.values()))) if estimates else 1
+    result.inner = inner
+
+    # The rounds: A B C, B C A, C A B, ... (the rotation keeps any position effect off one contender).
+    samples: dict[str, list[float]] = {n: [] for n in runs}
+    live = list(runs)
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    load = OtherLoad()
+    try:
+        for r in range(settings.rounds):
+            shift = r % len(live) if live else 0
+            for name in live[shift:] + live[:shift]:
+                if name not in runs:
+                    continue
+                try:
+                    samples[name].append(_time_calls(runs[name], counter.next(inner), device))
+                except Exception as e:  # noqa: BLE001
+                    status[name] = _failed(e)
+                    del runs[name]
+            live = [n for n in live if n in runs]
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    result.other_load_cores = load.cores()
+    del sets, counter, runs
+
+    # Statistics per contender.
+    medians: dict[str, float] = {}
+    for name in names:
+        row: dict[str, Any] = {
+            "op": case.op,
+            "case": case.name,
+            "shape": list(case.shape),
+            "dtype": str(case.dtype).replace("torch.", ""),
+            "layout": case.layout,
+            "mode": case.mode,
+            "device": device,
+            "contender": name,
+            "status": status.get(name, "not run"),
+            "max_abs_err": errors.get(name),
+            "bytes": case.bytes_moved,
+            "input_sets": K,
+            "input_set_bytes": per_set,
+            "cache_resident": K * per_set < settings.llc_bytes,
+            "inner": inner,
+            "rounds": len(samples.get(name, [])),
+            "label": case.label,
+            "other_load_cores": result.other_load_cores,
+            "busy_flag": bool(result.other_load_cores is not None and result.other_load_cores > BUSY_FLAG_CORES),
+        }
+        xs = sorted(samples.get(name, []))
+        if xs and not row["status"].startswith("failed"):
+            med = _percentile(xs, 50)
+            medians[name] = med
+            row.update(
+                median_ms=med * 1e3,
+                p10_ms=_percentile(xs, 10) * 1e3,
+                p90_ms=_percentile(xs, 90) * 1e3,
+                q25_ms=_percentile(xs, 25) * 1e3,
+                q75_ms=_percentile(xs, 75) * 1e3,
+                iqr_ms=(_percentile(xs, 75) - _percentile(xs, 25)) * 1e3,
+                min_ms=xs[0] * 1e3,
+                gbps=case.bytes_moved / med / 1e9,
+            )
+        result.rows.append(row)
+    # speedup_vs_X of contender C = median(X) / median(C): > 1 means C is faster than X.
+    for row in result.rows:
+        mine = medians.get(row["contender"])
+        row["speedup_vs"] = {x: (t / mine if mine else None) for x, t in medians.items() if x != row["contender"]}
+        for x in STANDARD_CONTENDERS:
+            if x == row["contender"]:
+                row[f"speedup_vs_{x}"] = 1.0 if mine else None
+            else:
+                row[f"speedup_vs_{x}"] = row["speedup_vs"].get(x)
+    return result
+
+
+def finish_rows(result: CaseResult, copy_start: float, before: float, after: float) -> None:
+    """Attach the copy-bandwidth context: the roof fraction (against the mean of the copy bandwidth
+    measured just before and just after the case) and the noisy-machine flag."""
+    result.copy_gbps_before, result.copy_gbps_after = before, after
+    local = (before + after) / 2
+    flag = min(before, after) < BANDWIDTH_FLAG_FRACTION * copy_start
+    for row in result.rows:
+        row["copy_gbps_before"] = before
+        row["copy_gbps_after"] = after
+        row["roof_fraction"] = row["gbps"] / local if row.get("gbps") else None
+        row["bandwidth_flag"] = flag
+
+
+def acceptance(results: list[CaseResult]) -> list[dict[str, Any]]:
+    """For each case with accept_vs: is fastops no slower than that contender (ratio of medians)?"""
+    out = []
+    for res in results:
+        vs = res.case.accept_vs
+        if not vs:
+            continue
+        row = next((r for r in res.rows if r["contender"] == "fastops"), None)
+        speedup = row.get(f"speedup_vs_{vs}") if row else None
+        if speedup is None and row is not None:
+            speedup = row.get("speedup_vs", {}).get(vs)
+        out.append(
+            {
+                "case": res.case.name,
+                "criterion": f"fastops median <= {vs} median",
+                "speedup": speedup,
+                "passed": bool(speedup is not None and speedup >= 1.0),
+                "bandwidth_flag": row.get("bandwidth_flag") if row else None,
+                "busy_flag": row.get("busy_flag") if row else None,
+                # a verdict from a noisy or busy machine says little: rerun on a quiet one
+                "conclusive": bool(row and not row.get("bandwidth_flag") and not row.get("busy_flag")),
+                "fastops_status": row["status"] if row else "not run",
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+TABLE_HEADER = ["case", "contender", "median ms", "p10-p90 ms", "GB/s", "roof", "vs eager", "vs compile", "notes"]
+_NUMERIC_COLUMNS = {2, 3, 4, 5, 6, 7}
+
+
+def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The table body as strings, one list per case x contender; the case is named on its first row."""
+    body = []
+    last_case = None
+    for r in rows:
+        notes = []
+        if r["status"] != "ok":
+            notes.append(r["status"])
+        if r.get("bandwidth_flag"):
+            notes.append("NOISY (copy bw < 75% of start)")
+        if r.get("busy_flag") and r["contender"] == "fastops":
+            notes.append(f"BUSY (others used {r['other_load_cores']:.2f} cores)")
+        if r.get("cache_resident") and r["contender"] == "fastops":
+            notes.append("cache resident")
+        if r.get("label") and r["contender"] == "fastops":
+            notes.append(r["label"])
+        ok = r.get("median_ms") is not None
+        body.append(
+            [
+                r["case"] if r["case"] != last_case else "",
+                r["contender"],
+                _fmt(r.get("median_ms"), ".4f"),
+                f"{r['p10_ms']:.4f}-{r['p90_ms']:.4f}" if ok else "-",
+                _fmt(r.get("gbps"), ".1f"),
+                f"{100 * r['roof_fraction']:.0f}%" if r.get("roof_fraction") else "-",
+                _fmt(r.get("speedup_vs_eager"), ".2f") + ("x" if r.get("speedup_vs_eager") else ""),
+                _fmt(r.get("speedup_vs_compile"), ".2f") + ("x" if r.get("speedup_vs_compile") else ""),
+                "; ".join(notes),
+            ]
+        )
+        last_case = r["case"]
+    return body
+
+
+def table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """A plain-text table, a blank line between cases."""
+    body = table_cells(rows)
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(TABLE_HEADER)]
+
+    def line(cells):
+        return "  ".join(
+            c.rjust(w) if i in _NUMERIC_COLUMNS else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    out = [line(TABLE_HEADER), line(["-" * w for w in widths])]
+    for i, cells in enumerate(body):
+        if i and cells[0]:
+            out.append("")
+        out.append(line(cells))
+    return out
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """Print the results table: with rich when it is installed, plain text otherwise."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print("\n".join(table_lines(rows)))
+        return
+    table = Table(*TABLE_HEADER)
+    for i in _NUMERIC_COLUMNS:
+        table.columns[i].justify = "right"
+    for i, cells in enumerate(table_cells(rows)):
+        if i and cells[0]:
+            table.add_section()
+        table.add_row(*cells)
+    Console(width=200).print(table)
+
+
+def write_json(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write atomically (a .tmp then rename), so an interrupted run leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    os.replace(tmp, path)

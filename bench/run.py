@@ -1,0 +1,199 @@
+"""Run the fastops benchmarks: `python bench/run.py` or `python -m bench` from the repository root.
+
+    python bench/run.py                              # quick preset, every op family, default device
+    python bench/run.py --ops activation --full --device cuda
+    python bench/run.py --dtype float32 bfloat16 --layout channels_last --mode fwd -k 240x28x28
+
+Op families are discovered by file name: bench/bench_<family>.py provides
+`cases(quick, device, dtypes, layouts)`. Results go to bench/results/<device>-<date>-<time>.json
+(or --out); the table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: make the `bench` package importable. Appended, not prepended, so an
+    # installed fastops is not shadowed by the source tree.
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+    from bench import harness
+else:
+    from . import harness
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+PRESETS = {
+    # quick: ~1-2 minutes on a 2-core VM for the activation family
+    "quick": harness.Settings(rounds=15, warmup=3, target_s=4e-3),
+    "full": harness.Settings(rounds=41, warmup=10, target_s=10e-3),
+}
+
+
+def families() -> list[str]:
+    return sorted(m.name[len("bench_") :] for m in pkgutil.iter_modules([str(BENCH_DIR)]) if m.name.startswith("bench_"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ops", nargs="+", default=None, metavar="FAMILY", help=f"op families (default: all of {families()})")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", nargs="+", choices=list(harness.DTYPES), default=None, help="default: float32 on CPU; float16 bfloat16 float32 on CUDA")
+    p.add_argument("--layout", nargs="+", choices=list(harness.LAYOUTS), default=None, help="default: per family and preset")
+    p.add_argument("--mode", nargs="+", choices=list(harness.MODES), default=list(harness.MODES))
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", dest="preset", action="store_const", const="quick", help="fewer cases and rounds (default)")
+    preset.add_argument("--full", dest="preset", action="store_const", const="full", help="every case, more rounds")
+    p.set_defaults(preset="quick")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per case (quick 15, full 41)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--contenders", nargs="+", default=list(harness.STANDARD_CONTENDERS))
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-<date>-<time>.json)")
+    p.add_argument("-k", "--match", default=None, help="only cases whose name contains this text, e.g. 240x28x28")
+    p.add_argument("--hot", action="store_true", help="one input set: inputs stay cache resident (default: rotate)")
+    p.add_argument("--llc-mb", type=float, default=None, help="last-level cache size for input rotation (default: read from the machine)")
+    p.add_argument("--retries", type=int, default=0, help="rerun a case flagged noisy or busy up to this many times")
+    p.add_argument("--list", action="store_true", help="list the selected cases and exit")
+    return p.parse_args(argv)
+
+
+def collect_cases(args) -> list[harness.Case]:
+    quick = args.preset == "quick"
+    dtypes = [harness.DTYPES[d] for d in args.dtype] if args.dtype else None
+    wanted = args.ops or families()
+    unknown = sorted(set(wanted) - set(families()))
+    if unknown:
+        sys.exit(f"unknown op family {unknown}; known: {families()}")
+    cases = []
+    for fam in wanted:
+        module = importlib.import_module(f"bench.bench_{fam}")
+        cases += module.cases(quick, args.device, dtypes, args.layout)
+    cases = [c for c in cases if c.mode in args.mode]
+    if args.match:
+        cases = [c for c in cases if args.match in c.name]
+    return cases
+
+
+def _summary(res: harness.CaseResult) -> str:
+    parts = []
+    for r in res.rows:
+        parts.append(f"{r['contender']} {r['median_ms']:.4f} ms" if r.get("median_ms") is not None else f"{r['contender']} {r['status']}")
+    flag = "  NOISY" if res.rows and res.rows[0].get("bandwidth_flag") else ""
+    if res.other_load_cores is not None:
+        flag += f"  others {res.other_load_cores:.2f} cores" + (" BUSY" if res.rows and res.rows[0].get("busy_flag") else "")
+    return f"{' | '.join(parts)}  (K={res.input_sets} sets, inner={res.inner}){flag}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    t_start = time.perf_counter()
+    # Threads and allocator first: every tensor after this is allocated under the held setting.
+    harness.setup_machine(args.threads)
+
+    settings = PRESETS[args.preset]
+    if args.rounds:
+        settings.rounds = args.rounds
+    settings.rotate = not args.hot
+    settings.llc_bytes = int(args.llc_mb * 2**20) if args.llc_mb else harness.llc_bytes(args.device)
+
+    cases = collect_cases(args)
+    if args.list:
+        for c in cases:
+            print(c.name + (f"  [{c.label}]" if c.label else ""))
+        return 0
+    if not cases:
+        sys.exit("no cases selected")
+    unknown = sorted({n for n in args.contenders} - {n for c in cases for n in c.contenders})
+    if unknown:
+        print(f"warning: no case has contender(s) {unknown}", file=sys.stderr)
+
+    machine = harness.machine_info(args.device)
+    alloc = machine["allocator"]
+    fo = machine["fastops"]
+    print(f"device {args.device} ({machine['device_name']}), {machine['threads']} threads, allocator: {alloc['setting']}")
+    print(f"torch {machine['torch']}, triton {machine['triton']}, fastops "
+          + (f"{fo.get('version')} (extension: {fo.get('has_extension', '?')})" if fo["importable"] else f"NOT importable: {fo['error']}"))
+    print(f"{len(cases)} cases, preset {args.preset}: {settings.rounds} rounds, ~{settings.target_s * 1e3:g} ms per sample, "
+          f"inputs {'rotated (LLC %d MB)' % (settings.llc_bytes >> 20) if settings.rotate else 'hot (one set)'}")
+
+    # Copy bandwidth at the start, then between cases: the measurement after case i is the one
+    # before case i+1.
+    copy_start = harness.copy_bandwidth(args.device)
+    print(f"copy bandwidth at start: {copy_start:.1f} GB/s\n")
+    before = copy_start
+    results = []
+    for i, case in enumerate(cases, 1):
+        print(f"[{i}/{len(cases)}] {case.name}", flush=True)
+        for attempt in range(args.retries + 1):
+            res = harness.run_case(case, settings, args.contenders)
+            after = harness.copy_bandwidth(args.device)
+            harness.finish_rows(res, copy_start, before, after)
+            before = after
+            flagged = res.rows and (res.rows[0].get("bandwidth_flag") or res.rows[0].get("busy_flag"))
+            if not flagged or attempt == args.retries:
+                break
+            print(f"    {_summary(res)}\n    machine noisy or busy: retrying", flush=True)
+        results.append(res)
+        print(f"    {_summary(res)}", flush=True)
+
+    machine["copy_gbps_start"] = copy_start
+    machine["copy_gbps_end"] = before
+    if hasattr(os, "getloadavg"):
+        machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    rows = [r for res in results for r in res.rows]
+    accept = harness.acceptance(results)
+    report = {
+        "schema": 1,
+        "machine": machine,
+        "settings": {
+            "preset": args.preset,
+            "rounds": settings.rounds,
+            "warmup": settings.warmup,
+            "target_sample_s": settings.target_s,
+            "rotate_inputs": settings.rotate,
+            "llc_bytes": settings.llc_bytes,
+            "contenders": args.contenders,
+            "argv": sys.argv[1:] if argv is None else list(argv),
+            "notes": "times are per call; speedup_vs_X = median(X) / median(this contender); "
+            "roof_fraction = gbps / mean(copy bandwidth just before and after the case); "
+            "bandwidth_flag: that copy bandwidth fell below 75% of copy_gbps_start; "
+            "other_load_cores: CPU time of other processes + steal per second while the case was timed; "
+            "busy_flag: other_load_cores > 0.25",
+        },
+        "elapsed_s": round(time.perf_counter() - t_start, 1),
+        "acceptance": accept,
+        "rows": rows,
+    }
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = BENCH_DIR / "results" / f"{args.device}-{datetime.datetime.now():%Y-%m-%d-%H%M%S}.json"
+    harness.write_json(out, report)
+
+    n_noisy = sum(1 for r in results if r.rows and r.rows[0].get("bandwidth_flag"))
+    n_busy = sum(1 for r in results if r.rows and r.rows[0].get("busy_flag"))
+    print(f"\ncopy bandwidth: start {copy_start:.1f} GB/s, end {before:.1f} GB/s; of {len(results)} cases "
+          f"{n_noisy} flagged NOISY (copy bw < 75% of start), {n_busy} BUSY (other processes > "
+          f"{harness.BUSY_FLAG_CORES} cores while timing)")
+    for a in accept:
+        s = f"{a['speedup']:.2f}x" if a["speedup"] is not None else a["fastops_status"]
+        print(f"acceptance: {a['case']}: fastops vs eager {s} -> {'PASS' if a['passed'] else 'FAIL'}"
+              + ("" if a["conclusive"] else "  (INCONCLUSIVE: noisy/busy machine, rerun)"))
+    print(f"results written to {out} ({report['elapsed_s']} s)\n")
+    harness.print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
