@@ -16,6 +16,8 @@
 // below pass it through).
 #pragma once
 
+#include <cmath>
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define FASTOPS_HD __host__ __device__ __forceinline__
 #elif defined(__GNUC__)
@@ -26,12 +28,19 @@
 
 namespace fastops {
 
-// The scalar type of T's lanes: T itself for float/double; the CPU kernels specialise it for
-// their SIMD vector types (csrc/cpu/simd.h), so the formulas below run on 16 lanes at once.
-// Constants are written in the lane type and broadcast.
+// The scalar type of T's lanes, and exp: T itself and std::exp for float/double; the CPU kernels
+// specialise it for their SIMD vector types (csrc/cpu/simd.h), so the formulas below run on 16
+// lanes at once. Constants are written in the lane type and broadcast.
 template <typename T>
 struct lane {
   using type = T;
+  static FASTOPS_HD T exp(T x) {
+#if defined(__CUDA_ARCH__)
+    return ::exp(x);  // float and double overloads in device code
+#else
+    return std::exp(x);
+#endif
+  }
 };
 
 // clamp(x + 3, 0, 6), NaN-propagating.
@@ -65,7 +74,83 @@ FASTOPS_HD T hardswish_bwd(T grad, T x) {
 template <typename T>
 FASTOPS_HD T hardsigmoid_bwd(T grad, T x) {
   using S = typename lane<T>::type;
-  return (x > S(-3)) & (x < S(3)) ? grad * (S(1) / S(6)) : S(0);
+  // nested selects, not `(a) & (b) ? :`, which GCC scalarises for vector types
+  return x > S(-3) ? (x < S(3) ? grad * (S(1) / S(6)) : S(0)) : S(0);
+}
+
+// ---- the activations a fused op can end in (design.md §3) ----------------------------------
+// Kernels take the activation as a compile-time template argument (dispatch_act below), so the
+// choice costs nothing inside the loops.
+enum class Act : int { None = 0, ReLU, ReLU6, Hardswish, Hardsigmoid, Sigmoid, SiLU };
+
+template <typename T>
+FASTOPS_HD T sigmoid_fwd(T x) {
+  using S = typename lane<T>::type;
+  return S(1) / (S(1) + lane<T>::exp(-x));
+}
+
+// y = act(u)
+template <Act A, typename T>
+FASTOPS_HD T act_fwd(T u) {
+  using S = typename lane<T>::type;
+  if constexpr (A == Act::None) {
+    return u;
+  } else if constexpr (A == Act::ReLU) {
+    return u < S(0) ? S(0) : u;  // NaN stays NaN, as torch.relu
+  } else if constexpr (A == Act::ReLU6) {
+    T t = u < S(0) ? S(0) : u;
+    return t > S(6) ? S(6) : t;
+  } else if constexpr (A == Act::Hardswish) {
+    return hardswish_fwd(u);
+  } else if constexpr (A == Act::Hardsigmoid) {
+    return hardsigmoid_fwd(u);
+  } else if constexpr (A == Act::Sigmoid) {
+    return sigmoid_fwd(u);
+  } else {
+    return u * sigmoid_fwd(u);
+  }
+}
+
+// g * act'(u), with PyTorch's conventions at the kinks (relu' = 0 at 0, relu6' = 0 at 0 and 6).
+template <Act A, typename T>
+FASTOPS_HD T act_bwd(T g, T u) {
+  using S = typename lane<T>::type;
+  if constexpr (A == Act::None) {
+    return g;
+  } else if constexpr (A == Act::ReLU) {
+    return u > S(0) ? g : S(0);
+  } else if constexpr (A == Act::ReLU6) {
+    return u > S(0) ? (u < S(6) ? g : S(0)) : S(0);
+  } else if constexpr (A == Act::Hardswish) {
+    return hardswish_bwd(g, u);
+  } else if constexpr (A == Act::Hardsigmoid) {
+    return hardsigmoid_bwd(g, u);
+  } else if constexpr (A == Act::Sigmoid) {
+    const T s = sigmoid_fwd(u);
+    return g * s * (S(1) - s);
+  } else {
+    const T s = sigmoid_fwd(u);
+    return g * s * (S(1) + u * (S(1) - s));
+  }
+}
+
+template <Act A>
+struct ActTag {
+  static constexpr Act value = A;
+};
+
+// Calls f(ActTag<A>{}) with the compile-time activation A equal to `act`.
+template <typename F>
+FASTOPS_HD void dispatch_act(Act act, F&& f) {
+  switch (act) {
+    case Act::None: f(ActTag<Act::None>{}); break;
+    case Act::ReLU: f(ActTag<Act::ReLU>{}); break;
+    case Act::ReLU6: f(ActTag<Act::ReLU6>{}); break;
+    case Act::Hardswish: f(ActTag<Act::Hardswish>{}); break;
+    case Act::Hardsigmoid: f(ActTag<Act::Hardsigmoid>{}); break;
+    case Act::Sigmoid: f(ActTag<Act::Sigmoid>{}); break;
+    case Act::SiLU: f(ActTag<Act::SiLU>{}); break;
+  }
 }
 
 }  // namespace fastops

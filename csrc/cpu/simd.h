@@ -11,6 +11,7 @@
 // and keeps NaN a NaN, as c10::BFloat16 does.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -93,6 +94,11 @@ constexpr int64_t kPointwiseGrain = 32768;
 template <>
 struct lane<cpu::f32x16> {
   using type = float;
+  static FASTOPS_CPU_INLINE cpu::f32x16 exp(cpu::f32x16 x) {
+    cpu::f32x16 r;
+    for (int i = 0; i < cpu::kLanes; ++i) r[i] = std::exp(x[i]);
+    return r;
+  }
 };
 
 }  // namespace fastops
