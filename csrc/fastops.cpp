@@ -15,6 +15,17 @@ TORCH_LIBRARY(fastops, m) {
   m.def("hardsigmoid(Tensor x) -> Tensor");
   m.def("hardsigmoid_backward(Tensor grad_out, Tensor x) -> Tensor");
   m.def("hardsigmoid_(Tensor(a!) x) -> ()");
+
+  // --- depthwise conv + affine + activation (csrc/dwconv.h, cpu/dwconv.cpp, cuda/dwconv.cu) ---
+  m.def(
+      "dwconv_bn_act(Tensor x, Tensor weight, Tensor? scale, Tensor? shift, int[2] stride, "
+      "int[2] padding, int[2] dilation, str act) -> Tensor");
+  // -> (grad_x, grad_weight, grad_scale, grad_shift); grad_scale / grad_shift are computed as if
+  // scale = 1 / shift = 0 where those are None (autograd drops them then).
+  m.def(
+      "dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? scale, "
+      "Tensor? shift, int[2] stride, int[2] padding, int[2] dilation, str act) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 // `import fastops._C` loads this library, which runs the registrations above. The module itself

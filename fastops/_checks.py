@@ -41,3 +41,70 @@ def check_writable(op: str, arg: str, t) -> None:
             f"fastops.{op}: argument '{arg}' has elements that share memory (an expanded view); "
             "in-place is not possible, clone it first"
         )
+
+
+ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu")
+
+
+def pair(op: str, arg: str, v) -> list:
+    """An int or a pair of ints as a list of two ints."""
+    if isinstance(v, int):
+        return [v, v]
+    v = list(v)
+    if len(v) != 2 or not all(isinstance(i, int) for i in v):
+        raise ValueError(f"fastops.{op}: argument '{arg}' must be an int or a pair of ints, got {v}")
+    return v
+
+
+def check_act(op: str, act) -> None:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"fastops.{op}: argument 'act' must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
+
+
+def _check_param_vector(op, arg, t, x, oc):
+    if t is None:
+        return
+    check_tensor(op, arg, t)
+    if t.dtype not in FLOATING:
+        raise TypeError(f"fastops.{op}: argument '{arg}' must be a floating-point tensor, got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != oc:
+        raise ValueError(f"fastops.{op}: argument '{arg}' must have shape [{oc}] (one value per output channel), got {list(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"fastops.{op}: argument '{arg}' is on {t.device} but 'x' is on {x.device}")
+
+
+def check_dwconv(op, x, weight, scale, shift, stride, padding, dilation, act) -> list:
+    """The checks of csrc/dwconv.h, in Python (same errors); returns the output shape."""
+    check_floating(op, "x", x)
+    if x.dim() != 4:
+        raise ValueError(f"fastops.{op}: argument 'x' must be 4-D [N, C, H, W], got {x.dim()}-D shape {list(x.shape)}")
+    check_tensor(op, "weight", weight)
+    if weight.dim() != 4 or weight.shape[1] != 1:
+        raise ValueError(f"fastops.{op}: argument 'weight' must have shape [C*m, 1, kh, kw], got {list(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"fastops.{op}: argument 'weight' has dtype {weight.dtype} but 'x' has dtype {x.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"fastops.{op}: argument 'weight' is on {weight.device} but 'x' is on {x.device}")
+    n, c, h, w = x.shape
+    oc, _, kh, kw = weight.shape
+    if c == 0 or oc % c != 0:
+        raise ValueError(f"fastops.{op}: argument 'weight' has {oc} output channels, which is not a multiple of the {c} channels of 'x'")
+    if kh == 0 or kw == 0:
+        raise ValueError(f"fastops.{op}: argument 'weight' has an empty kernel {list(weight.shape)}")
+    (sh, sw), (ph, pw), (dh, dw) = (pair(op, "stride", stride), pair(op, "padding", padding), pair(op, "dilation", dilation))
+    if sh < 1 or sw < 1:
+        raise ValueError(f"fastops.{op}: argument 'stride' must be >= 1, got {[sh, sw]}")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"fastops.{op}: argument 'padding' must be >= 0, got {[ph, pw]}")
+    if dh < 1 or dw < 1:
+        raise ValueError(f"fastops.{op}: argument 'dilation' must be >= 1, got {[dh, dw]}")
+    eff_h, eff_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if h + 2 * ph < eff_h or w + 2 * pw < eff_w:
+        raise ValueError(
+            f"fastops.{op}: the kernel ({kh}x{kw}, dilation {[dh, dw]}) is larger than the padded input "
+            f"({h + 2 * ph}x{w + 2 * pw})"
+        )
+    _check_param_vector(op, "scale", scale, x, oc)
+    _check_param_vector(op, "shift", shift, x, oc)
+    check_act(op, act)
+    return [n, oc, (h + 2 * ph - eff_h) // sh + 1, (w + 2 * pw - eff_w) // sw + 1]

@@ -10,9 +10,9 @@ This file
 
 import torch
 
-from . import _backend, _checks, _extension, reference
+from . import _backend, _checks, _extension, _layout, reference
 
-__all__ = ["hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward"]
+__all__ = ["hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,9 +72,47 @@ def hardsigmoid_second_derivative(gg, grad_out, x):
     return torch.zeros_like(x)
 
 
+def register_dwconv(ns):
+    """fake + autograd for <ns>::dwconv_bn_act and <ns>::dwconv_bn_act_backward."""
+    bwd_op = getattr(torch.ops, ns).dwconv_bn_act_backward
+
+    @torch.library.register_fake(f"{ns}::dwconv_bn_act")
+    def _fake(x, weight, scale, shift, stride, padding, dilation, act):
+        shape = _checks.check_dwconv("dwconv_bn_act", x, weight, scale, shift, stride, padding, dilation, act)
+        return x.new_empty(shape).contiguous(memory_format=_layout.conv_output_format(x))
+
+    @torch.library.register_fake(f"{ns}::dwconv_bn_act_backward")
+    def _fake_backward(grad_out, x, weight, scale, shift, stride, padding, dilation, act):
+        op = "dwconv_bn_act_backward"
+        shape = _checks.check_dwconv(op, x, weight, scale, shift, stride, padding, dilation, act)
+        _checks.check_tensor(op, "grad_out", grad_out)
+        if list(grad_out.shape) != shape:
+            raise ValueError(f"fastops.{op}: argument 'grad_out' must have shape {shape}, got {list(grad_out.shape)}")
+        oc = weight.shape[0]
+        return (
+            torch.empty_like(x, memory_format=_layout.conv_output_format(x)),
+            torch.empty_like(weight, memory_format=torch.contiguous_format),
+            x.new_empty([oc], dtype=(scale if scale is not None else x).dtype),
+            x.new_empty([oc], dtype=(shift if shift is not None else x).dtype),
+        )
+
+    def setup(ctx, inputs, output):
+        x, weight, scale, shift, stride, padding, dilation, act = inputs
+        ctx.save_for_backward(x, weight, scale, shift)
+        ctx.conf = (stride, padding, dilation, act)
+
+    def backward(ctx, grad):
+        x, weight, scale, shift = ctx.saved_tensors
+        gx, gw, gs, gb = bwd_op(grad, x, weight, scale, shift, *ctx.conf)
+        return gx, gw, gs if scale is not None else None, gb if shift is not None else None, None, None, None, None
+
+    torch.library.register_autograd(f"{ns}::dwconv_bn_act", backward, setup_context=setup)
+
+
 if _extension.has_extension():
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
+    register_dwconv("fastops")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,3 +187,16 @@ def hardswish_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def hardsigmoid_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The gradient of hardsigmoid at x, times grad_out."""
     return _activation_backward("hardsigmoid_backward", grad_out, x)
+
+
+def dwconv_bn_act(x, weight, scale=None, shift=None, stride=1, padding=0, dilation=1, act="none", impl=None):
+    """Depthwise convolution, per-channel affine (a folded BatchNorm, or a bias with scale=None)
+    and activation in one pass: `act(conv(x, weight) * scale[c] + shift[c])`.
+
+    weight: [C*m, 1, kh, kw] (channel multiplier m >= 1); stride / padding / dilation: int or
+    pair; act: one of "none", "relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu".
+    The output keeps x's memory format. Differentiable in x, weight, scale and shift."""
+    op = "dwconv_bn_act"
+    stride, padding, dilation = (_checks.pair(op, n, v) for n, v in (("stride", stride), ("padding", padding), ("dilation", dilation)))
+    _checks.check_dwconv(op, x, weight, scale, shift, stride, padding, dilation, act)
+    return _pick(op, x, impl)(x, weight, scale, shift, stride, padding, dilation, act)

@@ -52,6 +52,45 @@ def _triton_ops():
     return fastops.triton.ops
 
 
+def _dwconv_opcheck_cases(ns, device):
+    cases = []
+    for layout, affine, act, geom in (
+        ("contiguous", True, "relu6", ([1, 1], [1, 1], [1, 1])),
+        ("channels_last", True, "hardswish", ([2, 2], [1, 1], [1, 1])),
+        ("channels_last", False, "none", ([1, 2], [2, 1], [2, 1])),
+        ("strided", True, "silu", ([1, 1], [0, 0], [1, 1])),
+    ):
+        x = make_layout(randn((2, 4, 7, 6), device=device), layout)
+        w = randn((8, 1, 3, 3), device=device)
+        sc, sh = (randn((8,), device=device), randn((8,), device=device)) if affine else (None, None)
+        y = torch.ops.fastops.dwconv_bn_act(x.cpu(), w.cpu(), sc if sc is None else sc.cpu(),
+                                            sh if sh is None else sh.cpu(), *geom, act)
+        g = randn(y.shape, device=device)
+        req = lambda t: None if t is None else t.detach().requires_grad_()  # noqa: E731
+        cases.append((ns.dwconv_bn_act.default, (req(x), req(w), req(sc), req(sh), *geom, act)))
+        cases.append((ns.dwconv_bn_act_backward.default, (g, x, w, sc, sh, *geom, act)))
+    return cases
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_opcheck_dwconv_cpp(case):
+    op, args = _dwconv_opcheck_cases(torch.ops.fastops, "cpu")[case]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_opcheck_dwconv_triton(case):
+    op, args = _dwconv_opcheck_cases(_triton_ops(), _triton_device())[case]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", range(8))
+def test_opcheck_dwconv_cuda(case):
+    op, args = _dwconv_opcheck_cases(torch.ops.fastops, "cuda")[case]
+    torch.library.opcheck(op, args)
+
+
 def test_every_schema_has_cpu_cuda_fake_and_autograd():
     """Each op declared in C++ has a CPU kernel, a CUDA kernel (CUDA builds), a fake impl, and
     (for the out-of-place ops) autograd."""
@@ -65,6 +104,12 @@ def test_every_schema_has_cpu_cuda_fake_and_autograd():
             assert has(qual, "Meta"), qual  # register_fake also serves meta tensors
         for op in (name, f"{name}_backward"):
             assert has(f"fastops::{op}", "Autograd"), op
+    for op in ("dwconv_bn_act", "dwconv_bn_act_backward"):
+        qual = f"fastops::{op}"
+        assert has(qual, "CPU") and has(qual, "Meta"), qual
+        if fastops.has_cuda_kernels():
+            assert has(qual, "CUDA"), qual
+    assert has("fastops::dwconv_bn_act", "Autograd")
 
 
 class _Block(nn.Module):
@@ -107,6 +152,23 @@ def test_compile_fullgraph_raw_ops_and_dynamic_shapes():
     for shape in ((3, 7), (5, 11), (1, 2, 3, 4)):
         x = randn(shape)
         assert_close(compiled(x), f(x))
+
+
+@pytest.mark.parametrize("backend", ("inductor", "aot_eager"))
+def test_compile_fullgraph_dwconv(backend):
+    torch._dynamo.reset()
+
+    def f(x, w, sc, sh):
+        y = fastops.ops.dwconv_bn_act(x, w, sc, sh, stride=2, padding=1, act="hardswish")
+        return fastops.ops.dwconv_bn_act(y, w, None, sh, padding=1, act="relu6").sum()
+
+    x = randn((2, 8, 11, 11)).to(memory_format=torch.channels_last).requires_grad_()
+    w, sc, sh = randn((8, 1, 3, 3)).requires_grad_(), randn((8,)), randn((8,)).requires_grad_()
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
+    got = torch.autograd.grad(compiled(x, w, sc, sh), (x, w, sh))
+    want = torch.autograd.grad(f(x, w, sc, sh), (x, w, sh))
+    for a, b in zip(got, want):
+        assert_close(a, b)
 
 
 def test_compile_triton_ops():

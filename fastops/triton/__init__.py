@@ -9,10 +9,13 @@ interpreter when a kernel is defined). That is how CI checks them.
 
 import torch
 
+from typing import List, Optional, Tuple
+
 from .. import ops as _ops
 from . import activation as _activation
+from . import dwconv as _dwconv
 
-__all__ = ["hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "ops"]
+__all__ = ["hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act", "ops"]
 
 
 def _define_activation(name):
@@ -34,6 +37,25 @@ _define_activation("hardsigmoid")
 _ops.register_activation("fastops_triton", "hardswish", _ops.hardswish_second_derivative)
 _ops.register_activation("fastops_triton", "hardsigmoid", _ops.hardsigmoid_second_derivative)
 
+
+@torch.library.custom_op("fastops_triton::dwconv_bn_act", mutates_args=())
+def _dwconv_forward(
+    x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+    stride: List[int], padding: List[int], dilation: List[int], act: str,
+) -> torch.Tensor:
+    return _dwconv.forward(x, weight, scale, shift, stride, padding, dilation, act)
+
+
+@torch.library.custom_op("fastops_triton::dwconv_bn_act_backward", mutates_args=())
+def _dwconv_backward(
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
+    shift: Optional[torch.Tensor], stride: List[int], padding: List[int], dilation: List[int], act: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _dwconv.backward(grad_out, x, weight, scale, shift, stride, padding, dilation, act)
+
+
+_ops.register_dwconv("fastops_triton")
+
 # The Triton ops, looked up by name (fastops.ops picks from here when the backend is "triton").
 ops = torch.ops.fastops_triton
 
@@ -54,3 +76,8 @@ def hardswish_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def hardsigmoid_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _ops._activation_backward("hardsigmoid_backward", grad_out, x, impl=ops)
+
+
+def dwconv_bn_act(x, weight, scale=None, shift=None, stride=1, padding=0, dilation=1, act="none"):
+    """dwconv_bn_act through the Triton kernels (see fastops.ops.dwconv_bn_act)."""
+    return _ops.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act, impl=ops)

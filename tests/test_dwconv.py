@@ -1,0 +1,207 @@
+"""dwconv_bn_act through fastops.ops (C++ CPU kernels; CUDA kernels where a GPU is present):
+values and gradients against the float64 reference over kernel sizes, strides, dilations,
+multipliers, paddings, layouts and dtypes; errors; gradcheck. The Triton kernels have their
+own sweep in test_dwconv_triton.py."""
+
+import itertools
+
+import pytest
+import torch
+
+import fastops
+from fastops import reference
+from helpers import TOL, make_layout, poisoned_memory, randn
+
+ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu")
+
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    if request.param == "cuda":
+        with fastops.use_backend("cuda"):
+            yield "cuda"
+    else:
+        yield "cpu"
+
+
+def _case(device, dtype, n, c, h, w, k, mult=1, affine=True, layout="contiguous"):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = make_layout(randn((n, c, h, w), dtype, device, scale=2.0), layout)
+    weight = randn((c * mult, 1, kh, kw), dtype, device, scale=0.5)
+    scale = randn((c * mult,), torch.float32, device, scale=1.0) if affine else None
+    shift = randn((c * mult,), torch.float32, device, scale=1.0) if affine else None
+    return x, weight, scale, shift
+
+
+def _ref(x, weight, scale, shift, stride, padding, dilation, act):
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    return reference.dwconv_bn_act(d(x), d(weight), d(scale), d(shift), stride, padding, dilation, act)
+
+
+def _assert_matches(y, expected, dtype):
+    """Relative to the output's scale: sums of up to k*k products carry that much rounding."""
+    tol = TOL[dtype]
+    torch.testing.assert_close(
+        y.double(), expected, rtol=tol["rtol"], atol=tol["rtol"] * max(1.0, expected.abs().max().item())
+    )
+
+
+def _expected_format(x):
+    return torch.channels_last if fastops._layout.conv_output_format(x) == torch.channels_last else torch.contiguous_format
+
+
+GEOMETRIES = [
+    # k, stride, dilation, padding (None: "same"-style k//2 * dilation), mult, (h, w)
+    (3, 1, 1, None, 1, (13, 18)),
+    (3, 2, 1, None, 1, (14, 17)),
+    (5, 1, 1, None, 1, (11, 12)),
+    (5, 2, 1, None, 1, (15, 16)),
+    (7, 1, 1, None, 1, (9, 23)),
+    (3, 1, 2, None, 1, (12, 12)),
+    (5, 2, 2, 1, 1, (17, 19)),   # padding smaller than k//2
+    (3, 1, 1, 3, 1, (6, 7)),     # padding larger than k//2
+    (1, 1, 1, 0, 1, (5, 9)),
+    (2, 1, 1, 0, 1, (6, 6)),     # even kernel
+    (4, 2, 1, 1, 1, (9, 10)),
+    ((3, 5), 1, 1, 1, 1, (8, 11)),  # non-square kernel
+    (3, 1, 1, 1, 2, (7, 9)),     # channel multiplier 2
+    (3, 2, 1, 1, 3, (8, 8)),     # multiplier 3, stride 2
+    (3, 2, 1, 0, 1, (3, 3)),     # 1x1 output
+    (7, 3, 1, 3, 1, (10, 13)),   # stride 3
+]
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=lambda g: f"k{g[0]}s{g[1]}d{g[2]}p{g[3]}m{g[4]}")
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last", "strided"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_forward_geometries(device, geom, layout, dtype):
+    k, s, d, p, m, (h, w) = geom
+    kh = k if isinstance(k, int) else k[0]
+    pad = (kh // 2) * d if p is None else p
+    c = 19 if m == 1 else 5  # 19: a full 16-channel vector plus a tail
+    x, weight, scale, shift = _case(device, dtype, 2, c, h, w, k, m, layout=layout)
+    with poisoned_memory(x):
+        y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, s, pad, d, "relu6")
+    expected = _ref(x, weight, scale, shift, s, pad, d, "relu6")
+    assert y.shape == expected.shape and y.dtype == dtype
+    assert y.is_contiguous(memory_format=_expected_format(x))
+    _assert_matches(y, expected, dtype)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("affine", (True, False))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_forward_activations(device, act, affine, layout):
+    x, weight, scale, shift = _case(device, torch.float32, 1, 24, 9, 10, 3, affine=affine, layout=layout)
+    y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, act)
+    _assert_matches(y, _ref(x, weight, scale, shift, 1, 1, 1, act), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float16), ids=str)
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_forward_other_dtypes(device, dtype, layout):
+    x, weight, scale, shift = _case(device, dtype, 2, 6, 8, 9, 3, mult=2, layout=layout)
+    y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, 2, 1, 1, "hardswish")
+    assert y.dtype == dtype and y.is_contiguous(memory_format=_expected_format(x))
+    _assert_matches(y, _ref(x, weight, scale, shift, 2, 1, 1, "hardswish"), dtype)
+
+
+def test_forward_mobilenet_shape_large(device):
+    """A MobileNet V2 layer: C144 56x56, N=2, both layouts, against the reference."""
+    for layout in ("contiguous", "channels_last"):
+        x, weight, scale, shift = _case(device, torch.float32, 2, 144, 56, 56, 3, layout=layout)
+        y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu6")
+        _assert_matches(y, _ref(x, weight, scale, shift, 1, 1, 1, "relu6"), torch.float32)
+
+
+BACKWARD_CASES = list(itertools.product(
+    [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (5, 1, 2, 4, 1), (3, 1, 1, 1, 2), (4, 2, 1, 0, 1)],
+    ["relu6", "hardswish", "silu", "none"],
+    ["contiguous", "channels_last"],
+))
+
+
+@pytest.mark.parametrize("geom,act,layout", BACKWARD_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("affine", (True, False))
+def test_backward_matches_reference(device, geom, act, layout, affine):
+    k, s, d, p, m = geom
+    x, weight, scale, shift = _case(device, torch.float32, 2, 7 if m == 1 else 3, 11, 12, k, m, affine, layout)
+    leaves = [t.detach().requires_grad_() for t in (x, weight, scale, shift) if t is not None]
+    args = leaves + [None, None] * (not affine)
+    y = fastops.ops.dwconv_bn_act(*args, stride=s, padding=p, dilation=d, act=act)
+    g = make_layout(randn(y.shape, torch.float32, device), "permuted")  # gradient in another layout
+    grads = torch.autograd.grad(y, leaves, g)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref_args = ref_leaves + [None, None] * (not affine)
+    yr = reference.dwconv_bn_act(*ref_args, stride=s, padding=p, dilation=d, act=act)
+    ref_grads = torch.autograd.grad(yr, ref_leaves, g.double())
+    for name, got, want in zip(("x", "weight", "scale", "shift"), grads, ref_grads):
+        assert got.dtype == torch.float32, name
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * max(1.0, want.abs().max().item()), msg=name)
+    assert grads[0].is_contiguous(memory_format=_expected_format(x))
+
+
+def test_backward_bfloat16(device):
+    x, weight, scale, shift = _case(device, torch.bfloat16, 2, 16, 10, 10, 3, layout="channels_last")
+    xr, wr = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    y = fastops.ops.dwconv_bn_act(xr, wr, scale, shift, 1, 1, 1, "hardswish")
+    g = randn(y.shape, torch.bfloat16, device)
+    gx, gw = torch.autograd.grad(y, (xr, wr), g)
+    xd, wd = x.double().requires_grad_(), weight.double().requires_grad_()
+    yd = reference.dwconv_bn_act(xd, wd, scale.double(), shift.double(), 1, 1, 1, "hardswish")
+    ex, ew = torch.autograd.grad(yd, (xd, wd), g.double())
+    assert gx.dtype == torch.bfloat16 and gw.dtype == torch.bfloat16
+    torch.testing.assert_close(gx.double(), ex, rtol=2e-2, atol=2e-2 * ex.abs().max().item())
+    torch.testing.assert_close(gw.double(), ew, rtol=2e-2, atol=2e-2 * ew.abs().max().item())
+
+
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("act", ("hardswish", "silu", "relu6"))
+def test_gradcheck_float64_all_four_inputs(device, layout, act):
+    x, weight, scale, shift = _case(device, torch.float64, 1, 3, 6, 7, 3, mult=2, layout=layout)
+    inputs = [t.detach().requires_grad_() for t in (x, weight, scale.double(), shift.double())]
+    f = lambda a, b, c, e: torch.ops.fastops.dwconv_bn_act(a, b, c, e, [2, 1], [1, 1], [1, 2], act)  # noqa: E731
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_empty_batch(device):
+    x, weight, scale, shift = _case(device, torch.float32, 0, 4, 5, 5, 3)
+    y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu")
+    assert y.shape == (0, 4, 5, 5)
+
+
+BAD_ARGUMENTS = [
+    # (what to change, expected exception, message fragment)
+    (dict(x=lambda x: x[0]), ValueError, "argument 'x' must be 4-D"),
+    (dict(x=lambda x: x.to(torch.int32)), TypeError, "argument 'x' must be a floating-point tensor"),
+    (dict(weight=lambda w: torch.randn(6, 1, 3, 3)), ValueError, "not a multiple of the 4 channels"),
+    (dict(weight=lambda w: w.view(2, 2, 3, 3)), ValueError, "argument 'weight' must have shape [C*m, 1, kh, kw]"),
+    (dict(weight=lambda w: w.double()), TypeError, "argument 'weight' has dtype"),
+    (dict(stride=0), ValueError, "argument 'stride' must be >= 1"),
+    (dict(dilation=(1, 0)), ValueError, "argument 'dilation' must be >= 1"),
+    (dict(padding=-1), ValueError, "argument 'padding' must be >= 0"),
+    (dict(act="gelu"), ValueError, "argument 'act' must be one of"),
+    (dict(weight=lambda w: torch.randn(4, 1, 9, 9)), ValueError, "is larger than the padded input"),
+    (dict(scale=lambda s: s[:3]), ValueError, "argument 'scale' must have shape [4]"),
+    (dict(shift=lambda s: s.view(2, 2)), ValueError, "argument 'shift' must have shape [4]"),
+]
+
+
+@pytest.mark.parametrize("change,exc,msg", BAD_ARGUMENTS, ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize("entry", ("ops", "torch.ops"))
+def test_bad_arguments_are_clear_errors(change, exc, msg, entry):
+    x, weight, scale, shift = _case("cpu", torch.float32, 1, 4, 6, 6, 3)
+    kw = dict(x=x, weight=weight, scale=scale, shift=shift, stride=1, padding=1, dilation=1, act="relu6")
+    for key, v in change.items():
+        kw[key] = v(kw[key]) if callable(v) else v
+    if entry == "torch.ops":
+        pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+        call = lambda: torch.ops.fastops.dwconv_bn_act(  # noqa: E731
+            kw["x"], kw["weight"], kw["scale"], kw["shift"], pair(kw["stride"]), pair(kw["padding"]),
+            pair(kw["dilation"]), kw["act"])
+    else:
+        call = lambda: fastops.ops.dwconv_bn_act(**kw)  # noqa: E731
+    with pytest.raises(exc, match="fastops.dwconv_bn_act: .*" + msg.replace("[", r"\[").replace("]", r"\]").replace("*", r"\*")):
+        call()
