@@ -1,0 +1,129 @@
+"""fastops.nn.ConvBNAct and DepthwiseSeparable against the unfused modules they replace, with
+identical weights: state_dict keys, outputs, gradients and BatchNorm state, in train and eval."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastops
+from helpers import randn
+
+torchvision = pytest.importorskip("torchvision")
+Conv2dNormActivation = torchvision.ops.Conv2dNormActivation
+
+
+def _randomise(module):
+    """Non-trivial BN state so folding is really exercised."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    return module
+
+
+def _pair(kwargs, act):
+    """A fastops ConvBNAct and a torchvision Conv2dNormActivation with the same weights."""
+    tv_act = {"relu6": nn.ReLU6, "hardswish": nn.Hardswish, "relu": nn.ReLU, "silu": nn.SiLU, None: None}[act]
+    ours = fastops.nn.ConvBNAct(**kwargs, activation_layer=tv_act)
+    theirs = Conv2dNormActivation(**kwargs, activation_layer=tv_act)
+    _randomise(theirs)
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+DW_CASES = [
+    dict(in_channels=24, out_channels=24, kernel_size=3, stride=1, groups=24),
+    dict(in_channels=19, out_channels=19, kernel_size=5, stride=2, groups=19),
+    dict(in_channels=8, out_channels=16, kernel_size=3, stride=1, groups=8, dilation=2),
+    dict(in_channels=16, out_channels=16, kernel_size=3, stride=2, groups=16, norm_layer=None),
+]
+
+
+def test_state_dict_keys_match_torchvision():
+    ours, theirs = _pair(DW_CASES[0], "relu6")
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [type(m).__name__ for m in ours][:2] == ["Conv2d", "BatchNorm2d"]
+
+
+@pytest.mark.parametrize("kwargs", DW_CASES, ids=str)
+@pytest.mark.parametrize("act", ("relu6", "hardswish", "silu", None))
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_eval_matches_unfused(kwargs, act, layout):
+    ours, theirs = _pair(kwargs, act)
+    ours.eval(), theirs.eval()
+    x = randn((2, kwargs["in_channels"], 15, 13))
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+    g = randn(ya.shape)
+    ya.backward(g), yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    for (name, pa), (_, pb) in zip(ours.named_parameters(), theirs.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kwargs", DW_CASES[:3], ids=str)
+@pytest.mark.parametrize("momentum", (0.1, None))
+def test_train_matches_unfused_including_running_stats(kwargs, momentum):
+    ours, theirs = _pair(kwargs, "hardswish")
+    for m in (ours, theirs):
+        m[1].momentum = momentum
+    ours.train(), theirs.train()
+    opt_a = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9)
+    opt_b = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
+    for step in range(3):
+        x = randn((4, kwargs["in_channels"], 11, 12)).to(memory_format=torch.channels_last)
+        ya, yb = ours(x), theirs(x)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        g = randn(ya.shape) / ya.numel() ** 0.5  # a well-conditioned loss: parameter steps stay small
+        for opt, y in ((opt_a, ya), (opt_b, yb)):
+            opt.zero_grad()
+            y.backward(g)
+            opt.step()
+        for (name, pa), (_, pb) in zip(ours.named_parameters(), theirs.named_parameters()):
+            torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-4, msg=f"step {step}: {name}")
+    for (name, ba), (_, bb) in zip(ours.named_buffers(), theirs.named_buffers()):
+        torch.testing.assert_close(ba, bb, rtol=1e-5, atol=1e-6, msg=name)
+    assert ours[1].num_batches_tracked.item() == 3
+
+
+def test_non_depthwise_conv_runs_unfused_with_same_answer():
+    ours, theirs = _pair(dict(in_channels=8, out_channels=12, kernel_size=3, groups=1), "relu6")
+    ours.eval(), theirs.eval()
+    x = randn((2, 8, 9, 9))
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_depthwise_separable_is_the_mobilenet_v1_block():
+    block = fastops.nn.DepthwiseSeparable(32, 64, kernel_size=3, stride=2, act="relu6")
+    keys = list(block.state_dict())
+    assert keys[:2] == ["0.0.weight", "0.1.weight"] and "1.0.weight" in keys
+    assert block[0][0].groups == 32 and block[0][0].stride == (2, 2) and block[1][0].kernel_size == (1, 1)
+    reference = nn.Sequential(
+        nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU6()),
+        nn.Sequential(nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6()),
+    )
+    _randomise(reference)
+    block.load_state_dict(reference.state_dict())
+    for mode in ("train", "eval"):
+        getattr(block, mode)(), getattr(reference, mode)()
+        x = randn((2, 32, 16, 16)).to(memory_format=torch.channels_last)
+        torch.testing.assert_close(block(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ("train", "eval"))
+def test_compile_fullgraph(mode):
+    torch._dynamo.reset()
+    block = _randomise(fastops.nn.DepthwiseSeparable(16, 24, act="hardswish"))
+    getattr(block, mode)()
+    eager = copy.deepcopy(block)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    x = randn((2, 16, 10, 10)).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
