@@ -68,45 +68,90 @@ at::Tensor empty_output(const at::Tensor& x, const DwConvShape& s, at::ScalarTyp
 // ---------------------------------------------------------------------------- channels_last
 
 // One output row (n, oh) of the NHWC kernel, for channel block [c0, c0+16); m == 1.
-// wt: [KH*KW][C] float weights. K > 0 fixes KH = KW = K at compile time (weights in registers).
+// wt: [KH*KW][C] float weights. K > 0 fixes KH = KW = K at compile time; for K == 3 the nine
+// weight vectors live in registers (5x5 would spill them: its weights come from L1).
+// Interior pixels (every tap inside the input) go four at a time: four independent
+// accumulators hide the FMA latency and share each weight load; border pixels check their taps.
 template <int K, Act A, typename E>
 FASTOPS_CPU_INLINE void nhwc_row_block(const E* x, E* y, const float* wt, const float* sc,
                                        const float* sh, const DwConvShape& s, int64_t n, int64_t oh,
                                        int64_t c0) {
   const int64_t KH = K > 0 ? K : s.KH, KW = K > 0 ? K : s.KW;
-  constexpr int kMaxTaps = K > 0 ? K * K : 1;
-  f32x16 wreg[kMaxTaps];
-  if constexpr (K > 0) {
-    for (int t = 0; t < K * K; ++t) wreg[t] = load16(wt + t * s.C + c0);
+  constexpr bool kRegs = K == 3;
+  f32x16 wreg[kRegs ? 9 : 1];
+  if constexpr (kRegs) {
+    for (int t = 0; t < 9; ++t) wreg[t] = load16(wt + t * s.C + c0);
   }
+  auto weight = [&](int64_t kh, int64_t kw) FASTOPS_CPU_INLINE_LAMBDA {
+    if constexpr (kRegs) return wreg[kh * 3 + kw];
+    return load16(wt + (kh * KW + kw) * s.C + c0);
+  };
   const f32x16 scale = load16(sc + c0), shift = load16(sh + c0);
   const int64_t ih0 = oh * s.SH - s.PH;
-  const int64_t row_stride = s.W * s.C;
-  const E* xn = x + n * s.H * row_stride;
-  E* yrow = y + ((n * s.OH + oh) * s.OW) * s.C;
-  for (int64_t ow = 0; ow < s.OW; ++ow) {
-    const int64_t iw0 = ow * s.SW - s.PW;
-    const bool interior_w = iw0 >= 0 && iw0 + (KW - 1) * s.DW < s.W;
-    f32x16 acc = f32x16{};
+  const int64_t C = s.C, row_stride = s.W * C;
+  const E* xn = x + n * s.H * row_stride + c0;
+  E* yrow = y + ((n * s.OH + oh) * s.OW) * C + c0;
+  // interior columns: iw0 >= 0 and iw0 + (KW-1)*DW < W, with iw0 = ow*SW - PW
+  const int64_t lo = std::min<int64_t>(s.OW, (s.PW + s.SW - 1) / s.SW);
+  const int64_t last = s.W - 1 - (KW - 1) * s.DW + s.PW;  // largest iw0 + PW that fits
+  const int64_t hi = last < 0 ? lo : std::max<int64_t>(lo, std::min<int64_t>(s.OW, last / s.SW + 1));
+  // Border pixels, also four at a time: a tap that falls into the padding reads a zero vector
+  // instead of the input (a pointer select), so the four chains stay branch-free.
+  alignas(64) static const float kZeros[L] = {};
+  const E* zeros = reinterpret_cast<const E*>(kZeros);
+  auto border4 = [&](int64_t ow_begin, int64_t ow_end) FASTOPS_CPU_INLINE_LAMBDA {
+    for (int64_t ow = ow_begin; ow < ow_end; ow += 4) {
+      const int n4 = int(std::min<int64_t>(4, ow_end - ow));
+      int64_t iw0[4];
+      for (int j = 0; j < 4; ++j) iw0[j] = (ow + std::min(j, n4 - 1)) * s.SW - s.PW;
+      f32x16 a[4] = {f32x16{}, f32x16{}, f32x16{}, f32x16{}};
+      for (int64_t kh = 0; kh < KH; ++kh) {
+        const int64_t ih = ih0 + kh * s.DH;
+        if (ih < 0 || ih >= s.H) continue;
+        const E* xr = xn + ih * row_stride;
+        for (int64_t kw = 0; kw < KW; ++kw) {
+          const f32x16 w = weight(kh, kw);
+          for (int j = 0; j < 4; ++j) {
+            const int64_t iw = iw0[j] + kw * s.DW;
+            const E* src = (iw >= 0 && iw < s.W) ? xr + iw * C : zeros;
+            a[j] += load16(src) * w;
+          }
+        }
+      }
+      for (int j = 0; j < n4; ++j) store16(yrow + (ow + j) * C, act_fwd<A>(a[j] * scale + shift));
+    }
+  };
+  border4(0, lo);
+  int64_t ow = lo;
+  const int64_t step = s.SW * C;
+  for (; ow + 4 <= hi; ow += 4) {
+    f32x16 a0 = f32x16{}, a1 = f32x16{}, a2 = f32x16{}, a3 = f32x16{};
     for (int64_t kh = 0; kh < KH; ++kh) {
       const int64_t ih = ih0 + kh * s.DH;
       if (ih < 0 || ih >= s.H) continue;
-      const E* xr = xn + ih * row_stride + c0;
+      const E* xr = xn + ih * row_stride + (ow * s.SW - s.PW) * C;
       for (int64_t kw = 0; kw < KW; ++kw) {
-        const int64_t iw = iw0 + kw * s.DW;
-        if (!interior_w && (iw < 0 || iw >= s.W)) continue;
-        const f32x16 w = K > 0 ? wreg[kh * KW + kw] : load16(wt + (kh * KW + kw) * s.C + c0);
-        acc += load16(xr + iw * s.C) * w;
+        const f32x16 w = weight(kh, kw);
+        const E* p = xr + kw * s.DW * C;
+        a0 += load16(p) * w;
+        a1 += load16(p + step) * w;
+        a2 += load16(p + 2 * step) * w;
+        a3 += load16(p + 3 * step) * w;
       }
     }
-    store16(yrow + ow * s.C + c0, act_fwd<A>(acc * scale + shift));
+    store16(yrow + ow * C, act_fwd<A>(a0 * scale + shift));
+    store16(yrow + (ow + 1) * C, act_fwd<A>(a1 * scale + shift));
+    store16(yrow + (ow + 2) * C, act_fwd<A>(a2 * scale + shift));
+    store16(yrow + (ow + 3) * C, act_fwd<A>(a3 * scale + shift));
   }
+  border4(ow, s.OW);
 }
 
 // Scalar version for the channels past the last full block of 16 (and any multiplier m).
 template <Act A, typename E>
-void nhwc_row_scalar(const E* x, E* y, const float* wt, const float* sc, const float* sh,
-                     const DwConvShape& s, int64_t n, int64_t oh, int64_t oc_begin) {
+FASTOPS_CPU_INLINE void nhwc_row_scalar(const E* x, E* y, const float* wt, const float* sc,
+                                        const float* sh, const DwConvShape& s, int64_t n, int64_t oh,
+                                        int64_t oc_begin) {
   const int64_t ih0 = oh * s.SH - s.PH;
   for (int64_t ow = 0; ow < s.OW; ++ow) {
     const int64_t iw0 = ow * s.SW - s.PW;
@@ -127,102 +172,200 @@ void nhwc_row_scalar(const E* x, E* y, const float* wt, const float* sc, const f
   }
 }
 
+// Output rows [begin, end) of the channels_last kernel (r = n * OH + oh).
 template <Act A, typename E>
-void nhwc_forward(const E* x, E* y, const float* wt, const Affine& af, const DwConvShape& s) {
-  const int64_t vec_end = s.mult == 1 ? (s.C / L) * L : 0;
+FASTOPS_CPU_INLINE void nhwc_rows(const E* x, E* y, const float* wt, const float* sc,
+                                  const float* sh, const DwConvShape& s, int64_t begin, int64_t end) {
+  // m == 1 here (a multiplier runs the NCHW kernel). Channels go in blocks of 16; a tail of
+  // C % 16 channels is covered by one more block ending at C, overlapping the previous one (the
+  // overlapped channels are computed twice, to the same values). Fewer than 16 channels: scalar.
+  const int64_t blocks = s.C >= L ? (s.C + L - 1) / L : 0;
   const bool k3 = s.KH == 3 && s.KW == 3, k5 = s.KH == 5 && s.KW == 5;
-  at::parallel_for(0, s.N * s.OH, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / s.OH, oh = r % s.OH;
-      for (int64_t c0 = 0; c0 < vec_end; c0 += L) {
-        if (k3)
-          nhwc_row_block<3, A>(x, y, wt, af.scale.data(), af.shift.data(), s, n, oh, c0);
-        else if (k5)
-          nhwc_row_block<5, A>(x, y, wt, af.scale.data(), af.shift.data(), s, n, oh, c0);
-        else
-          nhwc_row_block<0, A>(x, y, wt, af.scale.data(), af.shift.data(), s, n, oh, c0);
-      }
-      if (vec_end < s.OC)
-        nhwc_row_scalar<A>(x, y, wt, af.scale.data(), af.shift.data(), s, n, oh, vec_end);
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t n = r / s.OH, oh = r % s.OH;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t c0 = std::min(b * L, s.C - L);
+      if (k3)
+        nhwc_row_block<3, A>(x, y, wt, sc, sh, s, n, oh, c0);
+      else if (k5)
+        nhwc_row_block<5, A>(x, y, wt, sc, sh, s, n, oh, c0);
+      else
+        nhwc_row_block<0, A>(x, y, wt, sc, sh, s, n, oh, c0);
     }
-  });
+    if (blocks == 0) nhwc_row_scalar<A>(x, y, wt, sc, sh, s, n, oh, 0);
+  }
 }
 
 // ---------------------------------------------------------------------------- NCHW
 
 // Scratch plane: zero padding around the input plane, each padded row split into SW phases
-// (phase p holds padded columns p, p + SW, p + 2*SW, ...), rows padded to whole vectors.
+// (phase p holds padded columns p, p + SW, p + 2*SW, ...), rows padded to whole vectors. Then
+// the tap (kh, kw) of output vector [ow, ow+16) of row oh is the 16 floats at
+//   row_base(oh) + tap[kh*KW + kw] + ow,
+// one contiguous load whatever the stride and dilation.
 struct PhasePlane {
-  int64_t PHH;        // padded height
+  int64_t phases;     // = SW
   int64_t phase_len;  // floats per phase row (multiple of L, with slack for the last vector)
+  int64_t row_step;   // floats from one output row's base to the next
+  std::vector<int64_t> tap;
   std::vector<float> buf;
 
   void build(const DwConvShape& s) {
-    PHH = s.H + 2 * s.PH;
-    const int64_t pw = s.W + 2 * s.PW;
-    const int64_t per_phase = (pw + s.SW - 1) / s.SW;
-    // the last output vector of a row reads up to index (OW rounded up to L) + max tap offset
+    phases = s.SW;
+    const int64_t per_phase = (s.W + 2 * s.PW + s.SW - 1) / s.SW;
+    // the last vector of a row reads up to (OW rounded up to L) + the largest tap offset
     const int64_t need = ((s.OW + L - 1) / L) * L + ((s.KW - 1) * s.DW) / s.SW + 1;
     phase_len = ((std::max(per_phase, need) + L - 1) / L) * L;
-    buf.assign(PHH * s.SW * phase_len, 0.f);
+    row_step = s.SH * phases * phase_len;
+    tap.resize(s.KH * s.KW);
+    for (int64_t kh = 0; kh < s.KH; ++kh)
+      for (int64_t kw = 0; kw < s.KW; ++kw)
+        tap[kh * s.KW + kw] = (kh * s.DH * phases + (kw * s.DW) % s.SW) * phase_len + (kw * s.DW) / s.SW;
+    buf.assign((s.H + 2 * s.PH) * phases * phase_len, 0.f);  // the padding stays zero
   }
-  float* row(int64_t r, int64_t phase) { return buf.data() + (r * (int64_t)stride_ + phase) * phase_len; }
-  int64_t stride_ = 1;
+  float* row(int64_t r, int64_t phase) { return buf.data() + (r * phases + phase) * phase_len; }
 };
 
 template <typename E>
-void fill_phase_plane(PhasePlane& p, const E* plane, const DwConvShape& s) {
-  p.stride_ = s.SW;
+FASTOPS_CPU_INLINE void fill_phase_plane(PhasePlane& p, const E* plane, const DwConvShape& s) {
   for (int64_t ih = 0; ih < s.H; ++ih) {
     const E* src = plane + ih * s.W;
-    for (int64_t iw = 0; iw < s.W; ++iw) {
-      const int64_t col = iw + s.PW;
-      p.row(ih + s.PH, col % s.SW)[col / s.SW] = widen(src[iw]);
+    if (s.SW == 1) {
+      float* dst = p.row(ih + s.PH, 0) + s.PW;
+      for (int64_t iw = 0; iw < s.W; ++iw) dst[iw] = widen(src[iw]);
+      continue;
+    }
+    for (int64_t ph = 0; ph < s.SW; ++ph) {  // padded column j*SW + ph is input column iw
+      float* dst = p.row(ih + s.PH, ph);
+      int64_t j = ph >= s.PW ? 0 : (s.PW - ph + s.SW - 1) / s.SW;
+      for (int64_t iw = j * s.SW + ph - s.PW; iw < s.W; ++j, iw += s.SW) dst[j] = widen(src[iw]);
     }
   }
 }
 
+// One output plane. The (output row, 16-wide vector) pairs go four at a time: four independent
+// accumulators share each broadcast weight, also when a row is narrower than one vector.
 template <Act A, typename E>
-void nchw_plane(PhasePlane& p, E* out, const float* w, float scale, float shift,
-                const DwConvShape& s) {
-  const int64_t full = (s.OW / L) * L;
-  for (int64_t oh = 0; oh < s.OH; ++oh) {
-    E* yrow = out + oh * s.OW;
-    for (int64_t ow = 0; ow < s.OW; ow += L) {
-      f32x16 acc = f32x16{};
-      for (int64_t kh = 0; kh < s.KH; ++kh) {
-        const int64_t r = oh * s.SH + kh * s.DH;
-        for (int64_t kw = 0; kw < s.KW; ++kw) {
-          const int64_t off = kw * s.DW;
-          acc += load16(p.row(r, off % s.SW) + ow + off / s.SW) * w[kh * s.KW + kw];
-        }
-      }
-      const f32x16 y = act_fwd<A>(acc * scale + shift);
-      if (ow < full) {
-        store16(yrow + ow, y);
+FASTOPS_CPU_INLINE void nchw_plane(PhasePlane& p, E* out, const float* w, float scale, float shift,
+                                   const DwConvShape& s) {
+  const int64_t taps = s.KH * s.KW;
+  const int64_t* tap = p.tap.data();
+  const int64_t nvec = (s.OW + L - 1) / L, items = s.OH * nvec;
+  for (int64_t i0 = 0; i0 < items; i0 += 4) {
+    const int n = int(std::min<int64_t>(4, items - i0));
+    const float* q[4];
+    int64_t oh[4], ow[4];
+    for (int j = 0; j < 4; ++j) {
+      const int64_t i = i0 + std::min(j, n - 1);  // unused slots repeat the last item
+      oh[j] = i / nvec, ow[j] = (i % nvec) * L;
+      q[j] = p.buf.data() + oh[j] * p.row_step + ow[j];
+    }
+    f32x16 a0 = f32x16{}, a1 = f32x16{}, a2 = f32x16{}, a3 = f32x16{};
+    for (int64_t t = 0; t < taps; ++t) {
+      const float wv = w[t];
+      const int64_t o = tap[t];
+      a0 += load16(q[0] + o) * wv;
+      a1 += load16(q[1] + o) * wv;
+      a2 += load16(q[2] + o) * wv;
+      a3 += load16(q[3] + o) * wv;
+    }
+    const f32x16 acc[4] = {a0, a1, a2, a3};
+    for (int j = 0; j < n; ++j) {
+      const f32x16 y = act_fwd<A>(acc[j] * scale + shift);
+      E* dst = out + oh[j] * s.OW + ow[j];
+      if (ow[j] + L <= s.OW) {
+        store16(dst, y);
       } else {
-        for (int64_t i = 0; i < s.OW - ow; ++i) narrow(yrow + ow + i, y[i]);
+        for (int64_t k = 0; k < s.OW - ow[j]; ++k) narrow(dst + k, y[k]);
       }
     }
   }
 }
 
+// Output planes [begin, end) of the NCHW kernel (t = n * OC + oc).
 template <Act A, typename E>
-void nchw_forward(const E* x, E* y, const float* w, const Affine& af, const DwConvShape& s) {
+FASTOPS_CPU_INLINE void nchw_planes(const E* x, E* y, const float* w, const float* sc,
+                                    const float* sh, const DwConvShape& s, PhasePlane& plane,
+                                    int64_t begin, int64_t end) {
+  int64_t loaded = -1;
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t n = t / s.OC, oc = t % s.OC;
+    const int64_t src = n * s.C + oc / s.mult;
+    if (src != loaded) {  // consecutive output channels of one input channel share the plane
+      fill_phase_plane(plane, x + src * s.H * s.W, s);
+      loaded = src;
+    }
+    nchw_plane<A>(plane, y + t * s.OH * s.OW, w + oc * s.KH * s.KW, sc[oc], sh[oc], s);
+  }
+}
+
+// ---------------------------------------------------------------------------- entry points
+// One multi-versioned function per layout and storage type, with the activation switched inside,
+// so that every template above is inlined into, and compiled for, each instruction set.
+#define FASTOPS_ACT_CASES(CALL)                                  \
+  switch (act) {                                                 \
+    case Act::None: CALL(Act::None); break;                      \
+    case Act::ReLU: CALL(Act::ReLU); break;                      \
+    case Act::ReLU6: CALL(Act::ReLU6); break;                    \
+    case Act::Hardswish: CALL(Act::Hardswish); break;            \
+    case Act::Hardsigmoid: CALL(Act::Hardsigmoid); break;        \
+    case Act::Sigmoid: CALL(Act::Sigmoid); break;                \
+    case Act::SiLU: CALL(Act::SiLU); break;                      \
+  }
+
+#define FASTOPS_NHWC(A) nhwc_rows<A>(x, y, wt, sc, sh, s, begin, end)
+#define FASTOPS_NCHW(A) nchw_planes<A>(x, y, w, sc, sh, s, plane, begin, end)
+
+FASTOPS_CPU_MULTIVERSION void nhwc_f32(const float* x, float* y, const float* wt, const float* sc,
+                                       const float* sh, const DwConvShape& s, Act act,
+                                       int64_t begin, int64_t end) {
+  FASTOPS_ACT_CASES(FASTOPS_NHWC)
+}
+FASTOPS_CPU_MULTIVERSION void nhwc_bf16(const uint16_t* x, uint16_t* y, const float* wt,
+                                        const float* sc, const float* sh, const DwConvShape& s,
+                                        Act act, int64_t begin, int64_t end) {
+  FASTOPS_ACT_CASES(FASTOPS_NHWC)
+}
+FASTOPS_CPU_MULTIVERSION void nchw_f32(const float* x, float* y, const float* w, const float* sc,
+                                       const float* sh, const DwConvShape& s, Act act,
+                                       PhasePlane& plane, int64_t begin, int64_t end) {
+  FASTOPS_ACT_CASES(FASTOPS_NCHW)
+}
+FASTOPS_CPU_MULTIVERSION void nchw_bf16(const uint16_t* x, uint16_t* y, const float* w,
+                                        const float* sc, const float* sh, const DwConvShape& s,
+                                        Act act, PhasePlane& plane, int64_t begin, int64_t end) {
+  FASTOPS_ACT_CASES(FASTOPS_NCHW)
+}
+
+#undef FASTOPS_NHWC
+#undef FASTOPS_NCHW
+#undef FASTOPS_ACT_CASES
+
+void nhwc_forward(const at::Tensor& x, at::Tensor& y, const float* wt, const Affine& af,
+                  const DwConvShape& s, Act act) {
+  at::parallel_for(0, s.N * s.OH, 1, [&](int64_t begin, int64_t end) {
+    if (x.scalar_type() == at::kFloat)
+      nhwc_f32(x.const_data_ptr<float>(), y.mutable_data_ptr<float>(), wt, af.scale.data(),
+               af.shift.data(), s, act, begin, end);
+    else
+      nhwc_bf16(reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>()),
+                reinterpret_cast<uint16_t*>(y.mutable_data_ptr<at::BFloat16>()), wt,
+                af.scale.data(), af.shift.data(), s, act, begin, end);
+  });
+}
+
+void nchw_forward(const at::Tensor& x, at::Tensor& y, const float* w, const Affine& af,
+                  const DwConvShape& s, Act act) {
   at::parallel_for(0, s.N * s.OC, 1, [&](int64_t begin, int64_t end) {
     PhasePlane plane;
     plane.build(s);
-    plane.stride_ = s.SW;
-    int64_t loaded = -1;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / s.OC, oc = t % s.OC;
-      const int64_t src = n * s.C + oc / s.mult;
-      if (src != loaded) {  // consecutive output channels of one input channel share the plane
-        fill_phase_plane(plane, x + src * s.H * s.W, s);
-        loaded = src;
-      }
-      nchw_plane<A>(plane, y + t * s.OH * s.OW, w + oc * s.KH * s.KW, af.scale[oc], af.shift[oc], s);
-    }
+    if (x.scalar_type() == at::kFloat)
+      nchw_f32(x.const_data_ptr<float>(), y.mutable_data_ptr<float>(), w, af.scale.data(),
+               af.shift.data(), s, act, plane, begin, end);
+    else
+      nchw_bf16(reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>()),
+                reinterpret_cast<uint16_t*>(y.mutable_data_ptr<at::BFloat16>()), w,
+                af.scale.data(), af.shift.data(), s, act, plane, begin, end);
   });
 }
 
@@ -274,27 +417,12 @@ at::Tensor forward_impl(const at::Tensor& x, const at::Tensor& weight, const Aff
     // channels_last with a multiplier runs the NCHW kernel on NCHW copies
     const at::Tensor xc = nhwc ? x.contiguous(at::MemoryFormat::ChannelsLast) : x.contiguous();
     at::Tensor yc = nhwc || !cl ? y : at::empty({s.N, s.OC, s.OH, s.OW}, y.options());
-    dispatch_act(act, [&](auto tag) {
-      constexpr Act A = decltype(tag)::value;
-      if (nhwc) {
-        const at::Tensor wt = w.view({s.OC, s.KH * s.KW}).t().contiguous();  // [KH*KW][C]
-        if (st == at::kFloat)
-          nhwc_forward<A>(xc.const_data_ptr<float>(), yc.mutable_data_ptr<float>(),
-                          wt.const_data_ptr<float>(), af, s);
-        else
-          nhwc_forward<A>(reinterpret_cast<const uint16_t*>(xc.const_data_ptr<at::BFloat16>()),
-                          reinterpret_cast<uint16_t*>(yc.mutable_data_ptr<at::BFloat16>()),
-                          wt.const_data_ptr<float>(), af, s);
-      } else {
-        if (st == at::kFloat)
-          nchw_forward<A>(xc.const_data_ptr<float>(), yc.mutable_data_ptr<float>(),
-                          w.const_data_ptr<float>(), af, s);
-        else
-          nchw_forward<A>(reinterpret_cast<const uint16_t*>(xc.const_data_ptr<at::BFloat16>()),
-                          reinterpret_cast<uint16_t*>(yc.mutable_data_ptr<at::BFloat16>()),
-                          w.const_data_ptr<float>(), af, s);
-      }
-    });
+    if (nhwc) {
+      const at::Tensor wt = w.view({s.OC, s.KH * s.KW}).t().contiguous();  // [KH*KW][C]
+      nhwc_forward(xc, yc, wt.const_data_ptr<float>(), af, s, act);
+    } else {
+      nchw_forward(xc, yc, w.const_data_ptr<float>(), af, s, act);
+    }
     if (!yc.is_same(y)) y.copy_(yc);
     return y;
   }

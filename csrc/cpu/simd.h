@@ -24,6 +24,7 @@
 #define FASTOPS_CPU_MULTIVERSION
 #endif
 #define FASTOPS_CPU_INLINE inline __attribute__((always_inline))
+#define FASTOPS_CPU_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace fastops {
 namespace cpu {

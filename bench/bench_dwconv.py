@@ -1,0 +1,147 @@
+"""Benchmark cases for dwconv_bn_act: depthwise conv + BatchNorm + activation.
+
+Inference ("fwd", eval mode, under torch.no_grad):
+  fastops          fastops.nn.ConvBNAct (BN folded into the fused kernel)
+  eager            conv -> BN -> act as torch modules, same weights, same layout
+  compile          torch.compile of the eager block with torch._inductor.config.freezing=True
+Training ("fwd+bwd", train mode: batch-stat BN, forward + backward):
+  fastops          fastops.nn.DepthwiseSeparable (depthwise fused) or ConvBNAct
+  eager / compile  the same block unfused (compile without freezing)
+
+Shapes are the MobileNet V2/V3 depthwise layers the issue names. Bytes for the roof: read x,
+write y (fwd); in fwd+bwd additionally read g, read x, write dx (weights are negligible).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import torch
+from torch import nn
+
+from . import harness
+
+# (C, H, W, k, stride, act) -- from the issue: MobileNet V2 / V3 depthwise layers
+LAYERS = [
+    (144, 56, 56, 3, 1, "relu6"),
+    (96, 112, 112, 3, 2, "relu6"),
+    (384, 14, 14, 3, 1, "relu6"),
+    (960, 7, 7, 3, 1, "relu6"),
+    (72, 56, 56, 5, 2, "hardswish"),
+    (672, 14, 14, 5, 1, "hardswish"),
+]
+ACT_MODULES = {"relu6": nn.ReLU6, "hardswish": nn.Hardswish, "relu": nn.ReLU}
+
+
+def _eager_block(c, k, stride, act):
+    block = nn.Sequential(
+        nn.Conv2d(c, c, k, stride, (k - 1) // 2, groups=c, bias=False), nn.BatchNorm2d(c), ACT_MODULES[act]()
+    )
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # fixed weights (every contender builds its own copy) and a trained-looking BN
+        block[0].weight.copy_(torch.randn(block[0].weight.shape, generator=gen) * 0.3)
+        block[1].weight.copy_(torch.rand(c, generator=gen) + 0.5)
+        block[1].bias.copy_(torch.randn(c, generator=gen))
+        block[1].running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+        block[1].running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+    return block
+
+
+def contenders(c, h, w, k, stride, act, mode, layout, dtype, device):
+    fmt = harness.memory_format(layout)
+
+    def blocks():
+        eager = _eager_block(c, k, stride, act).to(device=device, dtype=dtype, memory_format=fmt)
+        fastops = importlib.import_module("fastops")
+        ours = fastops.nn.ConvBNAct(c, c, k, stride, groups=c, activation_layer=ACT_MODULES[act]).to(
+            device=device, dtype=dtype, memory_format=fmt
+        )
+        ours.load_state_dict(eager.state_dict())
+        for m in (eager, ours):
+            m.train(mode == "fwd+bwd")
+        return eager, ours
+
+    def runner(module):
+        if mode == "fwd":
+            def run(s):
+                with torch.no_grad():
+                    return module(s["args"][0])
+            return run
+
+        def run(s):
+            x = s["args"][0]
+            return torch.autograd.grad(module(x), [x] + list(module.parameters()), s["grad"])
+
+        return run
+
+    def fastops_factory():
+        return runner(blocks()[1])
+
+    def eager_factory():
+        return runner(blocks()[0])
+
+    def compile_factory():
+        torch._dynamo.reset()
+        eager = blocks()[0]
+        compiled = torch.compile(eager, dynamic=False)
+        sample = torch.randn(8, c, h, w, device=device, dtype=dtype).contiguous(memory_format=fmt)
+        if mode == "fwd":
+            # freezing folds BN into the conv's weights: the strongest inference baseline
+            with torch._inductor.config.patch(freezing=True), torch.no_grad():
+                compiled(sample)
+        else:
+            compiled(sample.requires_grad_()).sum().backward()
+        return runner(compiled)
+
+    return {"fastops": fastops_factory, "eager": eager_factory, "compile": compile_factory}
+
+
+def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
+    c, h, w, k, stride, act = layer
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    elem = torch.empty((), dtype=dtype).element_size()
+    x_bytes, y_bytes = n * c * h * w * elem, n * c * oh * ow * elem
+    moved = x_bytes + y_bytes if mode == "fwd" else 2 * x_bytes + 2 * y_bytes + x_bytes
+    fmt = harness.memory_format(layout)
+    gen = torch.Generator().manual_seed(0)
+    base_x = torch.randn((n, c, h, w), generator=gen).to(device=device, dtype=dtype)
+    base_g = torch.randn((n, c, oh, ow), generator=gen).to(device=device, dtype=dtype)
+
+    def make(_k):
+        x = base_x.clone(memory_format=fmt)
+        if mode == "fwd":
+            return {"args": (x,), "grad": None}
+        return {"args": (x.requires_grad_(),), "grad": base_g.clone(memory_format=fmt)}
+
+    return harness.Case(
+        op=f"dwconv{k}x{k}s{stride}+bn+{act}",
+        shape=(n, c, h, w),
+        dtype=dtype,
+        layout=layout,
+        mode=mode,
+        device=device,
+        bytes_moved=moved,
+        make_inputs=make,
+        contenders=contenders(c, h, w, k, stride, act, mode, layout, dtype, device),
+    )
+
+
+def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.Case]:
+    """Quick: N=8 inference in both layouts, training at the first shape. Full: N=1 and N=8,
+    inference and training, every shape and layout."""
+    if dtypes is None:
+        dtypes = [torch.float16, torch.bfloat16] if device == "cuda" else [torch.float32]
+    layouts = layouts or (["channels_last"] if device == "cuda" and quick else ["nchw", "channels_last"])
+    batches = [8] if quick else [1, 8]
+    if device == "cuda":
+        batches = [64] if quick else [1, 64]
+    out = []
+    for dtype in dtypes:
+        for n in batches:
+            for layer in LAYERS:
+                for layout in layouts:
+                    out.append(make_case(n, layer, dtype, layout, "fwd", device))
+                    if not quick or layer is LAYERS[0]:
+                        out.append(make_case(n, layer, dtype, layout, "fwd+bwd", device))
+    return out
