@@ -95,6 +95,7 @@ constexpr int64_t kPointwiseGrain = 32768;
 template <>
 struct lane<cpu::f32x16> {
   using type = float;
+  static FASTOPS_CPU_INLINE cpu::f32x16 zero() { return cpu::f32x16{}; }
   static FASTOPS_CPU_INLINE cpu::f32x16 exp(cpu::f32x16 x) {
     cpu::f32x16 r;
     for (int i = 0; i < cpu::kLanes; ++i) r[i] = std::exp(x[i]);
