@@ -147,6 +147,60 @@ FASTOPS_CPU_INLINE void nhwc_row_block(const E* x, E* y, const float* wt, const 
   border4(ow, s.OW);
 }
 
+// The same row block computed from a zero-padded copy of its KH input rows (`pad`: KH rows of
+// W + 2*PW pixels x 16 floats, padding columns zero): no pixel is a border pixel, all go four
+// at a time. Pays when many pixels would be border pixels (small maps, wide kernels).
+template <int K, Act A, typename E>
+FASTOPS_CPU_INLINE void nhwc_row_block_padded(const E* x, E* y, const float* wt, const float* sc,
+                                              const float* sh, const DwConvShape& s, int64_t n,
+                                              int64_t oh, int64_t c0, float* pad) {
+  const int64_t KH = K > 0 ? K : s.KH, KW = K > 0 ? K : s.KW;
+  constexpr bool kRegs = K == 3;
+  f32x16 wreg[kRegs ? 9 : 1];
+  if constexpr (kRegs) {
+    for (int t = 0; t < 9; ++t) wreg[t] = load16(wt + t * s.C + c0);
+  }
+  auto weight = [&](int64_t kh, int64_t kw) FASTOPS_CPU_INLINE_LAMBDA {
+    if constexpr (kRegs) return wreg[kh * 3 + kw];
+    return load16(wt + (kh * KW + kw) * s.C + c0);
+  };
+  const f32x16 scale = load16(sc + c0), shift = load16(sh + c0);
+  const int64_t C = s.C, row_stride = s.W * C, prow_len = (s.W + 2 * s.PW) * L;
+  const int64_t ih0 = oh * s.SH - s.PH;
+  const E* xn = x + n * s.H * row_stride + c0;
+  E* yrow = y + ((n * s.OH + oh) * s.OW) * C + c0;
+  bool valid[64];
+  for (int64_t kh = 0; kh < KH; ++kh) {
+    const int64_t ih = ih0 + kh * s.DH;
+    valid[kh] = ih >= 0 && ih < s.H;
+    if (!valid[kh]) continue;
+    const E* src = xn + ih * row_stride;
+    float* dst = pad + kh * prow_len + s.PW * L;
+    for (int64_t iw = 0; iw < s.W; ++iw) store16(dst + iw * L, load16(src + iw * C));
+  }
+  const int64_t step = s.SW * L;
+  for (int64_t ow = 0; ow < s.OW; ow += 4) {
+    const int n4 = int(std::min<int64_t>(4, s.OW - ow));
+    int64_t off[4];  // a partial last group repeats its last pixel (stays inside the buffer)
+    for (int j = 0; j < 4; ++j) off[j] = (ow + std::min(j, n4 - 1)) * step;
+    f32x16 a0 = f32x16{}, a1 = f32x16{}, a2 = f32x16{}, a3 = f32x16{};
+    for (int64_t kh = 0; kh < KH; ++kh) {
+      if (!valid[kh]) continue;
+      const float* prow = pad + kh * prow_len;
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const f32x16 w = weight(kh, kw);
+        const float* p = prow + kw * s.DW * L;
+        a0 += load16(p + off[0]) * w;
+        a1 += load16(p + off[1]) * w;
+        a2 += load16(p + off[2]) * w;
+        a3 += load16(p + off[3]) * w;
+      }
+    }
+    const f32x16 a[4] = {a0, a1, a2, a3};
+    for (int j = 0; j < n4; ++j) store16(yrow + (ow + j) * C, act_fwd<A>(a[j] * scale + shift));
+  }
+}
+
 // Scalar version for the channels past the last full block of 16 (and any multiplier m).
 template <Act A, typename E>
 FASTOPS_CPU_INLINE void nhwc_row_scalar(const E* x, E* y, const float* wt, const float* sc,
@@ -181,16 +235,31 @@ FASTOPS_CPU_INLINE void nhwc_rows(const E* x, E* y, const float* wt, const float
   // overlapped channels are computed twice, to the same values). Fewer than 16 channels: scalar.
   const int64_t blocks = s.C >= L ? (s.C + L - 1) / L : 0;
   const bool k3 = s.KH == 3 && s.KW == 3, k5 = s.KH == 5 && s.KW == 5;
+  // Padded rows when a quarter or more of the pixels would be border pixels (and the kernel is
+  // not taller than the `valid` table).
+  const int64_t lo = std::min<int64_t>(s.OW, (s.PW + s.SW - 1) / s.SW);
+  const int64_t last = s.W - 1 - (s.KW - 1) * s.DW + s.PW;
+  const int64_t hi = last < 0 ? lo : std::max<int64_t>(lo, std::min<int64_t>(s.OW, last / s.SW + 1));
+  const bool padded = s.KH <= 64 && 4 * (lo + s.OW - hi) >= s.OW;
+  std::vector<float> pad(padded ? s.KH * (s.W + 2 * s.PW) * L : 0, 0.f);
   for (int64_t r = begin; r < end; ++r) {
     const int64_t n = r / s.OH, oh = r % s.OH;
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t c0 = std::min(b * L, s.C - L);
-      if (k3)
+      if (padded) {
+        if (k3)
+          nhwc_row_block_padded<3, A>(x, y, wt, sc, sh, s, n, oh, c0, pad.data());
+        else if (k5)
+          nhwc_row_block_padded<5, A>(x, y, wt, sc, sh, s, n, oh, c0, pad.data());
+        else
+          nhwc_row_block_padded<0, A>(x, y, wt, sc, sh, s, n, oh, c0, pad.data());
+      } else if (k3) {
         nhwc_row_block<3, A>(x, y, wt, sc, sh, s, n, oh, c0);
-      else if (k5)
+      } else if (k5) {
         nhwc_row_block<5, A>(x, y, wt, sc, sh, s, n, oh, c0);
-      else
+      } else {
         nhwc_row_block<0, A>(x, y, wt, sc, sh, s, n, oh, c0);
+      }
     }
     if (blocks == 0) nhwc_row_scalar<A>(x, y, wt, sc, sh, s, n, oh, 0);
   }
