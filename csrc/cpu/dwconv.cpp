@@ -67,34 +67,54 @@ at::Tensor empty_output(const at::Tensor& x, const DwConvShape& s, at::ScalarTyp
 
 // ---------------------------------------------------------------------------- channels_last
 
+// The weight vectors of one channel block [c0, c0+16), wt: [KH*KW][C] float weights. For K == 3
+// the nine vectors live in registers (5x5 would spill them: its weights come from L1).
+template <int K>
+struct BlockWeights {
+  static constexpr bool kRegs = K == 3;
+  f32x16 reg[kRegs ? 9 : 1];
+  const float* wt;
+  int64_t C, KW, c0;
+  FASTOPS_CPU_INLINE BlockWeights(const float* wt_, const DwConvShape& s, int64_t c0_)
+      : wt(wt_), C(s.C), KW(K > 0 ? K : s.KW), c0(c0_) {
+    if constexpr (kRegs) {
+      for (int t = 0; t < 9; ++t) reg[t] = load16(wt + t * C + c0);
+    }
+  }
+  FASTOPS_CPU_INLINE f32x16 operator()(int64_t kh, int64_t kw) const {
+    if constexpr (kRegs) return reg[kh * 3 + kw];
+    return load16(wt + (kh * KW + kw) * C + c0);
+  }
+};
+
+// Output columns [lo, hi) are interior: every tap inside the input (iw0 >= 0 and
+// iw0 + (KW-1)*DW < W, with iw0 = ow*SW - PW).
+struct InteriorCols {
+  int64_t lo, hi;
+  explicit InteriorCols(const DwConvShape& s) {
+    lo = std::min<int64_t>(s.OW, (s.PW + s.SW - 1) / s.SW);
+    const int64_t last = s.W - 1 - (s.KW - 1) * s.DW + s.PW;  // largest iw0 + PW that fits
+    hi = last < 0 ? lo : std::max<int64_t>(lo, std::min<int64_t>(s.OW, last / s.SW + 1));
+  }
+};
+
 // One output row (n, oh) of the NHWC kernel, for channel block [c0, c0+16); m == 1.
-// wt: [KH*KW][C] float weights. K > 0 fixes KH = KW = K at compile time; for K == 3 the nine
-// weight vectors live in registers (5x5 would spill them: its weights come from L1).
-// Interior pixels (every tap inside the input) go four at a time: four independent
-// accumulators hide the FMA latency and share each weight load; border pixels check their taps.
+// K > 0 fixes KH = KW = K at compile time (BlockWeights). Interior pixels (every tap inside the
+// input) go four at a time: four independent accumulators hide the FMA latency and share each
+// weight load; border pixels check their taps.
 template <int K, Act A, typename E>
 FASTOPS_CPU_INLINE void nhwc_row_block(const E* x, E* y, const float* wt, const float* sc,
                                        const float* sh, const DwConvShape& s, int64_t n, int64_t oh,
                                        int64_t c0) {
   const int64_t KH = K > 0 ? K : s.KH, KW = K > 0 ? K : s.KW;
-  constexpr bool kRegs = K == 3;
-  f32x16 wreg[kRegs ? 9 : 1];
-  if constexpr (kRegs) {
-    for (int t = 0; t < 9; ++t) wreg[t] = load16(wt + t * s.C + c0);
-  }
-  auto weight = [&](int64_t kh, int64_t kw) FASTOPS_CPU_INLINE_LAMBDA {
-    if constexpr (kRegs) return wreg[kh * 3 + kw];
-    return load16(wt + (kh * KW + kw) * s.C + c0);
-  };
+  const BlockWeights<K> weight(wt, s, c0);
   const f32x16 scale = load16(sc + c0), shift = load16(sh + c0);
   const int64_t ih0 = oh * s.SH - s.PH;
   const int64_t C = s.C, row_stride = s.W * C;
   const E* xn = x + n * s.H * row_stride + c0;
   E* yrow = y + ((n * s.OH + oh) * s.OW) * C + c0;
-  // interior columns: iw0 >= 0 and iw0 + (KW-1)*DW < W, with iw0 = ow*SW - PW
-  const int64_t lo = std::min<int64_t>(s.OW, (s.PW + s.SW - 1) / s.SW);
-  const int64_t last = s.W - 1 - (KW - 1) * s.DW + s.PW;  // largest iw0 + PW that fits
-  const int64_t hi = last < 0 ? lo : std::max<int64_t>(lo, std::min<int64_t>(s.OW, last / s.SW + 1));
+  const InteriorCols cols(s);
+  const int64_t lo = cols.lo, hi = cols.hi;
   // Border pixels, also four at a time: a tap that falls into the padding reads a zero vector
   // instead of the input (a pointer select), so the four chains stay branch-free.
   alignas(64) static const float kZeros[L] = {};
@@ -155,15 +175,7 @@ FASTOPS_CPU_INLINE void nhwc_row_block_padded(const E* x, E* y, const float* wt,
                                               const float* sh, const DwConvShape& s, int64_t n,
                                               int64_t oh, int64_t c0, float* pad) {
   const int64_t KH = K > 0 ? K : s.KH, KW = K > 0 ? K : s.KW;
-  constexpr bool kRegs = K == 3;
-  f32x16 wreg[kRegs ? 9 : 1];
-  if constexpr (kRegs) {
-    for (int t = 0; t < 9; ++t) wreg[t] = load16(wt + t * s.C + c0);
-  }
-  auto weight = [&](int64_t kh, int64_t kw) FASTOPS_CPU_INLINE_LAMBDA {
-    if constexpr (kRegs) return wreg[kh * 3 + kw];
-    return load16(wt + (kh * KW + kw) * s.C + c0);
-  };
+  const BlockWeights<K> weight(wt, s, c0);
   const f32x16 scale = load16(sc + c0), shift = load16(sh + c0);
   const int64_t C = s.C, row_stride = s.W * C, prow_len = (s.W + 2 * s.PW) * L;
   const int64_t ih0 = oh * s.SH - s.PH;
@@ -237,10 +249,8 @@ FASTOPS_CPU_INLINE void nhwc_rows(const E* x, E* y, const float* wt, const float
   const bool k3 = s.KH == 3 && s.KW == 3, k5 = s.KH == 5 && s.KW == 5;
   // Padded rows when a quarter or more of the pixels would be border pixels (and the kernel is
   // not taller than the `valid` table).
-  const int64_t lo = std::min<int64_t>(s.OW, (s.PW + s.SW - 1) / s.SW);
-  const int64_t last = s.W - 1 - (s.KW - 1) * s.DW + s.PW;
-  const int64_t hi = last < 0 ? lo : std::max<int64_t>(lo, std::min<int64_t>(s.OW, last / s.SW + 1));
-  const bool padded = s.KH <= 64 && 4 * (lo + s.OW - hi) >= s.OW;
+  const InteriorCols cols(s);
+  const bool padded = s.KH <= 64 && 4 * (cols.lo + s.OW - cols.hi) >= s.OW;
   std::vector<float> pad(padded ? s.KH * (s.W + 2 * s.PW) * L : 0, 0.f);
   for (int64_t r = begin; r < end; ++r) {
     const int64_t n = r / s.OH, oh = r % s.OH;
