@@ -26,6 +26,16 @@ TORCH_LIBRARY(fastops, m) {
       "dwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? scale, "
       "Tensor? shift, int[2] stride, int[2] padding, int[2] dilation, str act) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+
+  // --- training-mode BatchNorm + activation (csrc/bn_act.h, cpu/bn_act.cpp, cuda/bn_act.cu) ---
+  // -> (y, mean, var): the batch statistics per channel (var biased) and
+  // y = act((x - mean) / sqrt(var + eps) * weight + bias).
+  m.def("bn_act_train(Tensor x, Tensor? weight, Tensor? bias, float eps, str act) -> (Tensor, Tensor, Tensor)");
+  // -> (grad_x, grad_weight, grad_bias), through the batch statistics; mean / var are the
+  // forward's. grad_weight / grad_bias are computed as if weight = 1 / bias = 0 where None.
+  m.def(
+      "bn_act_train_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
+      "Tensor? bias, float eps, str act) -> (Tensor, Tensor, Tensor)");
 }
 
 // `import fastops._C` loads this library, which runs the registrations above. The module itself

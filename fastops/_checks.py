@@ -108,3 +108,30 @@ def check_dwconv(op, x, weight, scale, shift, stride, padding, dilation, act) ->
     _check_param_vector(op, "shift", shift, x, oc)
     check_act(op, act)
     return [n, oc, (h + 2 * ph - eff_h) // sh + 1, (w + 2 * pw - eff_w) // sw + 1]
+
+
+def check_bn_act(op, x, weight, bias, eps, act) -> None:
+    """The checks of csrc/bn_act.h, in Python (same errors)."""
+    check_floating(op, "x", x)
+    if x.dim() != 4:
+        raise ValueError(f"fastops.{op}: argument 'x' must be 4-D [N, C, H, W], got {x.dim()}-D shape {list(x.shape)}")
+    n, c, h, w = x.shape
+    if c == 0:
+        raise ValueError(f"fastops.{op}: argument 'x' has no channels")
+    if n * h * w <= 1:
+        raise ValueError(
+            f"fastops.{op}: argument 'x' has {n * h * w} value per channel; batch statistics need more than 1 "
+            f"(shape {list(x.shape)})"
+        )
+    if not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"fastops.{op}: argument 'eps' must be a number >= 0, got {eps!r}")
+    _check_param_vector(op, "weight", weight, x, c)
+    _check_param_vector(op, "bias", bias, x, c)
+    check_act(op, act)
+
+
+def check_bn_act_backward(op, grad_out, x, mean, var, weight, bias, eps, act) -> None:
+    check_bn_act(op, x, weight, bias, eps, act)
+    check_like(op, "grad_out", grad_out, "x", x)
+    _check_param_vector(op, "mean", mean, x, x.shape[1])
+    _check_param_vector(op, "var", var, x, x.shape[1])

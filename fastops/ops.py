@@ -12,7 +12,10 @@ import torch
 
 from . import _backend, _checks, _extension, _layout, reference
 
-__all__ = ["hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act"]
+__all__ = [
+    "hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act", "bn_act_train",
+    "bn_act_train_backward",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,10 +112,48 @@ def register_dwconv(ns):
     torch.library.register_autograd(f"{ns}::dwconv_bn_act", backward, setup_context=setup)
 
 
+def register_bn_act(ns):
+    """fake + autograd for <ns>::bn_act_train and <ns>::bn_act_train_backward."""
+    bwd_op = getattr(torch.ops, ns).bn_act_train_backward
+
+    def _stats(x):
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return x.new_empty([x.shape[1]], dtype=dtype)
+
+    @torch.library.register_fake(f"{ns}::bn_act_train")
+    def _fake(x, weight, bias, eps, act):
+        _checks.check_bn_act("bn_act_train", x, weight, bias, eps, act)
+        return torch.empty_like(x, memory_format=_layout.conv_output_format(x)), _stats(x), _stats(x)
+
+    @torch.library.register_fake(f"{ns}::bn_act_train_backward")
+    def _fake_backward(grad_out, x, mean, var, weight, bias, eps, act):
+        _checks.check_bn_act_backward("bn_act_train_backward", grad_out, x, mean, var, weight, bias, eps, act)
+        return (
+            torch.empty_like(x, memory_format=_layout.conv_output_format(x)),
+            _stats(x) if weight is None else weight.new_empty(weight.shape),
+            _stats(x) if bias is None else bias.new_empty(bias.shape),
+        )
+
+    def setup(ctx, inputs, output):
+        x, weight, bias, eps, act = inputs
+        _, mean, var = output
+        ctx.mark_non_differentiable(mean, var)
+        ctx.save_for_backward(x, mean, var, weight, bias)
+        ctx.conf = (eps, act)
+
+    def backward(ctx, grad, _grad_mean, _grad_var):
+        x, mean, var, weight, bias = ctx.saved_tensors
+        gx, gw, gb = bwd_op(grad, x, mean, var, weight, bias, *ctx.conf)
+        return gx, gw if weight is not None else None, gb if bias is not None else None, None, None
+
+    torch.library.register_autograd(f"{ns}::bn_act_train", backward, setup_context=setup)
+
+
 if _extension.has_extension():
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
     register_dwconv("fastops")
+    register_bn_act("fastops")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,3 +241,21 @@ def dwconv_bn_act(x, weight, scale=None, shift=None, stride=1, padding=0, dilati
     stride, padding, dilation = (_checks.pair(op, n, v) for n, v in (("stride", stride), ("padding", padding), ("dilation", dilation)))
     _checks.check_dwconv(op, x, weight, scale, shift, stride, padding, dilation, act)
     return _pick(op, x, impl)(x, weight, scale, shift, stride, padding, dilation, act)
+
+
+def bn_act_train(x, weight=None, bias=None, eps=1e-5, act="none", impl=None):
+    """Training-mode BatchNorm then activation, in two passes over x (statistics; normalise +
+    affine + activation): returns (y, mean, var), the batch statistics per channel (var biased)
+    and y = act((x - mean) / sqrt(var + eps) * weight + bias), in x's layout. Gradients flow to x,
+    weight and bias through the statistics, as with F.batch_norm(training=True). Running
+    statistics are the caller's (fastops.nn.ConvBNAct updates them like nn.BatchNorm2d)."""
+    op = "bn_act_train"
+    _checks.check_bn_act(op, x, weight, bias, eps, act)
+    return _pick(op, x, impl)(x, weight, bias, float(eps), act)
+
+
+def bn_act_train_backward(grad_out, x, mean, var, weight=None, bias=None, eps=1e-5, act="none", impl=None):
+    """(grad_x, grad_weight, grad_bias) of bn_act_train, given its mean and var."""
+    op = "bn_act_train_backward"
+    _checks.check_bn_act_backward(op, grad_out, x, mean, var, weight, bias, eps, act)
+    return _pick(op, x, impl)(grad_out, x, mean, var, weight, bias, float(eps), act)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "ACTIVATIONS", "activation", "hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward",
-    "hardswish_", "hardsigmoid_", "dwconv_bn_act",
+    "hardswish_", "hardsigmoid_", "dwconv_bn_act", "bn_act_train", "bn_act_train_backward",
 ]
 
 from ._checks import ACTIVATIONS  # the activations a fused op can end in (design.md §3)
@@ -78,3 +78,49 @@ def dwconv_bn_act(x, weight, scale=None, shift=None, stride=1, padding=0, dilati
     if shift is not None:
         y = y + shift.to(y.dtype).view(1, -1, 1, 1)
     return activation(y, act)
+
+
+def _stat_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _bn_act_train(x, weight, bias, eps, act):
+    """(y, mean, var) computed in the statistics' dtype (float32, float64 for float64 x)."""
+    acc = _stat_dtype(x)
+    xf = x.to(acc)
+    var, mean = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)
+    u = (xf - mean.view(1, -1, 1, 1)) * torch.rsqrt(var + eps).view(1, -1, 1, 1)
+    if weight is not None:
+        u = u * weight.to(acc).view(1, -1, 1, 1)
+    if bias is not None:
+        u = u + bias.to(acc).view(1, -1, 1, 1)
+    return activation(u, act), mean, var
+
+
+def bn_act_train(x, weight=None, bias=None, eps=1e-5, act="none"):
+    """Training-mode BatchNorm then activation: returns (y, mean, var) with the batch statistics
+    per channel (var biased, over N, H, W) and y = act((x - mean) / sqrt(var + eps) * weight + bias),
+    in x's dtype and layout (channels_last when x is). Differentiable in x, weight and bias,
+    through the statistics, exactly like F.batch_norm(training=True) followed by the activation."""
+    from ._layout import conv_output_format
+
+    y, mean, var = _bn_act_train(x, weight, bias, eps, act)
+    return y.to(x.dtype).contiguous(memory_format=conv_output_format(x)), mean, var
+
+
+def bn_act_train_backward(grad_out, x, mean, var, weight=None, bias=None, eps=1e-5, act="none"):
+    """(grad_x, grad_weight, grad_bias) of bn_act_train's y, by autograd through the reference;
+    grad_weight / grad_bias as if weight = 1 / bias = 0 where those are None. (mean / var are
+    recomputed from x: they are its batch statistics.)"""
+    from ._layout import conv_output_format
+
+    acc = _stat_dtype(x)
+    c = x.shape[1]
+    with torch.enable_grad():
+        xf = x.detach().to(acc).requires_grad_()
+        w = (weight.detach().to(acc) if weight is not None else torch.ones(c, dtype=acc, device=x.device)).requires_grad_()
+        b = (bias.detach().to(acc) if bias is not None else torch.zeros(c, dtype=acc, device=x.device)).requires_grad_()
+        y, _, _ = _bn_act_train(xf, w, b, eps, act)
+        gx, gw, gb = torch.autograd.grad(y, (xf, w, b), grad_out.to(acc))
+    gx = gx.to(x.dtype).contiguous(memory_format=conv_output_format(x))
+    return gx, gw.to(weight.dtype if weight is not None else acc), gb.to(bias.dtype if bias is not None else acc)
