@@ -13,9 +13,12 @@ from typing import List, Optional, Tuple
 
 from .. import ops as _ops
 from . import activation as _activation
+from . import bn_act as _bn_act
 from . import dwconv as _dwconv
 
-__all__ = ["hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act", "ops"]
+__all__ = [
+    "hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act", "bn_act_train", "ops",
+]
 
 
 def _define_activation(name):
@@ -56,6 +59,24 @@ def _dwconv_backward(
 
 _ops.register_dwconv("fastops_triton")
 
+
+@torch.library.custom_op("fastops_triton::bn_act_train", mutates_args=())
+def _bn_act_forward(
+    x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float, act: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bn_act.forward(x, weight, bias, eps, act)
+
+
+@torch.library.custom_op("fastops_triton::bn_act_train_backward", mutates_args=())
+def _bn_act_backward(
+    grad_out: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], eps: float, act: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bn_act.backward(grad_out, x, mean, var, weight, bias, eps, act)
+
+
+_ops.register_bn_act("fastops_triton")
+
 # The Triton ops, looked up by name (fastops.ops picks from here when the backend is "triton").
 ops = torch.ops.fastops_triton
 
@@ -81,3 +102,8 @@ def hardsigmoid_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tenso
 def dwconv_bn_act(x, weight, scale=None, shift=None, stride=1, padding=0, dilation=1, act="none"):
     """dwconv_bn_act through the Triton kernels (see fastops.ops.dwconv_bn_act)."""
     return _ops.dwconv_bn_act(x, weight, scale, shift, stride, padding, dilation, act, impl=ops)
+
+
+def bn_act_train(x, weight=None, bias=None, eps=1e-5, act="none"):
+    """bn_act_train through the Triton kernels (see fastops.ops.bn_act_train): (y, mean, var)."""
+    return _ops.bn_act_train(x, weight, bias, eps, act, impl=ops)
