@@ -127,3 +127,48 @@ def test_compile_fullgraph(mode):
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
     x = randn((2, 16, 10, 10)).to(memory_format=torch.channels_last)
     torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
+
+
+def test_eval_fold_follows_every_change_of_the_folded_tensors():
+    """Inference keeps the folded BN between calls; every way of changing what it was folded from
+    must show in the next output (in-place updates, load_state_dict, eps, training steps, dtype)."""
+    ours, theirs = _pair(DW_CASES[0], "relu6")
+    ours.eval(), theirs.eval()
+    x = randn((2, 24, 9, 11))
+
+    def check(dtype=torch.float32):
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x.to(dtype)), theirs(x.to(dtype)), rtol=1e-5, atol=1e-5)
+
+    check()
+    check()  # served from the kept fold
+    with torch.no_grad():
+        for m in (ours, theirs):
+            m[1].running_var.mul_(3.0)
+    check()
+    with torch.no_grad():
+        for m in (ours, theirs):
+            m[1].weight.add_(0.25)
+            m[1].bias.sub_(0.5)
+            m[1].running_mean.add_(1.0)
+    check()
+    for m in (ours, theirs):
+        m[1].eps = 0.5
+    check()
+    _randomise(theirs)
+    ours.load_state_dict(theirs.state_dict())
+    check()
+    batch = randn((4, 24, 9, 11))
+    for m in (ours, theirs):  # a training step moves the running stats; eval sees them
+        m.train()
+        m(batch)
+        m.eval()
+    check()
+    ours.double(), theirs.double()
+    check(torch.float64)
+    with torch.inference_mode():
+        ya = ours(x.double())
+    xg = x.double().requires_grad_()  # a fold kept from inference_mode must not reach autograd
+    ya2 = ours(xg)
+    ya2.sum().backward()
+    torch.testing.assert_close(ya, theirs(x.double()), rtol=1e-7, atol=1e-7)

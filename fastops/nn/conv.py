@@ -3,16 +3,16 @@
 
 Parameter names, buffers and train/eval behaviour are those of the unfused modules, so state
 dicts load both ways and training matches:
-  * eval mode: the BatchNorm folds into the kernel's per-channel scale / shift (recomputed from
-    the module's current parameters and running statistics on each call, so gradients still
-    reach BN's weight and bias);
-  * training mode (batch statistics): the module runs unfused, as the plain `Sequential` — its
-    own BatchNorm keeps nn.BatchNorm2d's semantics (running-stat updates with its momentum,
-    `momentum=None`, `num_batches_tracked`). A fused training path (conv + per-channel sums in one
-    pass, normalise + act in the next) is not there yet: the conv-then-BatchNorm composition
-    through the fused op measured 0.75x eager (bench/results), so training stays on eager.
-Cases the kernel does not cover (non-depthwise convs, string or non-zero padding modes,
-unsupported activations) run the plain `Sequential`, with the same answer.
+  * eval mode, depthwise conv: the BatchNorm folds into `dwconv_bn_act`'s per-channel scale /
+    shift (from the module's current parameters and running statistics: kept between inference
+    calls while they are unchanged, folded afresh under autograd so gradients reach BN's weight
+    and bias);
+  * training mode (batch statistics), any conv: the conv, then `bn_act_train` (BatchNorm with
+    batch statistics + activation in two fused passes, forward and backward), and the running
+    statistics updated exactly as nn.BatchNorm2d does (momentum, `momentum=None`,
+    `num_batches_tracked`).
+Cases the kernels do not cover (eval-mode non-depthwise convs, string or non-zero padding modes,
+unsupported activations, BatchNorm subclasses) run the plain `Sequential`, with the same answer.
 """
 
 from typing import Callable, Optional, Union
@@ -80,6 +80,25 @@ def fold_bn(bn: nn.BatchNorm2d, conv_bias: Optional[torch.Tensor] = None):
     return scale, shift
 
 
+def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, z: torch.Tensor) -> None:
+    """What nn.BatchNorm2d does to its buffers in a training step, from the batch's mean and
+    biased var: num_batches_tracked += 1, then running = (1 - f) * running + f * batch with
+    f = momentum (or 1 / num_batches_tracked when momentum is None), the variance unbiased."""
+    if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
+        return
+    with torch.no_grad():
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative average (a tensor expression: no graph break)
+            factor = 1.0 / bn.num_batches_tracked.to(mean.dtype)
+        else:
+            factor = bn.momentum
+        m = z.numel() // z.shape[1]
+        unbiased = var * (m / (m - 1))
+        bn.running_mean.copy_(bn.running_mean * (1 - factor) + mean * factor)
+        bn.running_var.copy_(bn.running_var * (1 - factor) + unbiased * factor)
+
+
 class ConvBNAct(nn.Sequential):
     """Conv2d -> BatchNorm2d -> activation, laid out like torchvision's Conv2dNormActivation
     (children "0", "1", "2"; same arguments and defaults). Depthwise convolutions run the fused
@@ -123,29 +142,58 @@ class ConvBNAct(nn.Sequential):
         act = rest[0] if len(rest) == 1 else None
         return conv, bn, act, len(rest) <= 1
 
-    def _fused_act(self):
-        """The activation's name if this block can run fused, else None."""
+    def _plan(self):
+        """(conv, bn, act name, depthwise) when this block can run fused ops, else None."""
         conv, bn, act, simple = self._parts()
-        if not simple or not isinstance(conv, nn.Conv2d) or type(conv) is not nn.Conv2d:
+        if not simple or type(conv) is not nn.Conv2d or (bn is not None and type(bn) is not nn.BatchNorm2d):
             return None
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        name = act_name(act)
+        if name is None:
             return None
-        if conv.groups != conv.in_channels or conv.out_channels % conv.in_channels:
-            return None  # not depthwise (pointwise / dense convs join with pwconv_bn_act)
-        return act_name(act)
+        depthwise = (
+            conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+            and conv.groups == conv.in_channels
+            and conv.out_channels % conv.in_channels == 0
+        )
+        return conv, bn, name, depthwise
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        name = self._fused_act()
-        if name is None or x.dim() != 4:
+        plan = self._plan()
+        if plan is None or x.dim() != 4:
             return super().forward(x)
-        conv, bn, act, _ = self._parts()
+        conv, bn, name, depthwise = plan
+        if bn is not None and (bn.training or bn.running_mean is None):
+            # Batch statistics: the convolution, then BN + activation in two fused passes
+            # (statistics; normalise + activation), running stats updated as nn.BatchNorm2d does.
+            z = conv(x)
+            y, mean, var = ops.bn_act_train(z, bn.weight, bn.bias, bn.eps, name)
+            _update_running_stats(bn, mean, var, z)
+            return y
+        if not depthwise:
+            return super().forward(x)  # pointwise / dense convs join with pwconv_bn_act
         geometry = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
         if bn is None:
             return ops.dwconv_bn_act(x, conv.weight, None, conv.bias, act=name, **geometry)
-        if bn.training or bn.running_mean is None:
-            return super().forward(x)  # batch statistics: see the module docstring
-        scale, shift = fold_bn(bn, conv.bias)
+        scale, shift = self._folded(conv, bn)
         return ops.dwconv_bn_act(x, conv.weight, scale, shift, act=name, **geometry)
+
+    def _folded(self, conv, bn):
+        """fold_bn(bn, conv.bias), kept between inference calls (folding is five small ops, ~15 us a
+        call) and made afresh when any tensor it reads changed (version counter, storage, dtype,
+        device) or eps did. Under autograd or torch.compile it is always made afresh."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return fold_bn(bn, conv.bias)
+        key = (torch.is_inference_mode_enabled(), bn.eps) + tuple(
+            None if t is None else (t._version, t.data_ptr(), t.dtype, t.device)
+            for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias, conv.bias)
+        )
+        cached = self.__dict__.get("_fold_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        folded = fold_bn(bn, conv.bias)
+        self.__dict__["_fold_cache"] = (key, folded)
+        return folded
 
 
 class DepthwiseSeparable(nn.Sequential):
