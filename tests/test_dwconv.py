@@ -90,6 +90,19 @@ def test_forward_geometries(device, geom, layout, dtype):
     _assert_matches(y, expected, dtype)
 
 
+@pytest.mark.parametrize("c", (1, 7, 16, 19, 32, 45, 56, 77))
+@pytest.mark.parametrize("k,s,w", ((3, 1, 13), (3, 2, 7), (5, 1, 6), (5, 2, 17), (3, 1, 2)), ids=str)
+def test_forward_channel_blocks_channels_last(device, c, k, s, w):
+    """channels_last goes through the channels in pairs and singles of 16-channel blocks, the last
+    overlapping the one before; rows in groups of four pixels, interior or through the tap table:
+    every channel count class (< 16, 16, 16 < C < 32, multiples of 32, a remainder <= 16 or > 16)
+    and widths with and without interior groups."""
+    x, weight, scale, shift = _case(device, torch.float32, 2, c, 5, w, k, layout="channels_last")
+    with poisoned_memory(x):
+        y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, s, k // 2, 1, "hardswish")
+    _assert_matches(y, _ref(x, weight, scale, shift, s, k // 2, 1, "hardswish"), torch.float32)
+
+
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("affine", (True, False))
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last"))

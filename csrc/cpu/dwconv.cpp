@@ -1,9 +1,12 @@
 // CPU kernels of fastops::dwconv_bn_act and its backward.
 //
 // Forward: one pass, the affine and the activation applied in registers before the single store.
-//   channels_last: vectorised across 16 channels; for each block of channels the KHxKW weight
-//     vectors stay in registers while the row of output pixels is swept; border pixels check the
-//     taps, interior pixels don't. Parallel over (n, output row).
+//   channels_last: vectorised across 16 channels. Each output row goes four pixels at a time
+//     and, for each group of four, through all channels in blocks of 16 (two blocks at a time:
+//     eight accumulators), so the input is read in address order. Interior groups of 3x3 / 5x5
+//     kernels with stride 1 or 2 load each input column once for all the taps that use it;
+//     border groups read through a per-tap pointer table that points padding at zeros. The
+//     activation is switched per group (one kernel body for all seven). Parallel over (n, row).
 //   NCHW: vectorised along the output width. Each (n, channel) plane is first copied into a
 //     zero-padded scratch plane split into `stride` phases, so that every tap of every output
 //     vector is one contiguous 16-float load, for any stride and dilation. Parallel over planes.
@@ -21,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../dwconv.h"
@@ -32,6 +36,19 @@ namespace cpu {
 namespace {
 
 constexpr int L = kLanes;
+
+// Runs CALL(A) for the run-time activation `act` (a plain switch: inside the multi-versioned
+// kernels a generic dispatcher would not be compiled for the caller's instruction set).
+#define FASTOPS_ACT_CASES(CALL)                                  \
+  switch (act) {                                                 \
+    case Act::None: CALL(Act::None); break;                      \
+    case Act::ReLU: CALL(Act::ReLU); break;                      \
+    case Act::ReLU6: CALL(Act::ReLU6); break;                    \
+    case Act::Hardswish: CALL(Act::Hardswish); break;            \
+    case Act::Hardsigmoid: CALL(Act::Hardsigmoid); break;        \
+    case Act::Sigmoid: CALL(Act::Sigmoid); break;                \
+    case Act::SiLU: CALL(Act::SiLU); break;                      \
+  }
 
 // Per-channel affine (1 / 0 where not given), as float for the float kernels and as double for
 // the float64 ones (gradcheck perturbs scale by 1e-6: float would round that away).
@@ -67,26 +84,6 @@ at::Tensor empty_output(const at::Tensor& x, const DwConvShape& s, at::ScalarTyp
 
 // ---------------------------------------------------------------------------- channels_last
 
-// The weight vectors of one channel block [c0, c0+16), wt: [KH*KW][C] float weights. For K == 3
-// the nine vectors live in registers (5x5 would spill them: its weights come from L1).
-template <int K>
-struct BlockWeights {
-  static constexpr bool kRegs = K == 3;
-  f32x16 reg[kRegs ? 9 : 1];
-  const float* wt;
-  int64_t C, KW, c0;
-  FASTOPS_CPU_INLINE BlockWeights(const float* wt_, const DwConvShape& s, int64_t c0_)
-      : wt(wt_), C(s.C), KW(K > 0 ? K : s.KW), c0(c0_) {
-    if constexpr (kRegs) {
-      for (int t = 0; t < 9; ++t) reg[t] = load16(wt + t * C + c0);
-    }
-  }
-  FASTOPS_CPU_INLINE f32x16 operator()(int64_t kh, int64_t kw) const {
-    if constexpr (kRegs) return reg[kh * 3 + kw];
-    return load16(wt + (kh * KW + kw) * C + c0);
-  }
-};
-
 // Output columns [lo, hi) are interior: every tap inside the input (iw0 >= 0 and
 // iw0 + (KW-1)*DW < W, with iw0 = ow*SW - PW).
 struct InteriorCols {
@@ -98,131 +95,183 @@ struct InteriorCols {
   }
 };
 
-// One output row (n, oh) of the NHWC kernel, for channel block [c0, c0+16); m == 1.
-// K > 0 fixes KH = KW = K at compile time (BlockWeights). Interior pixels (every tap inside the
-// input) go four at a time: four independent accumulators hide the FMA latency and share each
-// weight load; border pixels check their taps.
-template <int K, Act A, typename E>
-FASTOPS_CPU_INLINE void nhwc_row_block(const E* x, E* y, const float* wt, const float* sc,
-                                       const float* sh, const DwConvShape& s, int64_t n, int64_t oh,
-                                       int64_t c0) {
-  const int64_t KH = K > 0 ? K : s.KH, KW = K > 0 ? K : s.KW;
-  const BlockWeights<K> weight(wt, s, c0);
-  const f32x16 scale = load16(sc + c0), shift = load16(sh + c0);
+// The NHWC kernel works on groups of four output pixels of one row, and for each group on one or
+// two blocks of 16 channels at a time (NB): 4 x NB independent accumulators hide the FMA latency
+// and share the weight loads. acc[nb][j] accumulates pixel j, channels [c0 + 16 nb, +16).
+
+// Interior group, KxK kernel, stride S and unit dilation along the width known at compile time:
+// each input column of a kernel row is loaded once and feeds every (pixel, tap) pair that reads
+// it (pixel j, tap kw read column j*S + kw). r: the group's first input pixel of the first kernel
+// row, at channel c0; wr: the weights of that row, at c0; rows: the kernel rows inside the input.
+template <int K, int S, int NB, typename E>
+FASTOPS_CPU_INLINE void group_fixed(f32x16 (&acc)[NB][4], const E* r, const float* wr, int64_t C,
+                                    int64_t dh, int64_t rows) {
+  constexpr int kCols = 3 * S + K;
+  for (int64_t kh = 0; kh < rows; ++kh, r += dh, wr += K * C) {
+#pragma GCC unroll 2
+    for (int nb = 0; nb < NB; ++nb) {
+      f32x16 w[K];
+#pragma GCC unroll 8
+      for (int kw = 0; kw < K; ++kw) w[kw] = load16(wr + kw * C + nb * L);
+#pragma GCC unroll 16
+      for (int i = 0; i < kCols; ++i) {
+        const f32x16 v = load16(r + i * C + nb * L);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const int kw = i - j * S;
+          if (kw >= 0 && kw < K) acc[nb][j] += v * w[kw];
+        }
+      }
+    }
+  }
+}
+
+// Interior group, any kernel, stride and dilation (run time): one load per (pixel, tap).
+template <int NB, typename E>
+FASTOPS_CPU_INLINE void group_any(f32x16 (&acc)[NB][4], const E* r, const float* wr, int64_t C,
+                                  int64_t dh, int64_t rows, int64_t KW, int64_t step, int64_t dw) {
+  for (int64_t kh = 0; kh < rows; ++kh, r += dh, wr += KW * C) {
+    for (int64_t kw = 0; kw < KW; ++kw) {
+#pragma GCC unroll 2
+      for (int nb = 0; nb < NB; ++nb) {
+        const f32x16 w = load16(wr + kw * C + nb * L);
+        const E* p = r + kw * dw + nb * L;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) acc[nb][j] += load16(p + j * step) * w;
+      }
+    }
+  }
+}
+
+// Any group (borders, small maps, the partial group at the end of a row): table[t*4 + j] is the
+// input pixel of tap t for pixel j, or a row of zeros where the tap falls into the padding, so
+// the channel loop has no branches. wt: all the weights, [taps][C], at c0.
+template <int NB, typename E>
+FASTOPS_CPU_INLINE void group_table(f32x16 (&acc)[NB][4], const E* const* table, const float* wt,
+                                    int64_t C, int64_t taps, int64_t c0) {
+  for (int64_t t = 0; t < taps; ++t, table += 4) {
+#pragma GCC unroll 2
+    for (int nb = 0; nb < NB; ++nb) {
+      const f32x16 w = load16(wt + t * C + nb * L);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[nb][j] += load16(table[j] + c0 + nb * L) * w;
+    }
+  }
+}
+
+// Affine + activation in registers, one store per (pixel, block); out at (pixel 0, channel c0).
+template <int NB, Act A, typename E>
+FASTOPS_CPU_INLINE void store_group_act(const f32x16 (&acc)[NB][4], E* out, int64_t C,
+                                        const float* sc, const float* sh, int n4) {
+#pragma GCC unroll 2
+  for (int nb = 0; nb < NB; ++nb) {
+    const f32x16 scale = load16(sc + nb * L), shift = load16(sh + nb * L);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+      if (j < n4) store16(out + j * C + nb * L, act_fwd<A>(acc[nb][j] * scale + shift));
+  }
+}
+
+// The activation is switched here, per group, rather than compiled into every kernel variant
+// (a plain switch: a generic dispatcher would not be compiled for the caller's instruction set).
+template <int NB, typename E>
+FASTOPS_CPU_INLINE void store_group(const f32x16 (&acc)[NB][4], E* out, int64_t C, const float* sc,
+                                    const float* sh, int n4, Act act) {
+#define FASTOPS_STORE(A) store_group_act<NB, A>(acc, out, C, sc, sh, n4)
+  FASTOPS_ACT_CASES(FASTOPS_STORE)
+#undef FASTOPS_STORE
+}
+
+// Calls body(c0, NB) over channel blocks covering [0, C), C >= 16: pairs of blocks, then a last
+// pair or single block, overlapping the previous blocks where C % 16 != 0 (the overlapped
+// channels are computed twice, to the same values). body is instantiated once per NB.
+template <typename F>
+FASTOPS_CPU_INLINE void for_channel_blocks(int64_t C, F&& body) {
+  for (int64_t c0 = 0; c0 < C;) {
+    const int64_t left = C - c0;
+    if (left >= 2 * L || (left > L && C >= 2 * L)) {
+      const int64_t start = left >= 2 * L ? c0 : C - 2 * L;
+      body(start, std::integral_constant<int, 2>{});
+      c0 = start + 2 * L;
+    } else {
+      const int64_t start = std::min(c0, C - L);
+      body(start, std::integral_constant<int, 1>{});
+      c0 = start + L;
+    }
+  }
+}
+
+// One output row (n, oh) of the NHWC kernel; m == 1, C >= 16. For each group of four output
+// pixels, every channel block in turn: the input is read in address order (a pixel's C channels
+// are contiguous), which the prefetchers follow, and the kernel rows in use stay in L2 for the
+// next output row. Weights [KH*KW][C] come from L1. K, S > 0: a KxK kernel with stride S and
+// unit width dilation, known at compile time (group_fixed); K == 0: anything (group_any).
+template <int K, int S, typename E>
+FASTOPS_CPU_INLINE void nhwc_row(const E* x, E* y, const float* wt, const float* sc,
+                                 const float* sh, const DwConvShape& s, int64_t n, int64_t oh,
+                                 Act act, const E* zeros, const E** table) {
+  const int64_t KH = s.KH, KW = s.KW, C = s.C, row_stride = s.W * C;
   const int64_t ih0 = oh * s.SH - s.PH;
-  const int64_t C = s.C, row_stride = s.W * C;
-  const E* xn = x + n * s.H * row_stride + c0;
-  E* yrow = y + ((n * s.OH + oh) * s.OW) * C + c0;
-  const InteriorCols cols(s);
-  const int64_t lo = cols.lo, hi = cols.hi;
-  // Border pixels, also four at a time: a tap that falls into the padding reads a zero vector
-  // instead of the input (a pointer select), so the four chains stay branch-free.
-  alignas(64) static const float kZeros[L] = {};
-  const E* zeros = reinterpret_cast<const E*>(kZeros);
-  auto border4 = [&](int64_t ow_begin, int64_t ow_end) FASTOPS_CPU_INLINE_LAMBDA {
-    for (int64_t ow = ow_begin; ow < ow_end; ow += 4) {
-      const int n4 = int(std::min<int64_t>(4, ow_end - ow));
-      int64_t iw0[4];
-      for (int j = 0; j < 4; ++j) iw0[j] = (ow + std::min(j, n4 - 1)) * s.SW - s.PW;
-      f32x16 a[4] = {f32x16{}, f32x16{}, f32x16{}, f32x16{}};
+  const E* xn = x + n * s.H * row_stride;
+  E* yrow = y + (n * s.OH + oh) * s.OW * C;
+  int64_t kh_lo = 0, kh_hi = KH;  // kernel rows inside the input
+  while (kh_lo < KH && ih0 + kh_lo * s.DH < 0) ++kh_lo;
+  while (kh_hi > kh_lo && ih0 + (kh_hi - 1) * s.DH >= s.H) --kh_hi;
+  const int64_t dh = s.DH * row_stride, step = s.SW * C, dw = s.DW * C;
+  const int64_t taps = KH * KW;
+
+  auto table_groups = [&](int64_t begin, int64_t end) FASTOPS_CPU_INLINE_LAMBDA {
+    for (int64_t ow = begin; ow < end; ow += 4) {
+      const int n4 = int(std::min<int64_t>(4, end - ow));
       for (int64_t kh = 0; kh < KH; ++kh) {
         const int64_t ih = ih0 + kh * s.DH;
-        if (ih < 0 || ih >= s.H) continue;
-        const E* xr = xn + ih * row_stride;
+        const bool row_in = ih >= 0 && ih < s.H;
         for (int64_t kw = 0; kw < KW; ++kw) {
-          const f32x16 w = weight(kh, kw);
-          for (int j = 0; j < 4; ++j) {
-            const int64_t iw = iw0[j] + kw * s.DW;
-            const E* src = (iw >= 0 && iw < s.W) ? xr + iw * C : zeros;
-            a[j] += load16(src) * w;
+          for (int j = 0; j < 4; ++j) {  // a missing pixel repeats the last one
+            const int64_t iw = (ow + std::min(j, n4 - 1)) * s.SW - s.PW + kw * s.DW;
+            table[(kh * KW + kw) * 4 + j] =
+                row_in && iw >= 0 && iw < s.W ? xn + (ih * s.W + iw) * C : zeros;
           }
         }
       }
-      for (int j = 0; j < n4; ++j) store16(yrow + (ow + j) * C, act_fwd<A>(a[j] * scale + shift));
+      for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
+        constexpr int NB = decltype(nb)::value;
+        f32x16 acc[NB][4] = {};
+        group_table<NB>(acc, table, wt + c0, C, taps, c0);
+        store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, n4, act);
+      });
     }
   };
-  border4(0, lo);
-  int64_t ow = lo;
-  const int64_t step = s.SW * C;
-  for (; ow + 4 <= hi; ow += 4) {
-    f32x16 a0 = f32x16{}, a1 = f32x16{}, a2 = f32x16{}, a3 = f32x16{};
-    for (int64_t kh = 0; kh < KH; ++kh) {
-      const int64_t ih = ih0 + kh * s.DH;
-      if (ih < 0 || ih >= s.H) continue;
-      const E* xr = xn + ih * row_stride + (ow * s.SW - s.PW) * C;
-      for (int64_t kw = 0; kw < KW; ++kw) {
-        const f32x16 w = weight(kh, kw);
-        const E* p = xr + kw * s.DW * C;
-        a0 += load16(p) * w;
-        a1 += load16(p + step) * w;
-        a2 += load16(p + 2 * step) * w;
-        a3 += load16(p + 3 * step) * w;
-      }
-    }
-    store16(yrow + ow * C, act_fwd<A>(a0 * scale + shift));
-    store16(yrow + (ow + 1) * C, act_fwd<A>(a1 * scale + shift));
-    store16(yrow + (ow + 2) * C, act_fwd<A>(a2 * scale + shift));
-    store16(yrow + (ow + 3) * C, act_fwd<A>(a3 * scale + shift));
+
+  // interior groups from cols.lo while four fit before cols.hi; the pixels on either side go
+  // through the table
+  const InteriorCols cols(s);
+  const int64_t fast_end = cols.lo + std::max<int64_t>(0, (cols.hi - cols.lo) / 4) * 4;
+  for (int64_t ow = cols.lo; ow < fast_end; ow += 4) {
+    const E* base = xn + (ih0 + kh_lo * s.DH) * row_stride + (ow * s.SW - s.PW) * C;
+    const float* wbase = wt + kh_lo * KW * C;
+    for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
+      constexpr int NB = decltype(nb)::value;
+      f32x16 acc[NB][4] = {};
+      if constexpr (K > 0)
+        group_fixed<K, S, NB>(acc, base + c0, wbase + c0, C, dh, kh_hi - kh_lo);
+      else
+        group_any<NB>(acc, base + c0, wbase + c0, C, dh, kh_hi - kh_lo, KW, step, dw);
+      store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, 4, act);
+    });
   }
-  border4(ow, s.OW);
+  const int64_t ranges[2][2] = {{0, cols.lo}, {fast_end, s.OW}};
+  for (const auto& range : ranges) table_groups(range[0], range[1]);
 }
 
-// The same row block computed from a zero-padded copy of its KH input rows (`pad`: KH rows of
-// W + 2*PW pixels x 16 floats, padding columns zero): no pixel is a border pixel, all go four
-// at a time. Pays when many pixels would be border pixels (small maps, wide kernels).
-template <int K, Act A, typename E>
-FASTOPS_CPU_INLINE void nhwc_row_block_padded(const E* x, E* y, const float* wt, const float* sc,
-                                              const float* sh, const DwConvShape& s, int64_t n,
-                                              int64_t oh, int64_t c0, float* pad) {
-  const int64_t KH = K > 0 ? K : s.KH, KW = K > 0 ? K : s.KW;
-  const BlockWeights<K> weight(wt, s, c0);
-  const f32x16 scale = load16(sc + c0), shift = load16(sh + c0);
-  const int64_t C = s.C, row_stride = s.W * C, prow_len = (s.W + 2 * s.PW) * L;
-  const int64_t ih0 = oh * s.SH - s.PH;
-  const E* xn = x + n * s.H * row_stride + c0;
-  E* yrow = y + ((n * s.OH + oh) * s.OW) * C + c0;
-  bool valid[64];
-  for (int64_t kh = 0; kh < KH; ++kh) {
-    const int64_t ih = ih0 + kh * s.DH;
-    valid[kh] = ih >= 0 && ih < s.H;
-    if (!valid[kh]) continue;
-    const E* src = xn + ih * row_stride;
-    float* dst = pad + kh * prow_len + s.PW * L;
-    for (int64_t iw = 0; iw < s.W; ++iw) store16(dst + iw * L, load16(src + iw * C));
-  }
-  const int64_t step = s.SW * L;
-  for (int64_t ow = 0; ow < s.OW; ow += 4) {
-    const int n4 = int(std::min<int64_t>(4, s.OW - ow));
-    int64_t off[4];  // a partial last group repeats its last pixel (stays inside the buffer)
-    for (int j = 0; j < 4; ++j) off[j] = (ow + std::min(j, n4 - 1)) * step;
-    f32x16 a0 = f32x16{}, a1 = f32x16{}, a2 = f32x16{}, a3 = f32x16{};
-    for (int64_t kh = 0; kh < KH; ++kh) {
-      if (!valid[kh]) continue;
-      const float* prow = pad + kh * prow_len;
-      for (int64_t kw = 0; kw < KW; ++kw) {
-        const f32x16 w = weight(kh, kw);
-        const float* p = prow + kw * s.DW * L;
-        a0 += load16(p + off[0]) * w;
-        a1 += load16(p + off[1]) * w;
-        a2 += load16(p + off[2]) * w;
-        a3 += load16(p + off[3]) * w;
-      }
-    }
-    const f32x16 a[4] = {a0, a1, a2, a3};
-    for (int j = 0; j < n4; ++j) store16(yrow + (ow + j) * C, act_fwd<A>(a[j] * scale + shift));
-  }
-}
-
-// Scalar version for the channels past the last full block of 16 (and any multiplier m).
+// Scalar version for fewer than 16 channels.
 template <Act A, typename E>
 FASTOPS_CPU_INLINE void nhwc_row_scalar(const E* x, E* y, const float* wt, const float* sc,
-                                        const float* sh, const DwConvShape& s, int64_t n, int64_t oh,
-                                        int64_t oc_begin) {
+                                        const float* sh, const DwConvShape& s, int64_t n, int64_t oh) {
   const int64_t ih0 = oh * s.SH - s.PH;
   for (int64_t ow = 0; ow < s.OW; ++ow) {
     const int64_t iw0 = ow * s.SW - s.PW;
-    for (int64_t oc = oc_begin; oc < s.OC; ++oc) {
-      const int64_t c = oc / s.mult;
+    for (int64_t oc = 0; oc < s.OC; ++oc) {
       float acc = 0.f;
       for (int64_t kh = 0; kh < s.KH; ++kh) {
         const int64_t ih = ih0 + kh * s.DH;
@@ -230,7 +279,7 @@ FASTOPS_CPU_INLINE void nhwc_row_scalar(const E* x, E* y, const float* wt, const
         for (int64_t kw = 0; kw < s.KW; ++kw) {
           const int64_t iw = iw0 + kw * s.DW;
           if (iw < 0 || iw >= s.W) continue;
-          acc += widen(x[((n * s.H + ih) * s.W + iw) * s.C + c]) * wt[(kh * s.KW + kw) * s.OC + oc];
+          acc += widen(x[((n * s.H + ih) * s.W + iw) * s.C + oc]) * wt[(kh * s.KW + kw) * s.OC + oc];
         }
       }
       narrow(y + ((n * s.OH + oh) * s.OW + ow) * s.OC + oc, act_fwd<A>(acc * sc[oc] + sh[oc]));
@@ -238,40 +287,32 @@ FASTOPS_CPU_INLINE void nhwc_row_scalar(const E* x, E* y, const float* wt, const
   }
 }
 
-// Output rows [begin, end) of the channels_last kernel (r = n * OH + oh).
-template <Act A, typename E>
+// Output rows [begin, end) of the channels_last kernel (r = n * OH + oh); m == 1 here (a
+// multiplier runs the NCHW kernel).
+template <typename E>
 FASTOPS_CPU_INLINE void nhwc_rows(const E* x, E* y, const float* wt, const float* sc,
-                                  const float* sh, const DwConvShape& s, int64_t begin, int64_t end) {
-  // m == 1 here (a multiplier runs the NCHW kernel). Channels go in blocks of 16; a tail of
-  // C % 16 channels is covered by one more block ending at C, overlapping the previous one (the
-  // overlapped channels are computed twice, to the same values). Fewer than 16 channels: scalar.
-  const int64_t blocks = s.C >= L ? (s.C + L - 1) / L : 0;
+                                  const float* sh, const DwConvShape& s, Act act, int64_t begin,
+                                  int64_t end) {
   const bool k3 = s.KH == 3 && s.KW == 3, k5 = s.KH == 5 && s.KW == 5;
-  // Padded rows when a quarter or more of the pixels would be border pixels (and the kernel is
-  // not taller than the `valid` table).
-  const InteriorCols cols(s);
-  const bool padded = s.KH <= 64 && 4 * (cols.lo + s.OW - cols.hi) >= s.OW;
-  std::vector<float> pad(padded ? s.KH * (s.W + 2 * s.PW) * L : 0, 0.f);
+  const std::vector<E> zeros(s.C >= L ? s.C : 0, E(0));  // bit pattern 0 is 0 in bf16 too
+  std::vector<const E*> table(s.KH * s.KW * 4);
+  const bool unit_dw = s.DW == 1;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t n = r / s.OH, oh = r % s.OH;
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t c0 = std::min(b * L, s.C - L);
-      if (padded) {
-        if (k3)
-          nhwc_row_block_padded<3, A>(x, y, wt, sc, sh, s, n, oh, c0, pad.data());
-        else if (k5)
-          nhwc_row_block_padded<5, A>(x, y, wt, sc, sh, s, n, oh, c0, pad.data());
-        else
-          nhwc_row_block_padded<0, A>(x, y, wt, sc, sh, s, n, oh, c0, pad.data());
-      } else if (k3) {
-        nhwc_row_block<3, A>(x, y, wt, sc, sh, s, n, oh, c0);
-      } else if (k5) {
-        nhwc_row_block<5, A>(x, y, wt, sc, sh, s, n, oh, c0);
-      } else {
-        nhwc_row_block<0, A>(x, y, wt, sc, sh, s, n, oh, c0);
-      }
-    }
-    if (blocks == 0) nhwc_row_scalar<A>(x, y, wt, sc, sh, s, n, oh, 0);
+    if (s.C < L)
+#define FASTOPS_SCALAR(A) nhwc_row_scalar<A>(x, y, wt, sc, sh, s, n, oh)
+      FASTOPS_ACT_CASES(FASTOPS_SCALAR)
+#undef FASTOPS_SCALAR
+    else if (k3 && unit_dw && s.SW == 1)
+      nhwc_row<3, 1>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
+    else if (k3 && unit_dw && s.SW == 2)
+      nhwc_row<3, 2>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
+    else if (k5 && unit_dw && s.SW == 1)
+      nhwc_row<5, 1>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
+    else if (k5 && unit_dw && s.SW == 2)
+      nhwc_row<5, 2>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
+    else
+      nhwc_row<0, 0>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
   }
 }
 
@@ -381,29 +422,17 @@ FASTOPS_CPU_INLINE void nchw_planes(const E* x, E* y, const float* w, const floa
 // ---------------------------------------------------------------------------- entry points
 // One multi-versioned function per layout and storage type, with the activation switched inside,
 // so that every template above is inlined into, and compiled for, each instruction set.
-#define FASTOPS_ACT_CASES(CALL)                                  \
-  switch (act) {                                                 \
-    case Act::None: CALL(Act::None); break;                      \
-    case Act::ReLU: CALL(Act::ReLU); break;                      \
-    case Act::ReLU6: CALL(Act::ReLU6); break;                    \
-    case Act::Hardswish: CALL(Act::Hardswish); break;            \
-    case Act::Hardsigmoid: CALL(Act::Hardsigmoid); break;        \
-    case Act::Sigmoid: CALL(Act::Sigmoid); break;                \
-    case Act::SiLU: CALL(Act::SiLU); break;                      \
-  }
-
-#define FASTOPS_NHWC(A) nhwc_rows<A>(x, y, wt, sc, sh, s, begin, end)
 #define FASTOPS_NCHW(A) nchw_planes<A>(x, y, w, sc, sh, s, plane, begin, end)
 
 FASTOPS_CPU_MULTIVERSION void nhwc_f32(const float* x, float* y, const float* wt, const float* sc,
                                        const float* sh, const DwConvShape& s, Act act,
                                        int64_t begin, int64_t end) {
-  FASTOPS_ACT_CASES(FASTOPS_NHWC)
+  nhwc_rows(x, y, wt, sc, sh, s, act, begin, end);
 }
 FASTOPS_CPU_MULTIVERSION void nhwc_bf16(const uint16_t* x, uint16_t* y, const float* wt,
                                         const float* sc, const float* sh, const DwConvShape& s,
                                         Act act, int64_t begin, int64_t end) {
-  FASTOPS_ACT_CASES(FASTOPS_NHWC)
+  nhwc_rows(x, y, wt, sc, sh, s, act, begin, end);
 }
 FASTOPS_CPU_MULTIVERSION void nchw_f32(const float* x, float* y, const float* w, const float* sc,
                                        const float* sh, const DwConvShape& s, Act act,
@@ -416,7 +445,6 @@ FASTOPS_CPU_MULTIVERSION void nchw_bf16(const uint16_t* x, uint16_t* y, const fl
   FASTOPS_ACT_CASES(FASTOPS_NCHW)
 }
 
-#undef FASTOPS_NHWC
 #undef FASTOPS_NCHW
 #undef FASTOPS_ACT_CASES
 
