@@ -5,7 +5,8 @@ Inference ("fwd", eval mode, under torch.no_grad):
   eager            conv -> BN -> act as torch modules, same weights, same layout
   compile          torch.compile of the eager block with torch._inductor.config.freezing=True
 Training ("fwd+bwd", train mode: batch-stat BN, forward + backward):
-  fastops          fastops.nn.DepthwiseSeparable (depthwise fused) or ConvBNAct
+  fastops          fastops.nn.ConvBNAct, and fastops.nn.DepthwiseSeparable (the "separable" cases:
+                   the MobileNet V1 block, depthwise then pointwise ConvBNAct)
   eager / compile  the same block unfused (compile without freezing)
 
 Shapes are the MobileNet V2/V3 depthwise layers the issue names. Bytes for the roof: read x,
@@ -32,6 +33,8 @@ LAYERS = [
     (672, 14, 14, 5, 1, "hardswish"),
 ]
 ACT_MODULES = {"relu6": nn.ReLU6, "hardswish": nn.Hardswish, "relu": nn.ReLU}
+# (C_in, C_out, H, W) -- MobileNet V1 depthwise-separable blocks (3x3, stride 1, ReLU6)
+SEPARABLE = [(128, 128, 56, 56), (512, 512, 14, 14)]
 
 
 def _eager_block(c, k, stride, act):
@@ -127,9 +130,61 @@ def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
     )
 
 
+def make_separable_case(n, block, dtype, layout, device) -> harness.Case:
+    """Training step (forward + backward, batch-stat BN) of a DepthwiseSeparable block."""
+    cin, cout, h, w = block
+    fmt = harness.memory_format(layout)
+    elem = torch.empty((), dtype=dtype).element_size()
+    x_bytes, y_bytes = n * cin * h * w * elem, n * cout * h * w * elem
+    gen = torch.Generator().manual_seed(0)
+    base_x = torch.randn((n, cin, h, w), generator=gen).to(device=device, dtype=dtype)
+    base_g = torch.randn((n, cout, h, w), generator=gen).to(device=device, dtype=dtype)
+
+    def make(_k):
+        return {"args": (base_x.clone(memory_format=fmt).requires_grad_(),), "grad": base_g.clone(memory_format=fmt)}
+
+    def modules():
+        fastops = importlib.import_module("fastops")
+        ours = fastops.nn.DepthwiseSeparable(cin, cout, 3, 1, act="relu6")
+        eager = nn.Sequential(
+            nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(inplace=True)),
+            nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True)),
+        )
+        ours.load_state_dict(eager.state_dict())
+        return [m.to(device=device, dtype=dtype, memory_format=fmt).train() for m in (eager, ours)]
+
+    def runner(module):
+        def run(s):
+            x = s["args"][0]
+            return torch.autograd.grad(module(x), [x] + list(module.parameters()), s["grad"])
+
+        return run
+
+    def compile_factory():
+        torch._dynamo.reset()
+        return runner(torch.compile(modules()[0], dynamic=False))
+
+    return harness.Case(
+        op="separable3x3+bn+relu6",
+        shape=(n, cin, h, w),
+        dtype=dtype,
+        layout=layout,
+        mode="fwd+bwd",
+        device=device,
+        # x read twice (forward, backward), y written, g read, dx written (weights negligible)
+        bytes_moved=3 * x_bytes + 2 * y_bytes,
+        make_inputs=make,
+        contenders={
+            "fastops": lambda: runner(modules()[1]),
+            "eager": lambda: runner(modules()[0]),
+            "compile": compile_factory,
+        },
+    )
+
+
 def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.Case]:
-    """Quick: N=8 inference in both layouts, training at the first shape. Full: N=1 and N=8,
-    inference and training, every shape and layout."""
+    """Quick: N=8 inference in both layouts, training at the first shape and of the first
+    DepthwiseSeparable block. Full: N=1 and N=8, inference and training, every shape and layout."""
     if dtypes is None:
         dtypes = [torch.float16, torch.bfloat16] if device == "cuda" else [torch.float32]
     layouts = layouts or (["channels_last"] if device == "cuda" and quick else ["nchw", "channels_last"])
@@ -144,4 +199,7 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
                     out.append(make_case(n, layer, dtype, layout, "fwd", device))
                     if not quick or layer is LAYERS[0]:
                         out.append(make_case(n, layer, dtype, layout, "fwd+bwd", device))
+            for block in SEPARABLE if not quick else SEPARABLE[:1]:
+                for layout in layouts:
+                    out.append(make_separable_case(n, block, dtype, layout, device))
     return out

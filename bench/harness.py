@@ -436,9 +436,15 @@ def _tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def _check(out: Any, ref: Any) -> tuple[str, float | None]:
-    """Compare a contender's outputs with the reference's: values (torch's per-dtype tolerances,
-    relaxed 4x) and memory layout (the op contract: outputs keep the input's memory format)."""
+def _check(out: Any, ref: Any, backward: bool = False) -> tuple[str, float | None]:
+    """Compare a contender's outputs with the reference's: values and memory layout (the op
+    contract: outputs keep the input's memory format). Values: torch's per-dtype tolerances
+    relaxed 4x, the absolute one scaled by the output's magnitude (gradients of parameters are
+    sums over N*H*W values: their rounding grows with them), and up to one element in a million
+    may differ more (an activation's kink: two correct programs that round an intermediate
+    differently can land on either side of relu6's 0 or 6). Gradients (`backward`) are held to
+    1e-4 of their magnitude: a weight's gradient sums N*H*W products, and float32 sums of 10^5
+    terms in different orders (oneDNN's, inductor's, ours) differ by that much."""
     outs, refs = _tensors(out), _tensors(ref)
     if len(outs) != len(refs):
         return f"mismatch: {len(outs)} outputs vs {len(refs)}", None
@@ -449,7 +455,12 @@ def _check(out: Any, ref: Any) -> tuple[str, float | None]:
         d = (o.detach().double() - r.detach().double()).abs()
         err = max(err, float(d.max()) if d.numel() else 0.0)
         rtol, atol = {torch.float16: (1e-3, 1e-5), torch.bfloat16: (1.6e-2, 1e-5)}.get(o.dtype, (1.3e-6, 1e-5))
-        if not torch.allclose(o.detach().double(), r.detach().double(), rtol=4 * rtol, atol=4 * atol):
+        if backward:
+            rtol = max(rtol, 2.5e-5)
+        rd = r.detach().double()
+        scale = max(1.0, float(rd.abs().max())) if rd.numel() else 1.0
+        bad = d > 4 * atol + 4 * rtol * (rd.abs() + scale)
+        if int(bad.sum()) > max(0, d.numel() // 1_000_000):
             return "mismatch", err
     for o, r in zip(outs, refs):
         if o.dim() == 4 and o.is_contiguous(memory_format=torch.channels_last) != r.is_contiguous(
@@ -536,7 +547,7 @@ def run_case(case: Case, settings: Settings, contenders: list[str] | None = None
             if name == case.reference:
                 ref_out, status[name], errors[name] = out, "ok", 0.0
             elif ref_out is not None:
-                status[name], errors[name] = _check(out, ref_out)
+                status[name], errors[name] = _check(out, ref_out, backward=case.mode != "fwd")
             else:
                 status[name], errors[name] = "ok (unchecked)", None
             del out
