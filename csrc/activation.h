@@ -148,9 +148,12 @@ struct ActTag {
   static constexpr Act value = A;
 };
 
-// Calls f(ActTag<A>{}) with the compile-time activation A equal to `act`.
+// Calls f(ActTag<A>{}) with the compile-time activation A equal to `act`. Host code only (kernel
+// launchers, the CPU's generic loops): a __host__ __device__ version calling host lambdas draws
+// nvcc warning #20014. Inside the CPU's multi-versioned kernels use FASTOPS_ACT_CASES
+// (cpu/simd.h) instead: this function is compiled for the baseline instruction set.
 template <typename F>
-FASTOPS_HD void dispatch_act(Act act, F&& f) {
+inline void dispatch_act(Act act, F&& f) {
   switch (act) {
     case Act::None: f(ActTag<Act::None>{}); break;
     case Act::ReLU: f(ActTag<Act::ReLU>{}); break;

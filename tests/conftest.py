@@ -19,6 +19,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+@pytest.fixture(params=[pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)])
+def device(request):
+    """Each test that takes `device` runs on the CPU kernels and (marked cuda, skipped without a
+    GPU) on the CUDA C++ kernels."""
+    if request.param == "cuda":
+        import fastops
+
+        with fastops.use_backend("cuda"):
+            yield "cuda"
+    else:
+        yield "cpu"
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     """Fresh random data for every test, reproducible from the test's name."""

@@ -40,6 +40,12 @@ def make_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         out = buf[1:].view(x.shape)
         out.copy_(x)
         return out
+    if layout == "cl_sliced":  # channels_last storage, every other column: neither contiguous nor
+        # channels_last, but the channel stride is below the width stride (a channels_last output)
+        N, C, H, W = x.shape
+        buf = torch.empty((N, C, H, 2 * W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        buf[..., ::2] = x
+        return buf[..., ::2]
     if layout == "expanded":  # stride 0 along dim 0 (only valid for inputs, not in-place)
         return x[:1].expand(x.shape) if x.dim() > 0 else x
     raise ValueError(layout)

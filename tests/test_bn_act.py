@@ -13,16 +13,6 @@ from fastops import reference
 from helpers import TOL, make_layout, poisoned_memory, randn
 
 ACTS = reference.ACTIVATIONS
-DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request):
-    if request.param == "cuda":
-        with fastops.use_backend("cuda"):
-            yield "cuda"
-    else:
-        yield "cpu"
 
 
 def _case(device, dtype, shape, affine=True, layout="contiguous", offset=0.0):

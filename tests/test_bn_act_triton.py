@@ -20,27 +20,12 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ACTS = reference.ACTIVATIONS
 
 
-def _cl_sliced(t):
-    """channels_last storage, every other column: neither contiguous nor channels_last, but the
-    channel stride is below the width stride, so the output is channels_last."""
-    N, C, H, W = t.shape
-    buf = torch.empty((N, C, H, 2 * W), dtype=t.dtype, device=t.device, memory_format=torch.channels_last)
-    buf[..., ::2] = t
-    return buf[..., ::2]
-
-
-def _layout(t, layout):
-    if layout == "cl_sliced":
-        return _cl_sliced(t)
-    return make_layout(t, layout)
-
-
 def _expect_channels_last(layout):
     return layout in ("channels_last", "permuted", "cl_sliced")
 
 
 def _make(shape, dtype, layout="contiguous", scale=1.0, offset=0.0):
-    return _layout((torch.randn(shape, device=DEVICE) * scale + offset).to(dtype), layout)
+    return make_layout((torch.randn(shape, device=DEVICE) * scale + offset).to(dtype), layout)
 
 
 def _check_close(actual, expected, dtype, reduced=False, atol=None):

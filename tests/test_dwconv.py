@@ -14,17 +14,6 @@ from helpers import TOL, make_layout, poisoned_memory, randn
 
 ACTS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu")
 
-DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request):
-    if request.param == "cuda":
-        with fastops.use_backend("cuda"):
-            yield "cuda"
-    else:
-        yield "cpu"
-
 
 def _case(device, dtype, n, c, h, w, k, mult=1, affine=True, layout="contiguous"):
     kh, kw = (k, k) if isinstance(k, int) else k

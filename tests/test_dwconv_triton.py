@@ -20,19 +20,7 @@ ACTS = reference.ACTIVATIONS
 
 def _make(shape, dtype, layout="contiguous", scale=1.0, offset=0.0):
     t = (torch.randn(shape, device=DEVICE) * scale + offset).to(dtype)
-    return make_layout(t, layout) if layout in ("contiguous", "channels_last", "strided", "permuted") else _LAYOUTS[layout](t)
-
-
-def _cl_sliced(t):
-    """channels_last storage, every other column: neither contiguous nor channels_last, but the
-    channel stride is below the width stride, so the output is channels_last."""
-    N, C, H, W = t.shape
-    buf = torch.empty((N, C, H, 2 * W), dtype=t.dtype, device=t.device, memory_format=torch.channels_last)
-    buf[..., ::2] = t
-    return buf[..., ::2]
-
-
-_LAYOUTS = {"cl_sliced": _cl_sliced}
+    return make_layout(t, layout)
 
 
 def _expect_channels_last(layout):

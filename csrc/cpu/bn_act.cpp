@@ -33,17 +33,6 @@ namespace {
 constexpr int L = kLanes;
 constexpr int64_t kChunk = 256;  // values per lane summed in float before they go to double
 
-#define FASTOPS_ACT_CASES(CALL)                       \
-  switch (act) {                                      \
-    case Act::None: CALL(Act::None); break;           \
-    case Act::ReLU: CALL(Act::ReLU); break;           \
-    case Act::ReLU6: CALL(Act::ReLU6); break;         \
-    case Act::Hardswish: CALL(Act::Hardswish); break; \
-    case Act::Hardsigmoid: CALL(Act::Hardsigmoid); break; \
-    case Act::Sigmoid: CALL(Act::Sigmoid); break;     \
-    case Act::SiLU: CALL(Act::SiLU); break;           \
-  }
-
 enum class Pass { Stats, Normalize, GradSums, GradX };
 
 // Everything a pass reads or writes. Per-channel float vectors: shift (K, stats), mean, invstd,
@@ -497,7 +486,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_backward(
   return {gx, channel_tensor(d2, x, wt), channel_tensor(d1, x, bt)};
 }
 
-#undef FASTOPS_ACT_CASES
 
 }  // namespace
 

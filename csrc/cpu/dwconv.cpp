@@ -37,19 +37,6 @@ namespace {
 
 constexpr int L = kLanes;
 
-// Runs CALL(A) for the run-time activation `act` (a plain switch: inside the multi-versioned
-// kernels a generic dispatcher would not be compiled for the caller's instruction set).
-#define FASTOPS_ACT_CASES(CALL)                                  \
-  switch (act) {                                                 \
-    case Act::None: CALL(Act::None); break;                      \
-    case Act::ReLU: CALL(Act::ReLU); break;                      \
-    case Act::ReLU6: CALL(Act::ReLU6); break;                    \
-    case Act::Hardswish: CALL(Act::Hardswish); break;            \
-    case Act::Hardsigmoid: CALL(Act::Hardsigmoid); break;        \
-    case Act::Sigmoid: CALL(Act::Sigmoid); break;                \
-    case Act::SiLU: CALL(Act::SiLU); break;                      \
-  }
-
 // Per-channel affine (1 / 0 where not given), as float for the float kernels and as double for
 // the float64 ones (gradcheck perturbs scale by 1e-6: float would round that away).
 struct Affine {
@@ -446,7 +433,6 @@ FASTOPS_CPU_MULTIVERSION void nchw_bf16(const uint16_t* x, uint16_t* y, const fl
 }
 
 #undef FASTOPS_NCHW
-#undef FASTOPS_ACT_CASES
 
 void nhwc_forward(const at::Tensor& x, at::Tensor& y, const float* wt, const Affine& af,
                   const DwConvShape& s, Act act) {

@@ -26,6 +26,20 @@
 #define FASTOPS_CPU_INLINE inline __attribute__((always_inline))
 #define FASTOPS_CPU_INLINE_LAMBDA __attribute__((always_inline))
 
+// Runs CALL(A) for the run-time activation `act` with A a compile-time Act: a plain switch, for
+// use inside multi-versioned kernels, where a dispatcher function (dispatch_act) would be
+// compiled for the baseline instruction set rather than the caller's.
+#define FASTOPS_ACT_CASES(CALL)                                                  \
+  switch (act) {                                                                 \
+    case ::fastops::Act::None: CALL(::fastops::Act::None); break;               \
+    case ::fastops::Act::ReLU: CALL(::fastops::Act::ReLU); break;               \
+    case ::fastops::Act::ReLU6: CALL(::fastops::Act::ReLU6); break;             \
+    case ::fastops::Act::Hardswish: CALL(::fastops::Act::Hardswish); break;     \
+    case ::fastops::Act::Hardsigmoid: CALL(::fastops::Act::Hardsigmoid); break; \
+    case ::fastops::Act::Sigmoid: CALL(::fastops::Act::Sigmoid); break;         \
+    case ::fastops::Act::SiLU: CALL(::fastops::Act::SiLU); break;               \
+  }
+
 namespace fastops {
 namespace cpu {
 

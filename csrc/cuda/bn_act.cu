@@ -627,21 +627,6 @@ const acc_t* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
 }
 
-// Calls f(ActTag<A>{}) with A == act. Host-only twin of activation.h's dispatch_act (that one is
-// __host__ __device__, and nvcc warns (#20014) when it calls a host lambda).
-template <typename F>
-void dispatch_act_host(Act act, F&& f) {
-  switch (act) {
-    case Act::None: f(ActTag<Act::None>{}); break;
-    case Act::ReLU: f(ActTag<Act::ReLU>{}); break;
-    case Act::ReLU6: f(ActTag<Act::ReLU6>{}); break;
-    case Act::Hardswish: f(ActTag<Act::Hardswish>{}); break;
-    case Act::Hardsigmoid: f(ActTag<Act::Hardsigmoid>{}); break;
-    case Act::Sigmoid: f(ActTag<Act::Sigmoid>{}); break;
-    case Act::SiLU: f(ActTag<Act::SiLU>{}); break;
-  }
-}
-
 // Calls f(std::integral_constant<int, V>{}, std::bool_constant<ROW>{}) for V = vec (1 or VMAX)
 // and ROW = row.
 template <int VMAX, typename F>
@@ -697,7 +682,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_cuda(
           partial.const_data_ptr<acc_t>(), s.C, g.splits, g.Mu, g.upb, ROW ? 1 : V,
           mean.mutable_data_ptr<acc_t>(), var.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      dispatch_act_host(act, [&](auto act_tag) {
+      dispatch_act(act, [&](auto act_tag) {
         constexpr Act A = decltype(act_tag)::value;
         bn_fwd_kernel<scalar_t, V, ROW, A><<<grid_of(g), kThreads, 0, stream>>>(
             xc.const_data_ptr<scalar_t>(), mean.const_data_ptr<acc_t>(),
@@ -746,7 +731,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_backward_cuda(
     dispatch_vec_layout<VMAX>(p.vec, p.row, [&](auto v_tag, auto row_tag) {
       constexpr int V = decltype(v_tag)::value;
       constexpr bool ROW = decltype(row_tag)::value;
-      dispatch_act_host(act, [&](auto act_tag) {
+      dispatch_act(act, [&](auto act_tag) {
         constexpr Act A = decltype(act_tag)::value;
         bn_bwd_reduce_kernel<scalar_t, V, ROW, A><<<grid_of(g), kThreads, 0, stream>>>(
             go.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
