@@ -113,6 +113,34 @@ FASTOPS_CPU_INLINE void group_fixed(f32x16 (&acc)[NB][4], const E* r, const floa
   }
 }
 
+// Any group of the same fixed kernels (borders, small maps, a partial group at the end of a
+// row), with group_fixed's column reuse: cols[i] is input column i of the group's window in the
+// first kernel row inside the input, or a row of zeros where the column falls into the padding;
+// steps[i] moves it down one kernel row (0 for the zeros). wr: weights of that row, at c0.
+template <int K, int S, int NB, typename E>
+FASTOPS_CPU_INLINE void group_fixed_cols(f32x16 (&acc)[NB][4], const E* const* cols,
+                                         const int64_t* steps, int64_t c0, const float* wr,
+                                         int64_t C, int64_t rows) {
+  constexpr int kCols = 3 * S + K;
+  for (int64_t kh = 0; kh < rows; ++kh, wr += K * C) {
+#pragma GCC unroll 2
+    for (int nb = 0; nb < NB; ++nb) {
+      f32x16 w[K];
+#pragma GCC unroll 8
+      for (int kw = 0; kw < K; ++kw) w[kw] = load16(wr + kw * C + nb * L);
+#pragma GCC unroll 16
+      for (int i = 0; i < kCols; ++i) {
+        const f32x16 v = load16(cols[i] + kh * steps[i] + c0 + nb * L);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const int kw = i - j * S;
+          if (kw >= 0 && kw < K) acc[nb][j] += v * w[kw];
+        }
+      }
+    }
+  }
+}
+
 // Interior group, any kernel, stride and dilation (run time): one load per (pixel, tap).
 template <int NB, typename E>
 FASTOPS_CPU_INLINE void group_any(f32x16 (&acc)[NB][4], const E* r, const float* wr, int64_t C,
@@ -247,8 +275,36 @@ FASTOPS_CPU_INLINE void nhwc_row(const E* x, E* y, const float* wt, const float*
       store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, 4, act);
     });
   }
+  // The other pixels: the fixed kernels through their column windows, anything else through
+  // the tap table.
+  auto window_groups = [&](int64_t begin, int64_t end) FASTOPS_CPU_INLINE_LAMBDA {
+    constexpr int kCols = K > 0 ? 3 * S + K : 1;
+    const E* row0 = xn + (ih0 + kh_lo * s.DH) * row_stride;
+    for (int64_t ow = begin; ow < end; ow += 4) {
+      const int n4 = int(std::min<int64_t>(4, end - ow));
+      const E* window[kCols];
+      int64_t steps[kCols];
+      for (int i = 0; i < kCols; ++i) {
+        const int64_t iw = ow * S - s.PW + i;
+        const bool inside = iw >= 0 && iw < s.W;
+        window[i] = inside ? row0 + iw * C : zeros;
+        steps[i] = inside ? dh : 0;
+      }
+      for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
+        constexpr int NB = decltype(nb)::value;
+        f32x16 acc[NB][4] = {};
+        group_fixed_cols<K, S, NB>(acc, window, steps, c0, wt + kh_lo * KW * C + c0, C, kh_hi - kh_lo);
+        store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, n4, act);
+      });
+    }
+  };
   const int64_t ranges[2][2] = {{0, cols.lo}, {fast_end, s.OW}};
-  for (const auto& range : ranges) table_groups(range[0], range[1]);
+  for (const auto& range : ranges) {
+    if constexpr (K > 0)
+      window_groups(range[0], range[1]);
+    else
+      table_groups(range[0], range[1]);
+  }
 }
 
 // Scalar version for fewer than 16 channels.
