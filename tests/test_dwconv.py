@@ -92,6 +92,18 @@ def test_forward_channel_blocks_channels_last(device, c, k, s, w):
     _assert_matches(y, _ref(x, weight, scale, shift, s, k // 2, 1, "hardswish"), torch.float32)
 
 
+@pytest.mark.parametrize("k,d,p,hw", ((3, 1, 1, (7, 7)), (5, 1, 2, (7, 7)), (3, 2, 2, (7, 9)), (3, 1, 3, (4, 5)),
+                                       (5, 1, 1, (6, 11)), (1, 1, 0, (3, 2)), (3, 1, 1, (14, 14))), ids=str)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_forward_small_maps_nchw(device, k, d, p, hw, dtype):
+    """NCHW stride 1 on maps narrower than a vector: rows packed back to back (flat planes),
+    results computed across row ends and the extra columns dropped."""
+    x, weight, scale, shift = _case(device, dtype, 2, 5, *hw, k, mult=2)
+    with poisoned_memory(x):
+        y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, 1, p, d, "silu")
+    _assert_matches(y, _ref(x, weight, scale, shift, 1, p, d, "silu"), dtype)
+
+
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("affine", (True, False))
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last"))

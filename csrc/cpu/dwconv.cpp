@@ -366,14 +366,34 @@ FASTOPS_CPU_INLINE void nhwc_rows(const E* x, E* y, const float* wt, const float
 // the tap (kh, kw) of output vector [ow, ow+16) of row oh is the 16 floats at
 //   row_base(oh) + tap[kh*KW + kw] + ow,
 // one contiguous load whatever the stride and dilation.
+//
+// Flat variant (stride 1, rows much narrower than a vector, e.g. 7x7 maps): padded rows are
+// packed back to back (row pitch Wp = W + 2*PW, not rounded up), and the outputs are computed
+// over flat positions oh*Wp + ow, 16 at a time across row ends: output (oh, ow) reads
+// buf[oh*Wp + ow + tap], the positions with ow >= OW are computed and dropped. A 7x7 plane takes
+// 4 vectors instead of 7. `out` holds the flat results until the rows are copied out.
 struct PhasePlane {
   int64_t phases;     // = SW
   int64_t phase_len;  // floats per phase row (multiple of L, with slack for the last vector)
   int64_t row_step;   // floats from one output row's base to the next
+  bool flat = false;
   std::vector<int64_t> tap;
-  std::vector<float> buf;
+  std::vector<float> buf, out;
 
   void build(const DwConvShape& s) {
+    const int64_t Wp = s.W + 2 * s.PW;
+    const int64_t row_vecs = s.OH * ((s.OW + L - 1) / L), flat_vecs = (s.OH * Wp + L - 1) / L;
+    flat = s.SW == 1 && s.SH == 1 && 4 * flat_vecs <= 3 * row_vecs;
+    if (flat) {
+      phases = 1, phase_len = Wp, row_step = Wp;
+      tap.resize(s.KH * s.KW);
+      for (int64_t kh = 0; kh < s.KH; ++kh)
+        for (int64_t kw = 0; kw < s.KW; ++kw) tap[kh * s.KW + kw] = kh * s.DH * Wp + kw * s.DW;
+      // the last vector reads up to L - 1 past the last output position, plus the largest tap
+      buf.assign((s.H + 2 * s.PH) * Wp + 2 * L + (s.KW - 1) * s.DW, 0.f);
+      out.resize(flat_vecs * L);
+      return;
+    }
     phases = s.SW;
     const int64_t per_phase = (s.W + 2 * s.PW + s.SW - 1) / s.SW;
     // the last vector of a row reads up to (OW rounded up to L) + the largest tap offset
@@ -413,6 +433,28 @@ FASTOPS_CPU_INLINE void nchw_plane(PhasePlane& p, E* out, const float* w, float 
                                    const DwConvShape& s) {
   const int64_t taps = s.KH * s.KW;
   const int64_t* tap = p.tap.data();
+  if (p.flat) {
+    const int64_t vecs = int64_t(p.out.size()) / L, Wp = p.phase_len;
+    for (int64_t v0 = 0; v0 < vecs; v0 += 4) {
+      const int n = int(std::min<int64_t>(4, vecs - v0));
+      const float* q[4];
+      for (int j = 0; j < 4; ++j) q[j] = p.buf.data() + (v0 + std::min(j, n - 1)) * L;
+      f32x16 a0 = f32x16{}, a1 = f32x16{}, a2 = f32x16{}, a3 = f32x16{};
+      for (int64_t t = 0; t < taps; ++t) {
+        const float wv = w[t];
+        const int64_t o = tap[t];
+        a0 += load16(q[0] + o) * wv;
+        a1 += load16(q[1] + o) * wv;
+        a2 += load16(q[2] + o) * wv;
+        a3 += load16(q[3] + o) * wv;
+      }
+      const f32x16 acc[4] = {a0, a1, a2, a3};
+      for (int j = 0; j < n; ++j) store16(p.out.data() + (v0 + j) * L, act_fwd<A>(acc[j] * scale + shift));
+    }
+    for (int64_t oh = 0; oh < s.OH; ++oh)
+      for (int64_t ow = 0; ow < s.OW; ++ow) narrow(out + oh * s.OW + ow, p.out[oh * Wp + ow]);
+    return;
+  }
   const int64_t nvec = (s.OW + L - 1) / L, items = s.OH * nvec;
   for (int64_t i0 = 0; i0 < items; i0 += 4) {
     const int n = int(std::min<int64_t>(4, items - i0));
