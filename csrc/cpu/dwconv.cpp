@@ -426,6 +426,22 @@ FASTOPS_CPU_INLINE void fill_phase_plane(PhasePlane& p, const E* plane, const Dw
   }
 }
 
+// Four output vectors at q[0..3] of the scratch plane: acc[j] = sum_t w[t] * (16 floats at
+// q[j] + tap[t]), four independent accumulators sharing each broadcast weight.
+FASTOPS_CPU_INLINE void taps4(f32x16 (&acc)[4], const float* const (&q)[4], const float* w,
+                              const int64_t* tap, int64_t taps) {
+  f32x16 a0 = f32x16{}, a1 = f32x16{}, a2 = f32x16{}, a3 = f32x16{};
+  for (int64_t t = 0; t < taps; ++t) {
+    const float wv = w[t];
+    const int64_t o = tap[t];
+    a0 += load16(q[0] + o) * wv;
+    a1 += load16(q[1] + o) * wv;
+    a2 += load16(q[2] + o) * wv;
+    a3 += load16(q[3] + o) * wv;
+  }
+  acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+}
+
 // One output plane. The (output row, 16-wide vector) pairs go four at a time: four independent
 // accumulators share each broadcast weight, also when a row is narrower than one vector.
 template <Act A, typename E>
@@ -439,16 +455,8 @@ FASTOPS_CPU_INLINE void nchw_plane(PhasePlane& p, E* out, const float* w, float 
       const int n = int(std::min<int64_t>(4, vecs - v0));
       const float* q[4];
       for (int j = 0; j < 4; ++j) q[j] = p.buf.data() + (v0 + std::min(j, n - 1)) * L;
-      f32x16 a0 = f32x16{}, a1 = f32x16{}, a2 = f32x16{}, a3 = f32x16{};
-      for (int64_t t = 0; t < taps; ++t) {
-        const float wv = w[t];
-        const int64_t o = tap[t];
-        a0 += load16(q[0] + o) * wv;
-        a1 += load16(q[1] + o) * wv;
-        a2 += load16(q[2] + o) * wv;
-        a3 += load16(q[3] + o) * wv;
-      }
-      const f32x16 acc[4] = {a0, a1, a2, a3};
+      f32x16 acc[4];
+      taps4(acc, q, w, tap, taps);
       for (int j = 0; j < n; ++j) store16(p.out.data() + (v0 + j) * L, act_fwd<A>(acc[j] * scale + shift));
     }
     for (int64_t oh = 0; oh < s.OH; ++oh)
@@ -465,16 +473,8 @@ FASTOPS_CPU_INLINE void nchw_plane(PhasePlane& p, E* out, const float* w, float 
       oh[j] = i / nvec, ow[j] = (i % nvec) * L;
       q[j] = p.buf.data() + oh[j] * p.row_step + ow[j];
     }
-    f32x16 a0 = f32x16{}, a1 = f32x16{}, a2 = f32x16{}, a3 = f32x16{};
-    for (int64_t t = 0; t < taps; ++t) {
-      const float wv = w[t];
-      const int64_t o = tap[t];
-      a0 += load16(q[0] + o) * wv;
-      a1 += load16(q[1] + o) * wv;
-      a2 += load16(q[2] + o) * wv;
-      a3 += load16(q[3] + o) * wv;
-    }
-    const f32x16 acc[4] = {a0, a1, a2, a3};
+    f32x16 acc[4];
+    taps4(acc, q, w, tap, taps);
     for (int j = 0; j < n; ++j) {
       const f32x16 y = act_fwd<A>(acc[j] * scale + shift);
       E* dst = out + oh[j] * s.OW + ow[j];
