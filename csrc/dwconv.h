@@ -60,28 +60,29 @@ inline void check_param_vector(const char* op, const char* arg, const c10::optio
 inline DwConvShape check_dwconv(const char* op, const at::Tensor& x, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& scale,
                                 const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
-                                at::IntArrayRef padding, at::IntArrayRef dilation) {
+                                at::IntArrayRef padding, at::IntArrayRef dilation,
+                                const char* weight_arg = "weight") {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fastops.", op,
                    ": argument 'x' must be a floating-point tensor (float32, float64, float16 or "
                    "bfloat16), got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() == 4, "fastops.", op, ": argument 'x' must be 4-D [N, C, H, W], got ",
                     x.dim(), "-D shape ", x.sizes());
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == 1, "fastops.", op,
-                    ": argument 'weight' must have shape [C*m, 1, kh, kw], got ", weight.sizes());
+                    ": argument '", weight_arg, "' must have shape [C*m, 1, kh, kw], got ", weight.sizes());
   TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "fastops.", op,
-                   ": argument 'weight' has dtype ", weight.scalar_type(), " but 'x' has dtype ",
+                   ": argument '", weight_arg, "' has dtype ", weight.scalar_type(), " but 'x' has dtype ",
                    x.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == x.device(), "fastops.", op, ": argument 'weight' is on ",
+  TORCH_CHECK_VALUE(weight.device() == x.device(), "fastops.", op, ": argument '", weight_arg, "' is on ",
                     weight.device(), " but 'x' is on ", x.device());
   TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "fastops.",
                     op, ": 'stride', 'padding' and 'dilation' must each have 2 values");
   DwConvShape s;
   s.N = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
   s.OC = weight.size(0), s.KH = weight.size(2), s.KW = weight.size(3);
-  TORCH_CHECK_VALUE(s.C > 0 && s.OC % s.C == 0, "fastops.", op, ": argument 'weight' has ", s.OC,
+  TORCH_CHECK_VALUE(s.C > 0 && s.OC % s.C == 0, "fastops.", op, ": argument '", weight_arg, "' has ", s.OC,
                     " output channels, which is not a multiple of the ", s.C, " channels of 'x'");
   s.mult = s.OC / s.C;
-  TORCH_CHECK_VALUE(s.KH > 0 && s.KW > 0, "fastops.", op, ": argument 'weight' has an empty kernel ",
+  TORCH_CHECK_VALUE(s.KH > 0 && s.KW > 0, "fastops.", op, ": argument '", weight_arg, "' has an empty kernel ",
                     weight.sizes());
   s.SH = stride[0], s.SW = stride[1], s.PH = padding[0], s.PW = padding[1];
   s.DH = dilation[0], s.DW = dilation[1];

@@ -36,6 +36,43 @@ TORCH_LIBRARY(fastops, m) {
   m.def(
       "bn_act_train_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor var, Tensor? weight, "
       "Tensor? bias, float eps, str act) -> (Tensor, Tensor, Tensor)");
+
+  // --- channel shuffle (csrc/shuffle.h, cpu/shuffle.cpp, cuda/shuffle.cu) ---
+  // The gradient of channel_shuffle(x, G) is channel_shuffle(grad, C / G).
+  m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+  // channel_shuffle(cat([a, b], 1), 2) in one pass; backward -> (grad_a, grad_b), split = a's channels.
+  m.def("concat_shuffle(Tensor a, Tensor b) -> Tensor");
+  m.def("concat_shuffle_backward(Tensor grad_out, int split) -> (Tensor, Tensor)");
+
+  // --- squeeze-excite (csrc/squeeze_excite.h, cpu/squeeze_excite.cpp, cuda/squeeze_excite.cu) ---
+  m.def("squeeze_excite(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, str act, str gate) -> Tensor");
+  // -> (grad_x, grad_w1, grad_b1, grad_w2, grad_b2); grad_b1 / grad_b2 as if the biases were 0
+  // where None.
+  m.def(
+      "squeeze_excite_backward(Tensor grad_out, Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "str act, str gate) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // --- 1x1 conv + affine (+ residual) + activation (+ shuffle) (csrc/pwconv.h, cpu/pwconv.cpp,
+  // cuda/pwconv.cu) ---
+  m.def(
+      "pwconv_bn_act(Tensor x, Tensor weight, Tensor? scale, Tensor? shift, int groups, str act, "
+      "Tensor? residual, int shuffle_groups) -> Tensor");
+  // -> (grad_x, grad_weight, grad_scale, grad_shift, grad_residual); grad_scale / grad_shift as if
+  // scale = 1 / shift = 0 where None, grad_residual as if residual were given (zeros' gradient).
+  m.def(
+      "pwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? scale, Tensor? shift, "
+      "int groups, str act, Tensor? residual, int shuffle_groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // --- depthwise conv then 1x1 conv + affine + activation (csrc/separable.h, cpu/separable.cpp,
+  // cuda/separable.cu) ---
+  m.def(
+      "separable_conv_bn_act(Tensor x, Tensor dw_weight, Tensor pw_weight, Tensor? scale, Tensor? shift, "
+      "int[2] stride, int[2] padding, int[2] dilation, str act) -> Tensor");
+  // -> (grad_x, grad_dw_weight, grad_pw_weight, grad_scale, grad_shift)
+  m.def(
+      "separable_conv_bn_act_backward(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, "
+      "Tensor? scale, Tensor? shift, int[2] stride, int[2] padding, int[2] dilation, str act) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // `import fastops._C` loads this library, which runs the registrations above. The module itself

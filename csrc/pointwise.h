@@ -26,6 +26,22 @@ inline void check_floating(const char* op, const char* arg, const at::Tensor& t)
               t.scalar_type());
 }
 
+// A 4-D floating-point tensor [N, C, H, W].
+inline void check_nchw(const char* op, const char* arg, const at::Tensor& t) {
+  check_floating(op, arg, t);
+  TORCH_CHECK_VALUE(t.dim() == 4, "fastops.", op, ": argument '", arg,
+                    "' must be 4-D [N, C, H, W], got ", t.dim(), "-D shape ", t.sizes());
+}
+
+// `a` must have `b`'s dtype and device (shapes are the caller's to check).
+inline void check_same_kind(const char* op, const char* arg, const at::Tensor& a, const char* barg,
+                            const at::Tensor& b) {
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "fastops.", op, ": argument '", arg,
+                   "' has dtype ", a.scalar_type(), " but '", barg, "' has dtype ", b.scalar_type());
+  TORCH_CHECK_VALUE(a.device() == b.device(), "fastops.", op, ": argument '", arg, "' is on ",
+                    a.device(), " but '", barg, "' is on ", b.device());
+}
+
 // `a` must match `b` (the primary argument) in shape, dtype and device.
 inline void check_like(const char* op, const char* arg, const at::Tensor& a, const char* barg,
                        const at::Tensor& b) {

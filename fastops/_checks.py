@@ -73,24 +73,24 @@ def _check_param_vector(op, arg, t, x, oc):
         raise ValueError(f"fastops.{op}: argument '{arg}' is on {t.device} but 'x' is on {x.device}")
 
 
-def check_dwconv(op, x, weight, scale, shift, stride, padding, dilation, act) -> list:
+def check_dwconv(op, x, weight, scale, shift, stride, padding, dilation, act, weight_arg="weight") -> list:
     """The checks of csrc/dwconv.h, in Python (same errors); returns the output shape."""
     check_floating(op, "x", x)
     if x.dim() != 4:
         raise ValueError(f"fastops.{op}: argument 'x' must be 4-D [N, C, H, W], got {x.dim()}-D shape {list(x.shape)}")
-    check_tensor(op, "weight", weight)
+    check_tensor(op, weight_arg, weight)
     if weight.dim() != 4 or weight.shape[1] != 1:
-        raise ValueError(f"fastops.{op}: argument 'weight' must have shape [C*m, 1, kh, kw], got {list(weight.shape)}")
+        raise ValueError(f"fastops.{op}: argument '{weight_arg}' must have shape [C*m, 1, kh, kw], got {list(weight.shape)}")
     if weight.dtype != x.dtype:
-        raise TypeError(f"fastops.{op}: argument 'weight' has dtype {weight.dtype} but 'x' has dtype {x.dtype}")
+        raise TypeError(f"fastops.{op}: argument '{weight_arg}' has dtype {weight.dtype} but 'x' has dtype {x.dtype}")
     if weight.device != x.device:
-        raise ValueError(f"fastops.{op}: argument 'weight' is on {weight.device} but 'x' is on {x.device}")
+        raise ValueError(f"fastops.{op}: argument '{weight_arg}' is on {weight.device} but 'x' is on {x.device}")
     n, c, h, w = x.shape
     oc, _, kh, kw = weight.shape
     if c == 0 or oc % c != 0:
-        raise ValueError(f"fastops.{op}: argument 'weight' has {oc} output channels, which is not a multiple of the {c} channels of 'x'")
+        raise ValueError(f"fastops.{op}: argument '{weight_arg}' has {oc} output channels, which is not a multiple of the {c} channels of 'x'")
     if kh == 0 or kw == 0:
-        raise ValueError(f"fastops.{op}: argument 'weight' has an empty kernel {list(weight.shape)}")
+        raise ValueError(f"fastops.{op}: argument '{weight_arg}' has an empty kernel {list(weight.shape)}")
     (sh, sw), (ph, pw), (dh, dw) = (pair(op, "stride", stride), pair(op, "padding", padding), pair(op, "dilation", dilation))
     if sh < 1 or sw < 1:
         raise ValueError(f"fastops.{op}: argument 'stride' must be >= 1, got {[sh, sw]}")
@@ -135,3 +135,125 @@ def check_bn_act_backward(op, grad_out, x, mean, var, weight, bias, eps, act) ->
     check_like(op, "grad_out", grad_out, "x", x)
     _check_param_vector(op, "mean", mean, x, x.shape[1])
     _check_param_vector(op, "var", var, x, x.shape[1])
+
+
+def check_nchw(op, arg, t) -> None:
+    check_floating(op, arg, t)
+    if t.dim() != 4:
+        raise ValueError(f"fastops.{op}: argument '{arg}' must be 4-D [N, C, H, W], got {t.dim()}-D shape {list(t.shape)}")
+
+
+def check_same_kind(op, arg, a, barg, b) -> None:
+    """`a` must have `b`'s dtype and device."""
+    check_tensor(op, arg, a)
+    if a.dtype != b.dtype:
+        raise TypeError(f"fastops.{op}: argument '{arg}' has dtype {a.dtype} but '{barg}' has dtype {b.dtype}")
+    if a.device != b.device:
+        raise ValueError(f"fastops.{op}: argument '{arg}' is on {a.device} but '{barg}' is on {b.device}")
+
+
+def _check_int(op, arg, v, least) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < least:
+        raise ValueError(f"fastops.{op}: argument '{arg}' must be an int >= {least}, got {v!r}")
+
+
+def check_channel_shuffle(op, x, groups) -> None:
+    """The checks of csrc/shuffle.h, in Python (same errors)."""
+    check_nchw(op, "x", x)
+    _check_int(op, "groups", groups, 1)
+    if x.shape[1] % groups != 0:
+        raise ValueError(f"fastops.{op}: argument 'groups' ({groups}) does not divide the {x.shape[1]} channels of 'x'")
+
+
+def check_concat_shuffle(op, a, b) -> None:
+    check_nchw(op, "a", a)
+    check_nchw(op, "b", b)
+    check_same_kind(op, "b", b, "a", a)
+    if a.shape[0] != b.shape[0] or a.shape[2:] != b.shape[2:]:
+        raise ValueError(f"fastops.{op}: arguments 'a' and 'b' must agree in N, H and W, got shapes {list(a.shape)} and {list(b.shape)}")
+    if (a.shape[1] + b.shape[1]) % 2 != 0:
+        raise ValueError(
+            f"fastops.{op}: the channels of 'a' and 'b' together ({a.shape[1]} + {b.shape[1]}) must be even to shuffle in 2 groups"
+        )
+
+
+def check_concat_shuffle_backward(op, grad_out, split) -> None:
+    check_nchw(op, "grad_out", grad_out)
+    c = grad_out.shape[1]
+    if c % 2 != 0:
+        raise ValueError(f"fastops.{op}: argument 'grad_out' must have an even number of channels, got {c}")
+    if not isinstance(split, int) or not 0 <= split <= c:
+        raise ValueError(f"fastops.{op}: argument 'split' must be in [0, {c}], got {split!r}")
+
+
+def _check_fc_weight(op, arg, w, x, rows, cols) -> None:
+    check_same_kind(op, arg, w, "x", x)
+    ok = (w.dim() == 2 or (w.dim() == 4 and w.shape[2] == 1 and w.shape[3] == 1)) and (
+        rows is None or w.shape[0] == rows) and w.shape[1] == cols
+    if not ok:
+        r = "S" if rows is None else rows
+        raise ValueError(f"fastops.{op}: argument '{arg}' must have shape [{r}, {cols}] or [{r}, {cols}, 1, 1], got {list(w.shape)}")
+
+
+def check_squeeze_excite(op, x, w1, b1, w2, b2, act, gate) -> None:
+    """The checks of csrc/squeeze_excite.h, in Python (same errors)."""
+    check_nchw(op, "x", x)
+    n, c, h, w = x.shape
+    if c == 0:
+        raise ValueError(f"fastops.{op}: argument 'x' has no channels")
+    if h * w == 0:
+        raise ValueError(f"fastops.{op}: argument 'x' has an empty plane (shape {list(x.shape)}); the mean over H, W is undefined")
+    _check_fc_weight(op, "w1", w1, x, None, c)
+    s = w1.shape[0]
+    if s == 0:
+        raise ValueError(f"fastops.{op}: argument 'w1' has no squeeze channels")
+    _check_fc_weight(op, "w2", w2, x, c, s)
+    _check_param_vector(op, "b1", b1, x, s)
+    _check_param_vector(op, "b2", b2, x, c)
+    check_act(op, act)
+    if gate not in ACTIVATIONS:
+        raise ValueError(f"fastops.{op}: argument 'gate' must be one of {', '.join(ACTIVATIONS)}; got {gate!r}")
+
+
+def check_pwconv(op, x, weight, scale, shift, groups, act, residual, shuffle_groups) -> list:
+    """The checks of csrc/pwconv.h, in Python (same errors); returns the output shape."""
+    check_nchw(op, "x", x)
+    check_same_kind(op, "weight", weight, "x", x)
+    n, c, h, w = x.shape
+    _check_int(op, "groups", groups, 1)
+    if c == 0 or c % groups != 0:
+        raise ValueError(f"fastops.{op}: argument 'groups' ({groups}) does not divide the {c} channels of 'x'")
+    if weight.dim() != 4 or list(weight.shape[1:]) != [c // groups, 1, 1] or weight.shape[0] == 0:
+        raise ValueError(
+            f"fastops.{op}: argument 'weight' must have shape [OC, {c // groups}, 1, 1] (a 1x1 conv over {c} channels in "
+            f"{groups} groups), got {list(weight.shape)}"
+        )
+    oc = weight.shape[0]
+    if oc % groups != 0:
+        raise ValueError(f"fastops.{op}: argument 'groups' ({groups}) does not divide the {oc} output channels of 'weight'")
+    _check_param_vector(op, "scale", scale, x, oc)
+    _check_param_vector(op, "shift", shift, x, oc)
+    if residual is not None:
+        check_same_kind(op, "residual", residual, "x", x)
+        if list(residual.shape) != [n, oc, h, w]:
+            raise ValueError(f"fastops.{op}: argument 'residual' must have shape {[n, oc, h, w]} (the output's), got {list(residual.shape)}")
+    _check_int(op, "shuffle_groups", shuffle_groups, 1)
+    if oc % shuffle_groups != 0:
+        raise ValueError(f"fastops.{op}: argument 'shuffle_groups' ({shuffle_groups}) does not divide the {oc} output channels")
+    check_act(op, act)
+    return [n, oc, h, w]
+
+
+def check_separable(op, x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act) -> list:
+    """The checks of csrc/separable.h, in Python (same errors); returns the output shape."""
+    n, mid, oh, ow = check_dwconv(op, x, dw_weight, None, None, stride, padding, dilation, act, weight_arg="dw_weight")
+    check_same_kind(op, "pw_weight", pw_weight, "x", x)
+    if pw_weight.dim() != 4 or list(pw_weight.shape[1:]) != [mid, 1, 1] or pw_weight.shape[0] == 0:
+        raise ValueError(
+            f"fastops.{op}: argument 'pw_weight' must have shape [OC, {mid}, 1, 1] (a 1x1 conv over the depthwise conv's "
+            f"{mid} channels), got {list(pw_weight.shape)}"
+        )
+    oc = pw_weight.shape[0]
+    _check_param_vector(op, "scale", scale, x, oc)
+    _check_param_vector(op, "shift", shift, x, oc)
+    return [n, oc, oh, ow]

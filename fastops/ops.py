@@ -14,7 +14,8 @@ from . import _backend, _checks, _extension, _layout, reference
 
 __all__ = [
     "hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act", "bn_act_train",
-    "bn_act_train_backward",
+    "bn_act_train_backward", "channel_shuffle", "concat_shuffle", "squeeze_excite", "pwconv_bn_act",
+    "separable_conv_bn_act",
 ]
 
 
@@ -149,11 +150,170 @@ def register_bn_act(ns):
     torch.library.register_autograd(f"{ns}::bn_act_train", backward, setup_context=setup)
 
 
+def _like_vector(t, n, x):
+    """A fake gradient for an optional [n] parameter: t's dtype, or x's accumulation dtype."""
+    return t.new_empty(t.shape) if t is not None else x.new_empty([n])
+
+
+def register_shuffle(ns):
+    """fake + autograd for <ns>::channel_shuffle, <ns>::concat_shuffle and its backward."""
+    lib = getattr(torch.ops, ns)
+
+    @torch.library.register_fake(f"{ns}::channel_shuffle")
+    def _fake(x, groups):
+        _checks.check_channel_shuffle("channel_shuffle", x, groups)
+        return torch.empty_like(x, memory_format=_layout.conv_output_format(x))
+
+    @torch.library.register_fake(f"{ns}::concat_shuffle")
+    def _fake_concat(a, b):
+        _checks.check_concat_shuffle("concat_shuffle", a, b)
+        n, ca, h, w = a.shape
+        return a.new_empty([n, ca + b.shape[1], h, w]).contiguous(memory_format=_layout.conv_output_format(a))
+
+    @torch.library.register_fake(f"{ns}::concat_shuffle_backward")
+    def _fake_concat_backward(grad_out, split):
+        _checks.check_concat_shuffle_backward("concat_shuffle_backward", grad_out, split)
+        n, c, h, w = grad_out.shape
+        fmt = _layout.conv_output_format(grad_out)
+        return (grad_out.new_empty([n, split, h, w]).contiguous(memory_format=fmt),
+                grad_out.new_empty([n, c - split, h, w]).contiguous(memory_format=fmt))
+
+    def setup(ctx, inputs, output):
+        x, groups = inputs
+        ctx.inverse = x.shape[1] // groups
+
+    def backward(ctx, grad):
+        return lib.channel_shuffle(grad, ctx.inverse), None
+
+    torch.library.register_autograd(f"{ns}::channel_shuffle", backward, setup_context=setup)
+
+    def setup_concat(ctx, inputs, output):
+        ctx.split = inputs[0].shape[1]
+
+    def backward_concat(ctx, grad):
+        return lib.concat_shuffle_backward(grad, ctx.split)
+
+    torch.library.register_autograd(f"{ns}::concat_shuffle", backward_concat, setup_context=setup_concat)
+
+    def backward_concat_backward(ctx, grad_a, grad_b):  # the backward is linear: its own adjoint
+        return lib.concat_shuffle(grad_a, grad_b), None
+
+    torch.library.register_autograd(f"{ns}::concat_shuffle_backward", backward_concat_backward,
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+def register_squeeze_excite(ns):
+    """fake + autograd for <ns>::squeeze_excite and <ns>::squeeze_excite_backward."""
+    bwd_op = getattr(torch.ops, ns).squeeze_excite_backward
+
+    @torch.library.register_fake(f"{ns}::squeeze_excite")
+    def _fake(x, w1, b1, w2, b2, act, gate):
+        _checks.check_squeeze_excite("squeeze_excite", x, w1, b1, w2, b2, act, gate)
+        return torch.empty_like(x, memory_format=_layout.conv_output_format(x))
+
+    @torch.library.register_fake(f"{ns}::squeeze_excite_backward")
+    def _fake_backward(grad_out, x, w1, b1, w2, b2, act, gate):
+        op = "squeeze_excite_backward"
+        _checks.check_squeeze_excite(op, x, w1, b1, w2, b2, act, gate)
+        _checks.check_like(op, "grad_out", grad_out, "x", x)
+        return (torch.empty_like(x, memory_format=_layout.conv_output_format(x)), w1.new_empty(w1.shape),
+                _like_vector(b1, w1.shape[0], x), w2.new_empty(w2.shape), _like_vector(b2, w2.shape[0], x))
+
+    def setup(ctx, inputs, output):
+        x, w1, b1, w2, b2, act, gate = inputs
+        ctx.save_for_backward(x, w1, b1, w2, b2)
+        ctx.conf = (act, gate)
+
+    def backward(ctx, grad):
+        x, w1, b1, w2, b2 = ctx.saved_tensors
+        gx, gw1, gb1, gw2, gb2 = bwd_op(grad, x, w1, b1, w2, b2, *ctx.conf)
+        return gx, gw1, gb1 if b1 is not None else None, gw2, gb2 if b2 is not None else None, None, None
+
+    torch.library.register_autograd(f"{ns}::squeeze_excite", backward, setup_context=setup)
+
+
+def register_pwconv(ns):
+    """fake + autograd for <ns>::pwconv_bn_act and <ns>::pwconv_bn_act_backward."""
+    bwd_op = getattr(torch.ops, ns).pwconv_bn_act_backward
+
+    @torch.library.register_fake(f"{ns}::pwconv_bn_act")
+    def _fake(x, weight, scale, shift, groups, act, residual, shuffle_groups):
+        shape = _checks.check_pwconv("pwconv_bn_act", x, weight, scale, shift, groups, act, residual, shuffle_groups)
+        return x.new_empty(shape).contiguous(memory_format=_layout.conv_output_format(x))
+
+    @torch.library.register_fake(f"{ns}::pwconv_bn_act_backward")
+    def _fake_backward(grad_out, x, weight, scale, shift, groups, act, residual, shuffle_groups):
+        op = "pwconv_bn_act_backward"
+        shape = _checks.check_pwconv(op, x, weight, scale, shift, groups, act, residual, shuffle_groups)
+        _checks.check_tensor(op, "grad_out", grad_out)
+        if list(grad_out.shape) != shape:
+            raise ValueError(f"fastops.{op}: argument 'grad_out' must have shape {shape}, got {list(grad_out.shape)}")
+        fmt = _layout.conv_output_format(x)
+        oc = weight.shape[0]
+        return (torch.empty_like(x, memory_format=fmt), torch.empty_like(weight, memory_format=torch.contiguous_format),
+                _like_vector(scale, oc, x), _like_vector(shift, oc, x), x.new_empty(shape).contiguous(memory_format=fmt))
+
+    def setup(ctx, inputs, output):
+        x, weight, scale, shift, groups, act, residual, shuffle_groups = inputs
+        ctx.save_for_backward(x, weight, scale, shift, residual)
+        ctx.conf = (groups, act, shuffle_groups)
+
+    def backward(ctx, grad):
+        x, weight, scale, shift, residual = ctx.saved_tensors
+        groups, act, shuffle_groups = ctx.conf
+        gx, gw, gs, gb, gr = bwd_op(grad, x, weight, scale, shift, groups, act, residual, shuffle_groups)
+        return (gx, gw, gs if scale is not None else None, gb if shift is not None else None, None, None,
+                gr if residual is not None else None, None)
+
+    torch.library.register_autograd(f"{ns}::pwconv_bn_act", backward, setup_context=setup)
+
+
+def register_separable(ns):
+    """fake + autograd for <ns>::separable_conv_bn_act and its backward."""
+    bwd_op = getattr(torch.ops, ns).separable_conv_bn_act_backward
+
+    @torch.library.register_fake(f"{ns}::separable_conv_bn_act")
+    def _fake(x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act):
+        shape = _checks.check_separable("separable_conv_bn_act", x, dw_weight, pw_weight, scale, shift, stride, padding,
+                                        dilation, act)
+        return x.new_empty(shape).contiguous(memory_format=_layout.conv_output_format(x))
+
+    @torch.library.register_fake(f"{ns}::separable_conv_bn_act_backward")
+    def _fake_backward(grad_out, x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act):
+        op = "separable_conv_bn_act_backward"
+        shape = _checks.check_separable(op, x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act)
+        _checks.check_tensor(op, "grad_out", grad_out)
+        if list(grad_out.shape) != shape:
+            raise ValueError(f"fastops.{op}: argument 'grad_out' must have shape {shape}, got {list(grad_out.shape)}")
+        oc = pw_weight.shape[0]
+        return (torch.empty_like(x, memory_format=_layout.conv_output_format(x)),
+                torch.empty_like(dw_weight, memory_format=torch.contiguous_format),
+                torch.empty_like(pw_weight, memory_format=torch.contiguous_format),
+                _like_vector(scale, oc, x), _like_vector(shift, oc, x))
+
+    def setup(ctx, inputs, output):
+        x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act = inputs
+        ctx.save_for_backward(x, dw_weight, pw_weight, scale, shift)
+        ctx.conf = (stride, padding, dilation, act)
+
+    def backward(ctx, grad):
+        x, dw_weight, pw_weight, scale, shift = ctx.saved_tensors
+        gx, gd, gp, gs, gb = bwd_op(grad, x, dw_weight, pw_weight, scale, shift, *ctx.conf)
+        return (gx, gd, gp, gs if scale is not None else None, gb if shift is not None else None,
+                None, None, None, None)
+
+    torch.library.register_autograd(f"{ns}::separable_conv_bn_act", backward, setup_context=setup)
+
+
 if _extension.has_extension():
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
     register_dwconv("fastops")
     register_bn_act("fastops")
+    register_shuffle("fastops")
+    register_squeeze_excite("fastops")
+    register_pwconv("fastops")
+    register_separable("fastops")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,3 +419,47 @@ def bn_act_train_backward(grad_out, x, mean, var, weight=None, bias=None, eps=1e
     op = "bn_act_train_backward"
     _checks.check_bn_act_backward(op, grad_out, x, mean, var, weight, bias, eps, act)
     return _pick(op, x, impl)(grad_out, x, mean, var, weight, bias, float(eps), act)
+
+
+def channel_shuffle(x, groups, impl=None):
+    """ShuffleNet's channel shuffle, `x.view(N, g, C/g, H, W).transpose(1, 2).reshape(N, C, H, W)`,
+    in one pass that keeps x's memory format (channels_last in, channels_last out)."""
+    _checks.check_channel_shuffle("channel_shuffle", x, groups)
+    return _pick("channel_shuffle", x, impl)(x, groups)
+
+
+def concat_shuffle(a, b, impl=None):
+    """`channel_shuffle(torch.cat([a, b], 1), 2)` in one pass (ShuffleNet V2's unit tail), in a's
+    memory format."""
+    _checks.check_concat_shuffle("concat_shuffle", a, b)
+    return _pick("concat_shuffle", a, impl)(a, b)
+
+
+def squeeze_excite(x, w1, b1, w2, b2, act="relu", gate="hardsigmoid", impl=None):
+    """Squeeze-and-excitation: `x * gate(w2 @ act(w1 @ mean_hw(x) + b1) + b2)` per (n, c), one
+    read of x to pool and one read + write to scale. w1: [S, C] or [S, C, 1, 1] (torchvision's
+    `fc1.weight`), w2: [C, S] or [C, S, 1, 1]; b1 / b2 may be None. Differentiable in all five."""
+    _checks.check_squeeze_excite("squeeze_excite", x, w1, b1, w2, b2, act, gate)
+    return _pick("squeeze_excite", x, impl)(x, w1, b1, w2, b2, act, gate)
+
+
+def pwconv_bn_act(x, weight, scale=None, shift=None, groups=1, act="none", residual=None, shuffle_groups=1,
+                  impl=None):
+    """1x1 convolution (grouped with `groups`) with a fused epilogue:
+    `act(conv(x) * scale[o] + shift[o] + residual)`, written in channel-shuffled order when
+    shuffle_groups > 1 (ShuffleNet's shuffle at no cost). weight: [OC, C/groups, 1, 1]; scale,
+    shift and residual ([N, OC, H, W]) may be None. Keeps x's memory format."""
+    op = "pwconv_bn_act"
+    _checks.check_pwconv(op, x, weight, scale, shift, groups, act, residual, shuffle_groups)
+    return _pick(op, x, impl)(x, weight, scale, shift, groups, act, residual, shuffle_groups)
+
+
+def separable_conv_bn_act(x, dw_weight, pw_weight, scale=None, shift=None, stride=1, padding=0, dilation=1,
+                          act="none", impl=None):
+    """Depthwise conv then 1x1 conv, affine and activation (Xception's SeparableConv2d + BN + act,
+    MobileNet V1's pair), the depthwise result never written out whole: `act(pw(dw(x)) * scale + shift)`.
+    dw_weight: [C*m, 1, kh, kw]; pw_weight: [OC, C*m, 1, 1]. Keeps x's memory format."""
+    op = "separable_conv_bn_act"
+    stride, padding, dilation = (_checks.pair(op, n, v) for n, v in (("stride", stride), ("padding", padding), ("dilation", dilation)))
+    _checks.check_separable(op, x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act)
+    return _pick(op, x, impl)(x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act)

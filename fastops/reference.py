@@ -8,9 +8,13 @@ and dtype PyTorch supports.
 import torch
 import torch.nn.functional as F
 
+from ._layout import conv_output_format
+
 __all__ = [
     "ACTIVATIONS", "activation", "hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward",
     "hardswish_", "hardsigmoid_", "dwconv_bn_act", "bn_act_train", "bn_act_train_backward",
+    "channel_shuffle", "concat_shuffle", "concat_shuffle_backward", "squeeze_excite", "squeeze_excite_backward",
+    "pwconv_bn_act", "pwconv_bn_act_backward", "separable_conv_bn_act", "separable_conv_bn_act_backward",
 ]
 
 from ._checks import ACTIVATIONS  # the activations a fused op can end in (design.md §3)
@@ -47,12 +51,12 @@ def hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
 
 def hardswish_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad_out * d hardswish(x) / dx: 0 for x <= -3, 1 for x >= 3, x/3 + 1/2 otherwise."""
-    return torch.ops.aten.hardswish_backward(grad_out, x)
+    return torch.ops.aten.hardswish_backward(grad_out)
 
 
 def hardsigmoid_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad_out * d hardsigmoid(x) / dx: 1/6 for -3 < x < 3, 0 otherwise."""
-    return torch.ops.aten.hardsigmoid_backward(grad_out, x)
+    return torch.ops.aten.hardsigmoid_backward(grad_out)
 
 
 def hardswish_(x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +106,6 @@ def bn_act_train(x, weight=None, bias=None, eps=1e-5, act="none"):
     per channel (var biased, over N, H, W) and y = act((x - mean) / sqrt(var + eps) * weight + bias),
     in x's dtype and layout (channels_last when x is). Differentiable in x, weight and bias,
     through the statistics, exactly like F.batch_norm(training=True) followed by the activation."""
-    from ._layout import conv_output_format
-
     y, mean, var = _bn_act_train(x, weight, bias, eps, act)
     return y.to(x.dtype).contiguous(memory_format=conv_output_format(x)), mean, var
 
@@ -112,8 +114,6 @@ def bn_act_train_backward(grad_out, x, mean, var, weight=None, bias=None, eps=1e
     """(grad_x, grad_weight, grad_bias) of bn_act_train's y, by autograd through the reference;
     grad_weight / grad_bias as if weight = 1 / bias = 0 where those are None. (mean / var are
     recomputed from x: they are its batch statistics.)"""
-    from ._layout import conv_output_format
-
     acc = _stat_dtype(x)
     c = x.shape[1]
     with torch.enable_grad():
@@ -124,3 +124,104 @@ def bn_act_train_backward(grad_out, x, mean, var, weight=None, bias=None, eps=1e
         gx, gw, gb = torch.autograd.grad(y, (xf, w, b), grad_out.to(acc))
     gx = gx.to(x.dtype).contiguous(memory_format=conv_output_format(x))
     return gx, gw.to(weight.dtype if weight is not None else acc), gb.to(bias.dtype if bias is not None else acc)
+
+
+def _grads(fn, inputs, grad_out):
+    """Autograd through the reference: the gradients of fn(*inputs) against grad_out, one per
+    input (zeros for an input the output does not depend on)."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+
+
+def _vector(t, n, fill, like):
+    """t, or a [n] vector of `fill` in like's dtype where t is None (the gradient "as if" given)."""
+    return t if t is not None else torch.full((n,), fill, dtype=like.dtype, device=like.device)
+
+
+def channel_shuffle(x, groups):
+    """x.view(N, g, C/g, H, W).transpose(1, 2).reshape(N, C, H, W), in x's layout."""
+    n, c, h, w = x.shape
+    y = x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    return y.contiguous(memory_format=conv_output_format(x))
+
+
+def concat_shuffle(a, b):
+    """channel_shuffle(cat([a, b], 1), 2) (ShuffleNet V2's unit tail), in a's layout."""
+    return channel_shuffle(torch.cat([a, b.contiguous(memory_format=conv_output_format(a))], 1), 2)
+
+
+def concat_shuffle_backward(grad_out, split):
+    """(grad_a, grad_b) of concat_shuffle, a having `split` channels."""
+    g = channel_shuffle(grad_out, grad_out.shape[1] // 2)
+    fmt = conv_output_format(grad_out)
+    return g[:, :split].contiguous(memory_format=fmt), g[:, split:].contiguous(memory_format=fmt)
+
+
+def _fc(t, w, b):
+    """t [N, K] @ w^T + b, w given as [M, K] or as a 1x1 conv's [M, K, 1, 1]."""
+    return F.linear(t, w.reshape(w.shape[0], w.shape[1]), b)
+
+
+def squeeze_excite(x, w1, b1, w2, b2, act="relu", gate="hardsigmoid"):
+    """x * gate(w2 @ act(w1 @ mean_hw(x) + b1) + b2) per (n, c): torchvision's
+    SqueezeExcitation with its fc1 / fc2 weights, in x's layout."""
+    p = x.mean(dim=(2, 3))
+    s = activation(_fc(activation(_fc(p, w1, b1), act), w2, b2), gate)
+    return (x * s[:, :, None, None]).contiguous(memory_format=conv_output_format(x))
+
+
+def squeeze_excite_backward(grad_out, x, w1, b1, w2, b2, act="relu", gate="hardsigmoid"):
+    """(grad_x, grad_w1, grad_b1, grad_w2, grad_b2) of squeeze_excite."""
+    b1v, b2v = _vector(b1, w1.shape[0], 0.0, x), _vector(b2, w2.shape[0], 0.0, x)
+    gx, gw1, gb1, gw2, gb2 = _grads(lambda *t: squeeze_excite(*t, act, gate), (x, w1, b1v, w2, b2v), grad_out)
+    return gx.contiguous(memory_format=conv_output_format(x)), gw1, gb1, gw2, gb2
+
+
+def pwconv_bn_act(x, weight, scale=None, shift=None, groups=1, act="none", residual=None, shuffle_groups=1):
+    """1x1 conv (weight [OC, C/groups, 1, 1]), `* scale[o] + shift[o]`, `+ residual`, act, then
+    channel_shuffle(., shuffle_groups) when shuffle_groups > 1; in x's layout."""
+    y = F.conv2d(x, weight, None, groups=groups)
+    if scale is not None:
+        y = y * scale.to(y.dtype).view(1, -1, 1, 1)
+    if shift is not None:
+        y = y + shift.to(y.dtype).view(1, -1, 1, 1)
+    if residual is not None:
+        y = y + residual
+    y = activation(y, act)
+    if shuffle_groups > 1:
+        return channel_shuffle(y, shuffle_groups)
+    return y.contiguous(memory_format=conv_output_format(x))
+
+
+def pwconv_bn_act_backward(grad_out, x, weight, scale=None, shift=None, groups=1, act="none", residual=None,
+                           shuffle_groups=1):
+    """(grad_x, grad_weight, grad_scale, grad_shift, grad_residual) of pwconv_bn_act; the
+    gradients of a missing scale / shift / residual as if scale = 1, shift = 0, residual = 0."""
+    oc = weight.shape[0]
+    sc, sh = _vector(scale, oc, 1.0, x), _vector(shift, oc, 0.0, x)
+    res = residual if residual is not None else torch.zeros_like(grad_out)
+    fn = lambda x_, w_, s_, b_, r_: pwconv_bn_act(x_, w_, s_, b_, groups, act, r_, shuffle_groups)  # noqa: E731
+    gx, gw, gs, gb, gr = _grads(fn, (x, weight, sc, sh, res), grad_out)
+    fmt = conv_output_format(x)
+    return gx.contiguous(memory_format=fmt), gw, gs, gb, gr.contiguous(memory_format=fmt)
+
+
+def separable_conv_bn_act(x, dw_weight, pw_weight, scale=None, shift=None, stride=1, padding=0, dilation=1,
+                          act="none"):
+    """Depthwise conv (dw_weight [C*m, 1, kh, kw]) then 1x1 conv (pw_weight [OC, C*m, 1, 1]),
+    `* scale[o] + shift[o]`, act; in x's layout."""
+    d = F.conv2d(x, dw_weight, None, _pair(stride), _pair(padding), _pair(dilation), groups=x.shape[1])
+    return pwconv_bn_act(d, pw_weight, scale, shift, 1, act).contiguous(memory_format=conv_output_format(x))
+
+
+def separable_conv_bn_act_backward(grad_out, x, dw_weight, pw_weight, scale=None, shift=None, stride=1, padding=0,
+                                   dilation=1, act="none"):
+    """(grad_x, grad_dw_weight, grad_pw_weight, grad_scale, grad_shift) of separable_conv_bn_act."""
+    oc = pw_weight.shape[0]
+    sc, sh = _vector(scale, oc, 1.0, x), _vector(shift, oc, 0.0, x)
+    fn = lambda x_, d_, p_, s_, b_: separable_conv_bn_act(x_, d_, p_, s_, b_, stride, padding, dilation, act)  # noqa: E731
+    gx, gd, gp, gs, gb = _grads(fn, (x, dw_weight, pw_weight, sc, sh), grad_out)
+    return gx.contiguous(memory_format=conv_output_format(x)), gd, gp, gs, gb

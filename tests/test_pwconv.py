@@ -1,0 +1,164 @@
+"""pwconv_bn_act through fastops.ops (C++ CPU kernels; CUDA kernels where a GPU is present):
+values and the gradients of all five inputs against the float64 reference over channel counts,
+every group count that divides, residual given or not, every shuffle group count, every act,
+layouts, dtypes; gradcheck, opcheck, compile, and the argument errors. The Triton kernels have
+their own sweep in test_pwconv_triton.py."""
+
+import pytest
+import torch
+from torch import nn
+
+import fastops
+from fastops import reference
+from helpers import TOL, make_layout, poisoned_memory, randn
+
+ACTS = reference.ACTIVATIONS
+LAYOUTS = ("contiguous", "channels_last", "strided", "permuted", "cl_sliced")
+
+
+def _case(device, dtype, n, c, oc, h, w, groups=1, affine=True, residual=False, layout="contiguous"):
+    x = make_layout(randn((n, c, h, w), dtype, device, scale=1.0), layout)
+    weight = randn((oc, c // groups, 1, 1), dtype, device, scale=1.0 / (c // groups) ** 0.5)
+    scale = randn((oc,), torch.float32, device, scale=1.0) if affine else None
+    shift = randn((oc,), torch.float32, device, scale=1.0) if affine else None
+    res = make_layout(randn((n, oc, h, w), dtype, device, scale=1.0), layout) if residual else None
+    return x, weight, scale, shift, res
+
+
+def _d(t):
+    return None if t is None else t.double()
+
+
+def _close(actual, expected, dtype):
+    tol = TOL[dtype]
+    torch.testing.assert_close(actual.double(), expected, rtol=tol["rtol"],
+                               atol=tol["rtol"] * max(1.0, expected.abs().max().item()))
+
+
+@pytest.mark.parametrize("c,oc,groups", ((24, 144, 1), (17, 33, 1), (240, 60, 3), (12, 12, 4), (6, 10, 2), (8, 8, 8)))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward_and_gradients(device, c, oc, groups, layout):
+    x, w, sc, sh, res = _case(device, torch.float32, 2, c, oc, 7, 9, groups, residual=True, layout=layout)
+    shuffle = groups if groups > 1 else 2 if oc % 2 == 0 else 1
+    leaves = [t.requires_grad_() for t in (x, w, sc, sh, res)]
+    with poisoned_memory(x):
+        y = fastops.ops.pwconv_bn_act(x, w, sc, sh, groups, "relu6", res, shuffle)
+    assert y.is_contiguous(memory_format=fastops._layout.conv_output_format(x))
+    dl = [t.detach().double().requires_grad_() for t in leaves]
+    expected = reference.pwconv_bn_act(dl[0], dl[1], dl[2], dl[3], groups, "relu6", dl[4], shuffle)
+    _close(y, expected, torch.float32)
+    g = randn(y.shape, device=device)
+    got = torch.autograd.grad(y, leaves, g)
+    want = torch.autograd.grad(expected, dl, g.double())
+    for a, b in zip(got, want):
+        _close(a, b, torch.float32)
+
+
+@pytest.mark.parametrize("shuffle", (1, 2, 3, 4, 6, 12))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_shuffle_equals_conv_act_then_channel_shuffle(device, shuffle, layout):
+    x, w, sc, sh, _ = _case(device, torch.float32, 2, 9, 12, 5, 6, layout=layout)
+    y = fastops.ops.pwconv_bn_act(x, w, sc, sh, 1, "relu", None, shuffle)
+    z = nn.functional.relu(nn.functional.conv2d(x, w) * sc.view(1, -1, 1, 1) + sh.view(1, -1, 1, 1))
+    _close(y, nn.ChannelShuffle(shuffle)(z).double(), torch.float32)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("residual", (False, True))
+@pytest.mark.parametrize("affine", (False, True))
+def test_activations(device, act, residual, affine):
+    x, w, sc, sh, res = _case(device, torch.float32, 1, 20, 18, 6, 5, 2, affine, residual, "channels_last")
+    y = fastops.ops.pwconv_bn_act(x, w, sc, sh, 2, act, res, 3)
+    _close(y, reference.pwconv_bn_act(x.double(), w.double(), _d(sc), _d(sh), 2, act, _d(res), 3), torch.float32)
+    g = randn(y.shape, device=device)
+    got = torch.ops.fastops.pwconv_bn_act_backward(g, x, w, sc, sh, 2, act, res, 3)
+    want = reference.pwconv_bn_act_backward(g.double(), x.double(), w.double(), _d(sc), _d(sh), 2, act, _d(res), 3)
+    for a, b in zip(got, want):
+        _close(a, b, torch.float32)
+
+
+@pytest.mark.parametrize("shape", ((1, 16, 1, 1), (3, 5, 1, 7), (1, 64, 56, 56), (2, 96, 14, 14)))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_shapes_spanning_tiles(device, shape, layout):
+    n, c, h, w = shape
+    x, wt, sc, sh, res = _case(device, torch.float32, n, c, 2 * c + 1, h, w, residual=True, layout=layout)
+    y = fastops.ops.pwconv_bn_act(x, wt, sc, sh, 1, "hardswish", res)
+    _close(y, reference.pwconv_bn_act(x.double(), wt.double(), _d(sc), _d(sh), 1, "hardswish", _d(res)), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_dtypes(device, dtype, layout):
+    x, w, sc, sh, res = _case(device, dtype, 2, 12, 8, 5, 4, 2, residual=True, layout=layout)
+    y = fastops.ops.pwconv_bn_act(x, w, sc, sh, 2, "relu", res, 2)
+    assert y.dtype == dtype
+    _close(y, reference.pwconv_bn_act(x.double(), w.double(), _d(sc), _d(sh), 2, "relu", _d(res), 2), dtype)
+
+
+def test_gradcheck(device):
+    x, w, sc, sh, res = _case(device, torch.float64, 2, 6, 4, 3, 2, 2, residual=True)
+    leaves = [t.requires_grad_() for t in (x, w, sc.double(), sh.double(), res)]
+    f = lambda x_, w_, s_, b_, r_: fastops.ops.pwconv_bn_act(x_, w_, s_, b_, 2, "silu", r_, 2)  # noqa: E731
+    assert torch.autograd.gradcheck(f, leaves)
+    xc = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x_, w_: fastops.ops.pwconv_bn_act(x_, w_, None, None, 1, "sigmoid"),
+                                    (xc, randn((5, 6, 1, 1), torch.float64, device).requires_grad_()))
+
+
+def _opcheck_cases(device):
+    ns = torch.ops.fastops
+    x, w, sc, sh, res = _case(device, torch.float32, 2, 6, 4, 3, 5, 2, residual=True)
+    g = randn((2, 4, 3, 5), device=device)
+    cl = lambda t: t.to(memory_format=torch.channels_last)  # noqa: E731
+    return [
+        (ns.pwconv_bn_act.default, (x.requires_grad_(), w.requires_grad_(), sc, sh.requires_grad_(), 2, "relu6",
+                                    res.requires_grad_(), 2)),
+        (ns.pwconv_bn_act.default, (cl(x.detach()), w.detach(), None, None, 2, "none", None, 1)),
+        (ns.pwconv_bn_act_backward.default, (g, x.detach(), w.detach(), sc, sh.detach(), 2, "hardswish", res.detach(), 2)),
+        (ns.pwconv_bn_act_backward.default, (cl(g), cl(x.detach()), w.detach(), None, None, 2, "relu", None, 1)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_opcheck(device, case):
+    op, args = _opcheck_cases(device)[case]
+    torch.library.opcheck(op, args)
+
+
+def test_compile_fullgraph(device):
+    torch._dynamo.reset()
+
+    def f(x, w, sc, sh, res):
+        return fastops.ops.pwconv_bn_act(x, w, sc, sh, 3, "relu", res, 3)
+
+    x, w, sc, sh, res = _case(device, torch.float32, 2, 12, 6, 5, 5, 3, residual=True, layout="channels_last")
+    x.requires_grad_(), w.requires_grad_()
+    compiled = torch.compile(f, fullgraph=True, backend="inductor")
+    y = compiled(x, w, sc, sh, res)
+    torch.testing.assert_close(y, f(x, w, sc, sh, res))
+    g = randn(y.shape, device=device)
+    for a, b in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(f(x, w, sc, sh, res), (x, w), g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_errors(device):
+    x, w, sc, sh, res = _case(device, torch.float32, 2, 6, 4, 3, 3, 2, residual=True)
+    op = fastops.ops.pwconv_bn_act
+    with pytest.raises(ValueError, match=r"fastops.pwconv_bn_act: argument 'groups' \(4\) does not divide the 6 channels"):
+        op(x, w, groups=4)
+    with pytest.raises(ValueError, match=r"fastops.pwconv_bn_act: argument 'weight' must have shape \[OC, 3, 1, 1\]"):
+        op(x, randn((4, 3, 3, 3), device=device), groups=2)
+    with pytest.raises(ValueError, match=r"fastops.pwconv_bn_act: argument 'groups' \(3\) does not divide the 4 output"):
+        op(x, randn((4, 2, 1, 1), device=device), groups=3)
+    with pytest.raises(ValueError, match=r"fastops.pwconv_bn_act: argument 'residual' must have shape \[2, 4, 3, 3\]"):
+        op(x, w, sc, sh, 2, "relu", res[:, :3])
+    with pytest.raises(ValueError, match=r"fastops.pwconv_bn_act: argument 'shuffle_groups' \(3\) does not divide"):
+        op(x, w, sc, sh, 2, "relu", res, 3)
+    with pytest.raises(ValueError, match=r"fastops.pwconv_bn_act: argument 'scale' must have shape \[4\]"):
+        op(x, w, sc[:3], sh, 2)
+    with pytest.raises(TypeError, match="fastops.pwconv_bn_act: argument 'residual' has dtype torch.float64"):
+        op(x, w, sc, sh, 2, "relu", res.double())
+    with pytest.raises(ValueError, match="fastops.pwconv_bn_act: argument 'act' must be one of"):
+        op(x, w, sc, sh, 2, "gelu")
+    with pytest.raises(ValueError, match=r"fastops.pwconv_bn_act: argument 'groups' \(4\) does not divide"):
+        torch.ops.fastops.pwconv_bn_act(x, w, sc, sh, 4, "relu", None, 1)
