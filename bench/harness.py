@@ -390,6 +390,61 @@ def standard_contenders(
     }
 
 
+def module_contenders(
+    build: Callable[[], tuple[torch.nn.Module, torch.nn.Module]],
+    mode: str,
+    make_sample: Callable[[], InputSet],
+) -> dict[str, ContenderFactory]:
+    """fastops / eager / compile contenders for a block: `build()` returns (eager module, fastops
+    module) with the same parameters in the same order, both in eval mode (BatchNorm on its
+    running statistics). mode "fwd": under torch.no_grad; compile with
+    torch._inductor.config.freezing=True (BatchNorm folded into the conv: the strongest inference
+    baseline). mode "fwd+bwd": the gradients of the output w.r.t. the inputs that require grad
+    and every parameter. make_sample: an input set to compile with."""
+
+    def runner(module: torch.nn.Module) -> Run:
+        if mode == "fwd":
+            def run(s):
+                with torch.no_grad():
+                    return module(*s["args"])
+            return run
+
+        def run(s):
+            wrt = [a for a in s["args"] if isinstance(a, torch.Tensor) and a.requires_grad]
+            wrt += [p for p in module.parameters() if p.requires_grad]
+            return torch.autograd.grad(module(*s["args"]), wrt, s["grad"])
+
+        return run
+
+    def compiled() -> Run:
+        torch._dynamo.reset()
+        module = torch.compile(build()[0], dynamic=False)
+        sample = make_sample()
+        if mode == "fwd":
+            with torch._inductor.config.patch(freezing=True), torch.no_grad():
+                module(*sample["args"])
+        return runner(module)
+
+    return {"fastops": lambda: runner(build()[1]), "eager": lambda: runner(build()[0]), "compile": compiled}
+
+
+def tensor_inputs(
+    shapes: list[tuple[int, ...]], grad_shape: tuple[int, ...], dtype: torch.dtype, layout: str, mode: str, device: str
+) -> Callable[[int], InputSet]:
+    """make_inputs for a block taking the tensors `shapes` (standard normal, in `layout`), with
+    an upstream gradient of `grad_shape` in fwd+bwd mode, where every input requires grad."""
+    gen = torch.Generator().manual_seed(0)
+    fmt = memory_format(layout)
+    bases = [torch.randn(s, generator=gen).to(device=device, dtype=dtype) for s in shapes]
+    base_g = torch.randn(grad_shape, generator=gen).to(device=device, dtype=dtype)
+
+    def make(k: int) -> InputSet:
+        args = tuple(b.clone(memory_format=fmt).requires_grad_(mode == "fwd+bwd") for b in bases)
+        return {"args": args, "grad": base_g.clone(memory_format=fmt) if mode == "fwd+bwd" else None}
+
+    return make
+
+
 def pointwise_inputs(
     shape: tuple[int, ...], dtype: torch.dtype, layout: str, mode: str, device: str, scale: float = 4.0
 ) -> Callable[[int], InputSet]:

@@ -46,20 +46,31 @@ struct Rows {
   int64_t in_stride, out_stride;  // bytes from one pixel (channels_last) / image (NCHW) to the next
 };
 
+// o[b * A + a] = in[a][b] for b < B, A known at compile time.
+template <typename T, int A>
+inline void gather_rows(const T* const* in, T* o, int64_t B) {
+  const T* r[A];
+  for (int a = 0; a < A; ++a) r[a] = in[a];
+  for (int64_t b = 0; b < B; ++b)
+    for (int a = 0; a < A; ++a) o[b * A + a] = r[a][b];
+}
+
 // channels_last: `count` pixels, units of one value of type T (any 2-, 4- or 8-byte dtype).
 // Two layouts have loops of their own: interleaving two rows into one run (A = 2, output rows
 // consecutive pairs) and its inverse (B = 2, input rows consecutive pairs).
 template <typename T>
 void transpose_pixels(const Rows& r, int64_t A, int64_t B, int64_t count) {
   const int64_t t = sizeof(T);
-  const bool interleave = A == 2 && B > 1 && r.out[1] == r.out[0] + 2 * t;
-  const bool split = B == 2 && A > 1 && r.in[1] == r.in[0] + 2 * t;
+  bool out_dense = true;  // out row b at out row 0 + b * A: one run of A * B values
+  for (int64_t b = 1; b < B; ++b) out_dense = out_dense && r.out[b] == r.out[0] + b * A * t;
+  bool split = B == 2;  // in row a at in row 0 + 2 * a: pairs to split into two rows
+  for (int64_t a = 1; a < A; ++a) split = split && r.in[a] == r.in[0] + 2 * a * t;
   at::parallel_for(0, count, std::max<int64_t>(1, kPointwiseGrain / (A * B)), [&](int64_t begin, int64_t end) {
     std::vector<const T*> in(A);
     for (int64_t p = begin; p < end; ++p) {
       const auto in_row = [&](int64_t a) { return reinterpret_cast<const T*>(r.in[a] + p * r.in_stride); };
       const auto out_row = [&](int64_t b) { return reinterpret_cast<T*>(r.out[b] + p * r.out_stride); };
-      if (interleave) {
+      if (A == 2 && out_dense) {
         const T *i0 = in_row(0), *i1 = in_row(1);
         T* o = out_row(0);
         for (int64_t b = 0; b < B; ++b) o[2 * b] = i0[b], o[2 * b + 1] = i1[b];
@@ -67,6 +78,12 @@ void transpose_pixels(const Rows& r, int64_t A, int64_t B, int64_t count) {
         const T* i = in_row(0);
         T *o0 = out_row(0), *o1 = out_row(1);
         for (int64_t a = 0; a < A; ++a) o0[a] = i[2 * a], o1[a] = i[2 * a + 1];
+      } else if (out_dense && (A == 3 || A == 4 || A == 8)) {  // ShuffleNet V1's group counts
+        for (int64_t a = 0; a < A; ++a) in[a] = in_row(a);
+        T* o = out_row(0);
+        if (A == 3) gather_rows<T, 3>(in.data(), o, B);
+        if (A == 4) gather_rows<T, 4>(in.data(), o, B);
+        if (A == 8) gather_rows<T, 8>(in.data(), o, B);
       } else {
         for (int64_t a = 0; a < A; ++a) in[a] = in_row(a);
         for (int64_t b = 0; b < B; ++b) {
