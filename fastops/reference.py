@@ -51,12 +51,12 @@ def hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
 
 def hardswish_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad_out * d hardswish(x) / dx: 0 for x <= -3, 1 for x >= 3, x/3 + 1/2 otherwise."""
-    return torch.ops.aten.hardswish_backward(grad_out)
+    return torch.ops.aten.hardswish_backward(grad_out, x)
 
 
 def hardsigmoid_backward(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad_out * d hardsigmoid(x) / dx: 1/6 for -3 < x < 3, 0 otherwise."""
-    return torch.ops.aten.hardsigmoid_backward(grad_out)
+    return torch.ops.aten.hardsigmoid_backward(grad_out, x)
 
 
 def hardswish_(x: torch.Tensor) -> torch.Tensor:
