@@ -153,7 +153,8 @@ def check_same_kind(op, arg, a, barg, b) -> None:
 
 
 def _check_int(op, arg, v, least) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < least:
+    # (a SymInt under dynamic shapes: the autograd formulas pass sizes derived from the input's)
+    if not isinstance(v, (int, torch.SymInt)) or isinstance(v, bool) or v < least:
         raise ValueError(f"fastops.{op}: argument '{arg}' must be an int >= {least}, got {v!r}")
 
 
@@ -182,7 +183,7 @@ def check_concat_shuffle_backward(op, grad_out, split) -> None:
     c = grad_out.shape[1]
     if c % 2 != 0:
         raise ValueError(f"fastops.{op}: argument 'grad_out' must have an even number of channels, got {c}")
-    if not isinstance(split, int) or not 0 <= split <= c:
+    if not isinstance(split, (int, torch.SymInt)) or isinstance(split, bool) or not 0 <= split <= c:
         raise ValueError(f"fastops.{op}: argument 'split' must be in [0, {c}], got {split!r}")
 
 

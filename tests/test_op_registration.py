@@ -91,25 +91,26 @@ def test_opcheck_dwconv_cuda(case):
     torch.library.opcheck(op, args)
 
 
+def _fastops_ops():
+    return sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastops::"))
+
+
 def test_every_schema_has_cpu_cuda_fake_and_autograd():
     """Each op declared in C++ has a CPU kernel, a CUDA kernel (CUDA builds), a fake impl, and
-    (for the out-of-place ops) autograd."""
+    (the out-of-place ops that are not themselves a backward) autograd."""
     has = torch._C._dispatch_has_kernel_for_dispatch_key
-    for name in ACTIVATIONS:
-        for op in (name, f"{name}_backward", f"{name}_"):
-            qual = f"fastops::{op}"
-            assert has(qual, "CPU"), qual
-            if fastops.has_cuda_kernels():
-                assert has(qual, "CUDA"), qual
-            assert has(qual, "Meta"), qual  # register_fake also serves meta tensors
-        for op in (name, f"{name}_backward"):
-            assert has(f"fastops::{op}", "Autograd"), op
-    for op in ("dwconv_bn_act", "dwconv_bn_act_backward"):
-        qual = f"fastops::{op}"
-        assert has(qual, "CPU") and has(qual, "Meta"), qual
+    names = _fastops_ops()
+    for family in ("hardswish", "dwconv_bn_act", "bn_act_train", "channel_shuffle", "concat_shuffle",
+                   "squeeze_excite", "pwconv_bn_act", "separable_conv_bn_act"):
+        assert f"fastops::{family}" in names, family
+    for qual in names:
+        assert has(qual, "CPU"), qual
         if fastops.has_cuda_kernels():
             assert has(qual, "CUDA"), qual
-    assert has("fastops::dwconv_bn_act", "Autograd")
+        assert has(qual, "Meta"), qual  # register_fake also serves meta tensors
+        if not qual.endswith("_") and "_backward" not in qual:
+            assert has(qual, "Autograd"), qual
+    assert has("fastops::hardswish_backward", "Autograd") and has("fastops::concat_shuffle_backward", "Autograd")
 
 
 class _Block(nn.Module):
