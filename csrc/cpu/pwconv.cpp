@@ -314,6 +314,8 @@ template <Act A, typename E, typename T>
 void backward_pass_act(const T* z, const E* g, const E* res, E* gr, T* gz, const PwShape& s, bool cl,
                        const Epi<T>& e, double* sum_gu, double* sum_guz) {
   const int64_t OC = s.OC, HW = s.H * s.W, P = s.N * HW;
+  std::vector<int64_t> dest(OC);
+  for (int64_t o = 0; o < OC; ++o) dest[o] = e.dest(o);
   // element (pixel p, conv channel o): index zi of o in z / res / gr / gz, gi of dest(o) in g
   const auto run = [&](int64_t zi, int64_t gi, int64_t o, double& a1, double& a2) {
     const T u = z[zi] * e.scale[o] + e.shift[o] + (res ? T(value(res[zi])) : T(0));
@@ -325,7 +327,7 @@ void backward_pass_act(const T* z, const E* g, const E* res, E* gr, T* gz, const
   if (!cl) {
     at::parallel_for(0, OC, 1, [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; ++o) {
-        const int64_t q = e.dest(o);
+        const int64_t q = dest[o];
         double a1 = 0, a2 = 0;
         for (int64_t n = 0; n < s.N; ++n)
           for (int64_t j = 0; j < HW; ++j) run((n * OC + o) * HW + j, (n * OC + q) * HW + j, o, a1, a2);
@@ -341,7 +343,7 @@ void backward_pass_act(const T* z, const E* g, const E* res, E* gr, T* gz, const
       double* a1 = part.data() + 2 * t * OC;
       double* a2 = a1 + OC;
       for (int64_t p = t * rows; p < std::min(P, (t + 1) * rows); ++p)
-        for (int64_t o = 0; o < OC; ++o) run(p * OC + o, p * OC + e.dest(o), o, a1[o], a2[o]);
+        for (int64_t o = 0; o < OC; ++o) run(p * OC + o, p * OC + dest[o], o, a1[o], a2[o]);
     }
   });
   for (int64_t t = 0; t < chunks; ++t)
