@@ -62,6 +62,15 @@ def test_forward_and_gradients(device, geom, layout):
         _close(a, b, torch.float32)
 
 
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_large_images_in_steps(device, layout):
+    # 1.5 MB of depthwise result per image: the CPU kernel goes two images, then one
+    x, dw, pw, sc, sh = _case(device, torch.float32, 3, 96, 24, 64, 64, layout=layout)
+    y = fastops.ops.separable_conv_bn_act(x, dw, pw, sc, sh, 1, 1, 1, "relu6")
+    _close(y, reference.separable_conv_bn_act(x.double(), dw.double(), pw.double(), sc.double(), sh.double(), 1, 1, 1,
+                                              "relu6"), torch.float32)
+
+
 @pytest.mark.parametrize("act", reference.ACTIVATIONS)
 def test_activations_and_no_affine(device, act):
     x, dw, pw, sc, sh = _case(device, torch.float32, 1, 32, 16, 6, 6, layout="channels_last")

@@ -1,17 +1,17 @@
 // CPU kernels of fastops::separable_conv_bn_act and its backward (csrc/separable.h).
 //
-// Forward, one image at a time: the depthwise result of the image (fastops::dwconv_bn_act's CPU
-// kernel, no affine, no activation) goes into a buffer that is reused for every image and stays
-// in cache (a MobileNet / Xception image's depthwise output is 0.1-2 MB), and the pointwise conv
-// with its epilogue (pwconv_bn_act's tiled GEMM + affine + activation) reads it from there and
-// writes the image's output. The whole depthwise result is never written to memory; each step
-// runs on all cores.
+// Forward, a few images at a time: the depthwise result of the step (fastops::dwconv_bn_act's
+// CPU kernel, no affine, no activation; at most kStepBytes, at least one image) stays in the
+// cache while the pointwise conv with its epilogue (pwconv_bn_act's tiled GEMM + affine +
+// activation) reads it and writes the step's output. The whole depthwise result is never
+// written to memory; each step runs on all cores.
 // Backward: the depthwise result is recomputed, then pwconv_bn_act_backward and
 // dwconv_bn_act_backward (their CPU kernels) chain the gradients.
 #include <ATen/ops/empty.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "../separable.h"
@@ -22,6 +22,10 @@ namespace cpu {
 namespace {
 
 using OptT = c10::optional<at::Tensor>;
+
+// The depthwise result of one step of images: enough pixels for the pointwise GEMM's tiles to
+// run at full speed, small enough to stay in the last-level cache until the GEMM reads it.
+constexpr int64_t kStepBytes = 4 << 20;
 
 at::Tensor dwconv(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
                   at::IntArrayRef dilation) {
@@ -41,10 +45,14 @@ at::Tensor separable_conv_bn_act(const at::Tensor& x, const at::Tensor& dw_weigh
   const bool cl = output_channels_last(x);
   at::Tensor y = at::empty({s.dw.N, s.OC, s.dw.OH, s.dw.OW}, x.options(),
                            cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  const PwShape pw{1, s.dw.OC, s.dw.OH, s.dw.OW, s.OC, 1, 1};
-  for (int64_t n = 0; n < s.dw.N; ++n) {
-    const at::Tensor d = dwconv(x.narrow(0, n, 1), dw_weight, stride, padding, dilation);
-    at::Tensor yn = y.narrow(0, n, 1);
+  // images per step: their depthwise result within kStepBytes (at least one image)
+  const int64_t image_bytes = s.dw.OC * s.dw.OH * s.dw.OW * int64_t(x.element_size());
+  const int64_t step = std::clamp<int64_t>(kStepBytes / std::max<int64_t>(image_bytes, 1), 1, s.dw.N);
+  for (int64_t n = 0; n < s.dw.N; n += step) {
+    const int64_t count = std::min(step, s.dw.N - n);
+    const at::Tensor d = dwconv(x.narrow(0, n, count), dw_weight, stride, padding, dilation);
+    at::Tensor yn = y.narrow(0, n, count);
+    const PwShape pw{count, s.dw.OC, s.dw.OH, s.dw.OW, s.OC, 1, 1};
     pwconv_forward_into(d, pw_weight, scale, shift, pw, a, c10::nullopt, yn);
   }
   return y;
