@@ -26,7 +26,7 @@ struct DwConvShape {
   int64_t OH, OW;         // output
 };
 
-inline Act parse_act(const char* op, std::string_view act) {
+inline Act parse_act(const char* op, std::string_view act, const char* arg = "act") {
   if (act == "none") return Act::None;
   if (act == "relu") return Act::ReLU;
   if (act == "relu6") return Act::ReLU6;
@@ -34,7 +34,7 @@ inline Act parse_act(const char* op, std::string_view act) {
   if (act == "hardsigmoid") return Act::Hardsigmoid;
   if (act == "sigmoid") return Act::Sigmoid;
   if (act == "silu") return Act::SiLU;
-  TORCH_CHECK_VALUE(false, "fastops.", op, ": argument 'act' must be one of none, relu, relu6, hardswish, ",
+  TORCH_CHECK_VALUE(false, "fastops.", op, ": argument '", arg, "' must be one of none, relu, relu6, hardswish, ",
                     "hardsigmoid, sigmoid, silu; got '", act, "'");
 }
 

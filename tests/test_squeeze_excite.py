@@ -181,3 +181,5 @@ def test_errors(device):
         op(x[:, :, :0], w1, b1, w2, b2)
     with pytest.raises(ValueError, match=r"fastops.squeeze_excite: argument 'w1' must have shape \[S, 6\]"):
         torch.ops.fastops.squeeze_excite(x, w1[:, :5], b1, w2, b2, "relu", "sigmoid")
+    with pytest.raises(ValueError, match="fastops.squeeze_excite: argument 'gate' must be one of"):
+        torch.ops.fastops.squeeze_excite(x, w1, b1, w2, b2, "relu", "tanh")

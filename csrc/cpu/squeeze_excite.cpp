@@ -276,7 +276,7 @@ at::Tensor squeeze_excite(const at::Tensor& x_, const at::Tensor& w1, const c10:
                           c10::string_view gate) {
   const char* op = "squeeze_excite";
   const SEShape sh = check_squeeze_excite(op, x_, w1, b1, w2, b2);
-  const Act a = parse_act(op, act), g = parse_act(op, gate);
+  const Act a = parse_act(op, act), g = parse_act(op, gate, "gate");
   const bool cl = output_channels_last(x_);
   const at::Tensor x = x_.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   at::Tensor y = at::empty_like(x);
@@ -298,7 +298,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
   const char* op = "squeeze_excite_backward";
   const SEShape sh = check_squeeze_excite(op, x_, w1, b1, w2, b2);
   check_like(op, "grad_out", grad_out, "x", x_);
-  const Act a = parse_act(op, act), ga = parse_act(op, gate);
+  const Act a = parse_act(op, act), ga = parse_act(op, gate, "gate");
   const bool cl = output_channels_last(x_);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor x = x_.contiguous(fmt), g = grad_out.contiguous(fmt);
