@@ -49,7 +49,8 @@ constexpr bool kSimd = std::is_same_v<E, float> || std::is_same_v<E, uint16_t>;
 
 // sum x[i] and sum g[i] * x[i] over n elements (g may be null).
 template <typename E, typename acc_t>
-FASTOPS_CPU_INLINE void run_sums(const E* x, const E* g, int64_t n, double& sx, double& sgx) {
+FASTOPS_CPU_INLINE void run_sums(const E* x, const E* g, int64_t n, double& sx_out, double& sgx_out) {
+  double sx = 0, sgx = 0;  // (locals: adding into the references went through memory each time)
   int64_t i = 0;
   if constexpr (kSimd<E>) {
     while (i + L <= n) {
@@ -60,7 +61,8 @@ FASTOPS_CPU_INLINE void run_sums(const E* x, const E* g, int64_t n, double& sx, 
         a += xv;
         if (g) b += load16(g + i) * xv;
       }
-      for (int l = 0; l < L; ++l) sx += a[l], sgx += b[l];
+      sx += hsum(a);
+      if (g) sgx += hsum(b);
     }
   }
   for (; i < n; ++i) {
@@ -68,6 +70,7 @@ FASTOPS_CPU_INLINE void run_sums(const E* x, const E* g, int64_t n, double& sx, 
     sx += xv;
     if (g) sgx += acc_t(value(g[i])) * xv;
   }
+  sx_out += sx, sgx_out += sgx;
 }
 
 // Column sums over `rows` pixel rows of C values (channels_last): sx[c] += sum x, sgx[c] += sum g*x.

@@ -36,8 +36,8 @@
 // All launches go to the current stream of x's device and are checked; nothing is launched for an
 // empty output. Offsets are 64-bit; channel indices are checked to fit in 31 bits.
 //
-// pwconv_forward / pwconv_backward (namespace fastops::cuda, not static) are also called by
-// csrc/cuda/separable.cu, which declares them.
+// pwconv_forward / pwconv_backward (namespace fastops::cuda, declared in csrc/cuda/kernels.h) are
+// also called by csrc/cuda/separable.cu.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -64,6 +64,7 @@
 
 #include "../activation.h"
 #include "../pwconv.h"
+#include "kernels.h"      // pwconv_forward, pwconv_backward (declared for csrc/cuda/separable.cu)
 #include "pointwise.cuh"  // kThreads, Pack, max_resident_blocks, aligned16
 
 namespace fastops {

@@ -26,21 +26,10 @@
 #include "../dwconv.h"  // parse_act, output_channels_last
 #include "../pwconv.h"  // PwShape
 #include "../separable.h"
+#include "kernels.h"  // pwconv_forward, pwconv_backward
 
 namespace fastops {
 namespace cuda {
-
-// Defined in csrc/cuda/pwconv.cu: the pointwise op's forward / backward with the output layout
-// given (cl); `s` is the shape check_pwconv would return.
-at::Tensor pwconv_forward(const char* op, const PwShape& s, const at::Tensor& x,
-                          const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
-                          const c10::optional<at::Tensor>& shift, Act act,
-                          const c10::optional<at::Tensor>& residual, bool cl);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_backward(
-    const char* op, const PwShape& s, const at::Tensor& grad_out, const at::Tensor& x,
-    const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
-    const c10::optional<at::Tensor>& shift, Act act, const c10::optional<at::Tensor>& residual,
-    bool cl, bool want_grad_residual);
 
 namespace {
 
