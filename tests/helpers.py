@@ -64,3 +64,33 @@ def poisoned_memory(like: torch.Tensor, count: int = 4):
 def assert_close(actual, expected, dtype=None, equal_nan=True):
     dtype = dtype or expected.dtype
     torch.testing.assert_close(actual, expected, equal_nan=equal_nan, **TOL[dtype])
+
+
+# ---- shared by the Triton kernel tests (tests/test_*_triton.py) ----
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: under Triton's interpreter
+
+
+def triton_input(shape, dtype, layout="contiguous", scale=1.0, offset=0.0):
+    """Normal data (times scale, plus offset) on the Triton tests' device, in the named layout."""
+    return make_layout((torch.randn(shape, device=TRITON_DEVICE) * scale + offset).to(dtype), layout)
+
+
+def expects_channels_last(layout: str) -> bool:
+    """Whether an op's output for an input in this layout (make_layout) is channels_last."""
+    return layout in ("channels_last", "permuted", "cl_sliced")
+
+
+def check_close_to_f64(actual, expected, dtype, reduced=False, atol=None):
+    """actual (kernel, any dtype) against expected (float64 truth) at dtype's tolerance; a sum
+    over many terms (reduced) is allowed dtype's rtol of its largest element as absolute error.
+    Half types must also round like the truth almost everywhere: computed in float32 and rounded
+    once, to nearest even (the interpreter would truncate without an explicit rounding store)."""
+    tol = dict(TOL[dtype])
+    if reduced and expected.numel():
+        tol["atol"] = max(tol["atol"], tol["rtol"] * expected.abs().max().item())
+    if atol is not None:
+        tol["atol"] = max(tol["atol"], atol)
+    torch.testing.assert_close(actual.double(), expected, **tol)
+    if actual.dtype in (torch.bfloat16, torch.float16) and expected.numel() >= 100:
+        same = (actual == expected.to(actual.dtype)).double().mean().item()
+        assert same > 0.97, f"only {same:.1%} of the {actual.dtype} results are the rounded truth"

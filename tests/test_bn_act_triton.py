@@ -14,40 +14,15 @@ import torch
 import fastops
 from fastops import reference
 from fastops.triton import bn_act
-from helpers import TOL, make_layout, poisoned_memory
+from helpers import TRITON_DEVICE, check_close_to_f64, expects_channels_last, poisoned_memory, triton_input
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ACTS = reference.ACTIVATIONS
-
-
-def _expect_channels_last(layout):
-    return layout in ("channels_last", "permuted", "cl_sliced")
-
-
-def _make(shape, dtype, layout="contiguous", scale=1.0, offset=0.0):
-    return make_layout((torch.randn(shape, device=DEVICE) * scale + offset).to(dtype), layout)
-
-
-def _check_close(actual, expected, dtype, reduced=False, atol=None):
-    """actual (kernel, any dtype) against expected (float64 truth) at dtype's tolerance; a sum
-    over many terms (reduced) is allowed dtype's rtol of its largest element as absolute error."""
-    tol = dict(TOL[dtype])
-    if reduced and expected.numel():
-        tol["atol"] = max(tol["atol"], tol["rtol"] * expected.abs().max().item())
-    if atol is not None:
-        tol["atol"] = max(tol["atol"], atol)
-    torch.testing.assert_close(actual.double(), expected, **tol)
-    if actual.dtype in (torch.bfloat16, torch.float16) and expected.numel() >= 100:
-        # computed in float32 and rounded once, to nearest even (the interpreter would truncate
-        # without _store): the result rounds like the float64 truth almost everywhere
-        same = (actual == expected.to(actual.dtype)).double().mean().item()
-        assert same > 0.97, f"only {same:.1%} of the {actual.dtype} results are the rounded truth"
 
 
 def _params(C, has_w, has_b, dtype):
     # u = xhat * weight + bias spreads over the activations' kinks (0, +-3, 6)
-    w = _make((C,), dtype, scale=1.0, offset=1.5) if has_w else None
-    b = _make((C,), dtype, scale=2.0) if has_b else None
+    w = triton_input((C,), dtype, scale=1.0, offset=1.5) if has_w else None
+    b = triton_input((C,), dtype, scale=2.0) if has_b else None
     return w, b
 
 
@@ -56,8 +31,8 @@ def _truth(x, w, b, act, eps=1e-5):
     weight/bias as ones/zeros so that their grads exist."""
     C = x.shape[1]
     x64 = x.detach().double().requires_grad_()
-    w64 = (w.double() if w is not None else torch.ones(C, dtype=torch.float64, device=DEVICE)).requires_grad_()
-    b64 = (b.double() if b is not None else torch.zeros(C, dtype=torch.float64, device=DEVICE)).requires_grad_()
+    w64 = (w.double() if w is not None else torch.ones(C, dtype=torch.float64, device=TRITON_DEVICE)).requires_grad_()
+    b64 = (b.double() if b is not None else torch.zeros(C, dtype=torch.float64, device=TRITON_DEVICE)).requires_grad_()
     y64, mean64, var64 = reference.bn_act_train(x64, w64, b64, eps, act)
     return (y64, mean64.detach(), var64.detach()), (x64, w64, b64)
 
@@ -68,25 +43,25 @@ def _run(N, C, H, W, act="silu", dtype=torch.float32, layout="contiguous", has_w
     dtypes, shapes and layouts of y, mean, var, grad_x, grad_weight, grad_bias."""
     param_dtype = param_dtype or dtype
     stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    x = _make((N, C, H, W), dtype, layout, scale=scale, offset=offset)
+    x = triton_input((N, C, H, W), dtype, layout, scale=scale, offset=offset)
     w, b = _params(C, has_w, has_b, param_dtype)
 
     with poisoned_memory(x):
         y, mean, var = bn_act.forward(x, w, b, eps, act)
     (y64, mean64, var64), leaves = _truth(x, w, b, act, eps)
 
-    fmt = torch.channels_last if _expect_channels_last(layout) else torch.contiguous_format
+    fmt = torch.channels_last if expects_channels_last(layout) else torch.contiguous_format
     assert y.shape == x.shape and y.dtype == dtype and y.device == x.device
     assert y.is_contiguous(memory_format=fmt), (layout, y.stride())
     assert mean.shape == var.shape == (C,) and mean.dtype == var.dtype == stat_dtype
     # statistics: float32 accumulation, relative to the data's magnitude
     data_scale = abs(offset) + scale
-    _check_close(mean, mean64, stat_dtype, atol=4 * torch.finfo(stat_dtype).eps * data_scale)
-    _check_close(var, var64, stat_dtype)
+    check_close_to_f64(mean, mean64, stat_dtype, atol=4 * torch.finfo(stat_dtype).eps * data_scale)
+    check_close_to_f64(var, var64, stat_dtype)
     # y: the mean is known to float32's precision of |offset| (a shift of xhat of that over std)
-    _check_close(y, y64.detach(), dtype, atol=4 * torch.finfo(stat_dtype).eps * abs(offset) / scale)
+    check_close_to_f64(y, y64.detach(), dtype, atol=4 * torch.finfo(stat_dtype).eps * abs(offset) / scale)
 
-    grad_out = _make(tuple(x.shape), dtype, grad_layout)
+    grad_out = triton_input(tuple(x.shape), dtype, grad_layout)
     expected = torch.autograd.grad(y64, leaves, grad_out.double())
     with poisoned_memory(x):
         grads = bn_act.backward(grad_out, x, mean, var, w, b, eps, act)
@@ -97,7 +72,7 @@ def _run(N, C, H, W, act="silu", dtype=torch.float32, layout="contiguous", has_w
     for name, actual, exp in zip(("grad_x", "grad_weight", "grad_bias"), grads, expected):
         # each at its own dtype's tolerance (a float32 grad_weight of bfloat16 x at float32's)
         try:
-            _check_close(actual, exp, actual.dtype, reduced=True,
+            check_close_to_f64(actual, exp, actual.dtype, reduced=True,
                          atol=16 * torch.finfo(stat_dtype).eps * abs(offset) / scale * exp.abs().max().item())
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
@@ -182,7 +157,7 @@ def test_many_chunks(monkeypatch):
     monkeypatch.setattr(bn_act, "MAX_PROGRAMS", 3)
     monkeypatch.setattr(bn_act, "MERGE_BLOCK_K", 2)
     for layout, shape in (("contiguous", (3, 3, 19, 23)), ("channels_last", (4, 5, 13, 14))):
-        x = _make(shape, torch.float32, layout)
+        x = triton_input(shape, torch.float32, layout)
         plan = bn_act._Plan(x, fastops._layout.conv_output_format(x))
         # several tiles per chunk, the last one partly past the end; chunks over several merge blocks
         assert plan.tiles_per_chunk > 1 and plan.chunks > bn_act.MERGE_BLOCK_K, (plan.tiles_per_chunk, plan.chunks)
@@ -203,25 +178,25 @@ def test_eps():
 
 
 def _autograd_case(N, C, H, W, act, dtype, layout, has_w, has_b):
-    x = _make((N, C, H, W), dtype, layout, scale=2.0).requires_grad_()
+    x = triton_input((N, C, H, W), dtype, layout, scale=2.0).requires_grad_()
     w, b = _params(C, has_w, has_b, dtype)
     w = w if w is None else w.requires_grad_()
     b = b if b is None else b.requires_grad_()
     y, mean, var = fastops.triton.bn_act_train(x, w, b, 1e-5, act)
     assert not mean.requires_grad and not var.requires_grad
     (y64, mean64, var64), (x64, w64, b64) = _truth(x, w, b, act)
-    _check_close(y, y64.detach(), dtype)
-    _check_close(mean, mean64, mean.dtype)
-    _check_close(var, var64, var.dtype)
-    g = _make(tuple(x.shape), dtype)
+    check_close_to_f64(y, y64.detach(), dtype)
+    check_close_to_f64(mean, mean64, mean.dtype)
+    check_close_to_f64(var, var64, var.dtype)
+    g = triton_input(tuple(x.shape), dtype)
     leaves = [t for t in (x, w, b) if t is not None]
     grads = torch.autograd.grad(y, leaves, g)
     expected = torch.autograd.grad(y64, [x64] + ([w64] if has_w else []) + ([b64] if has_b else []), g.double())
-    fmt = torch.channels_last if _expect_channels_last(layout) else torch.contiguous_format
+    fmt = torch.channels_last if expects_channels_last(layout) else torch.contiguous_format
     assert grads[0].is_contiguous(memory_format=fmt) and grads[0].dtype == dtype
     for leaf, actual, exp in zip(leaves, grads, expected):
         assert actual.dtype == leaf.dtype and actual.shape == leaf.shape
-        _check_close(actual, exp, dtype, reduced=True)
+        check_close_to_f64(actual, exp, dtype, reduced=True)
 
 
 @pytest.mark.parametrize("case", [
@@ -238,22 +213,22 @@ def test_autograd(case):
 
 @pytest.mark.parametrize("act", ("silu", "hardswish", "none"))
 def test_gradcheck(act):
-    x = torch.randn(2, 3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    w = (torch.rand(3, dtype=torch.float64, device=DEVICE) + 0.5).requires_grad_()
-    b = torch.randn(3, dtype=torch.float64, device=DEVICE).requires_grad_()
+    x = torch.randn(2, 3, 2, 3, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True)
+    w = (torch.rand(3, dtype=torch.float64, device=TRITON_DEVICE) + 0.5).requires_grad_()
+    b = torch.randn(3, dtype=torch.float64, device=TRITON_DEVICE).requires_grad_()
     f = lambda x, w, b: fastops.triton.bn_act_train(x, w, b, 1e-5, act)[0]  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=True)
 
 
 def test_opcheck():
     ops = fastops.triton.ops
-    x = _make((2, 3, 4, 5), torch.float32, "channels_last", scale=2.0)
+    x = triton_input((2, 3, 4, 5), torch.float32, "channels_last", scale=2.0)
     w, b = _params(3, True, True, torch.float32)
     req = lambda t: t.detach().clone().requires_grad_()  # noqa: E731
     torch.library.opcheck(ops.bn_act_train.default, (req(x), req(w), req(b), 1e-5, "hardswish"))
     torch.library.opcheck(ops.bn_act_train.default, (req(x), None, None, 1e-3, "none"))
     _, mean, var = bn_act.forward(x, w, b, 1e-5, "silu")
-    g = _make(tuple(x.shape), torch.float32)
+    g = triton_input(tuple(x.shape), torch.float32)
     torch.library.opcheck(ops.bn_act_train_backward.default, (g, x, mean, var, w, b, 1e-5, "silu"))
     torch.library.opcheck(ops.bn_act_train_backward.default, (g, x, mean, var, None, None, 1e-5, "relu"))
 

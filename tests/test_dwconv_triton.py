@@ -12,33 +12,9 @@ import torch
 
 from fastops import reference
 from fastops.triton import dwconv
-from helpers import TOL, make_layout, poisoned_memory
+from helpers import TRITON_DEVICE, check_close_to_f64, expects_channels_last, poisoned_memory, triton_input
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ACTS = reference.ACTIVATIONS
-
-
-def _make(shape, dtype, layout="contiguous", scale=1.0, offset=0.0):
-    t = (torch.randn(shape, device=DEVICE) * scale + offset).to(dtype)
-    return make_layout(t, layout)
-
-
-def _expect_channels_last(layout):
-    return layout in ("channels_last", "permuted", "cl_sliced")
-
-
-def _check_close(actual, expected, dtype, reduced=False):
-    """actual (kernel, any dtype) against expected (float64 truth) at dtype's tolerance; a sum
-    over many terms (reduced) is allowed dtype's rtol of its largest element as absolute error."""
-    tol = dict(TOL[dtype])
-    if reduced and expected.numel():
-        tol["atol"] = max(tol["atol"], tol["rtol"] * expected.abs().max().item())
-    torch.testing.assert_close(actual.double(), expected, **tol)
-    if actual.dtype in (torch.bfloat16, torch.float16) and expected.numel() >= 100:
-        # stores round to nearest even (the interpreter would truncate without _store): the
-        # float32-accumulated result rounds like the float64 truth almost everywhere
-        same = (actual == expected.to(actual.dtype)).double().mean().item()
-        assert same > 0.97, f"only {same:.1%} of the {actual.dtype} results are the rounded truth"
 
 
 def _run(N, C, m, H, W, k, stride, padding, dilation, act="silu", dtype=torch.float32, layout="contiguous",
@@ -50,11 +26,11 @@ def _run(N, C, m, H, W, k, stride, padding, dilation, act="silu", dtype=torch.fl
     stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
     param_dtype = param_dtype or dtype
     OC = C * m
-    x = _make((N, C, H, W), dtype, layout)
-    weight = _make((OC, 1, KH, KW), dtype, scale=(KH * KW) ** -0.5)
+    x = triton_input((N, C, H, W), dtype, layout)
+    weight = triton_input((OC, 1, KH, KW), dtype, scale=(KH * KW) ** -0.5)
     # u = z * scale + shift spreads over the activations' kinks (0, +-3, 6)
-    scale = _make((OC,), param_dtype, scale=0.5, offset=1.0) if has_scale else None
-    shift = _make((OC,), param_dtype, scale=2.0) if has_shift else None
+    scale = triton_input((OC,), param_dtype, scale=0.5, offset=1.0) if has_scale else None
+    shift = triton_input((OC,), param_dtype, scale=2.0) if has_shift else None
 
     with poisoned_memory(x):
         y = dwconv.forward(x, weight, scale, shift, stride, padding, dilation, act)
@@ -62,16 +38,16 @@ def _run(N, C, m, H, W, k, stride, padding, dilation, act="silu", dtype=torch.fl
     # the truth: float64 reference; absent scale/shift as ones/zeros so that their grads exist
     x64 = x.detach().double().requires_grad_()
     w64 = weight.detach().double().requires_grad_()
-    s64 = (scale.double() if has_scale else torch.ones(OC, dtype=torch.float64, device=DEVICE)).requires_grad_()
-    b64 = (shift.double() if has_shift else torch.zeros(OC, dtype=torch.float64, device=DEVICE)).requires_grad_()
+    s64 = (scale.double() if has_scale else torch.ones(OC, dtype=torch.float64, device=TRITON_DEVICE)).requires_grad_()
+    b64 = (shift.double() if has_shift else torch.zeros(OC, dtype=torch.float64, device=TRITON_DEVICE)).requires_grad_()
     y64 = reference.dwconv_bn_act(x64, w64, s64, b64, stride, padding, dilation, act)
 
     assert y.shape == y64.shape and y.dtype == dtype and y.device == x.device
-    fmt = torch.channels_last if _expect_channels_last(layout) else torch.contiguous_format
+    fmt = torch.channels_last if expects_channels_last(layout) else torch.contiguous_format
     assert y.is_contiguous(memory_format=fmt), (layout, y.stride())
-    _check_close(y, y64, dtype)
+    check_close_to_f64(y, y64, dtype)
 
-    grad_out = _make(tuple(y.shape), dtype, grad_layout)
+    grad_out = triton_input(tuple(y.shape), dtype, grad_layout)
     expected = torch.autograd.grad(y64, (x64, w64, s64, b64), grad_out.double())
     with poisoned_memory(x):
         grads = dwconv.backward(grad_out, x, weight, scale, shift, stride, padding, dilation, act)
@@ -84,7 +60,7 @@ def _run(N, C, m, H, W, k, stride, padding, dilation, act="silu", dtype=torch.fl
         # a float32 parameter gradient is compared at float32's tolerance
         tol_dtype = actual.dtype if actual.dtype != torch.float16 else dtype
         try:
-            _check_close(actual, exp, tol_dtype, reduced=True)
+            check_close_to_f64(actual, exp, tol_dtype, reduced=True)
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
 
@@ -145,8 +121,8 @@ def test_grad_out_in_another_layout(grad_layout):
 @pytest.mark.parametrize("act", ("relu", "relu6", "hardswish", "hardsigmoid"))
 def test_activation_kinks(act):
     """u exactly at the kinks (0, 6, -3, 3): derivatives as PyTorch's (relu'(0) = 0, ...)."""
-    x = torch.tensor([-3.0, 0.0, 3.0, 6.0, -1.5, 4.5], dtype=torch.float64, device=DEVICE).repeat(2, 2, 1, 1)
-    w = torch.ones(4, 1, 1, 1, dtype=torch.float64, device=DEVICE)  # 1x1, m = 2: z = x exactly
+    x = torch.tensor([-3.0, 0.0, 3.0, 6.0, -1.5, 4.5], dtype=torch.float64, device=TRITON_DEVICE).repeat(2, 2, 1, 1)
+    w = torch.ones(4, 1, 1, 1, dtype=torch.float64, device=TRITON_DEVICE)  # 1x1, m = 2: z = x exactly
     y = dwconv.forward(x, w, None, None, (1, 1), (0, 0), (1, 1), act)
     x64, w64 = x.clone().requires_grad_(), w.clone().requires_grad_()
     y64 = reference.dwconv_bn_act(x64, w64, None, None, 1, 0, 1, act)
@@ -159,8 +135,8 @@ def test_activation_kinks(act):
 
 
 def test_empty_batch():
-    x = torch.randn(0, 3, 5, 5, device=DEVICE)
-    w = torch.randn(6, 1, 3, 3, device=DEVICE)
+    x = torch.randn(0, 3, 5, 5, device=TRITON_DEVICE)
+    w = torch.randn(6, 1, 3, 3, device=TRITON_DEVICE)
     y = dwconv.forward(x, w, None, None, (1, 1), (1, 1), (1, 1), "relu")
     assert y.shape == (0, 6, 5, 5)
     gx, gw, gs, gb = dwconv.backward(y, x, w, None, None, (1, 1), (1, 1), (1, 1), "relu")

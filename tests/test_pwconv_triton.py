@@ -15,31 +15,9 @@ import torch
 import fastops
 from fastops import reference
 from fastops.triton import pwconv
-from helpers import TOL, make_layout, poisoned_memory
+from helpers import TRITON_DEVICE, check_close_to_f64, expects_channels_last, poisoned_memory, triton_input
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ACTS = reference.ACTIVATIONS
-
-
-def _make(shape, dtype, layout="contiguous", scale=1.0, offset=0.0):
-    return make_layout((torch.randn(shape, device=DEVICE) * scale + offset).to(dtype), layout)
-
-
-def _expect_channels_last(layout):
-    return layout in ("channels_last", "permuted", "cl_sliced")
-
-
-def _check_close(actual, expected, dtype, reduced=False):
-    """actual (kernel, any dtype) against expected (float64 truth) at dtype's tolerance; a sum
-    over many terms (reduced) is allowed dtype's rtol of its largest element as absolute error."""
-    tol = dict(TOL[dtype])
-    if reduced and expected.numel():
-        tol["atol"] = max(tol["atol"], tol["rtol"] * expected.abs().max().item())
-    torch.testing.assert_close(actual.double(), expected, **tol)
-    if actual.dtype in (torch.bfloat16, torch.float16) and expected.numel() >= 100:
-        # accumulated in float32 and rounded once, to nearest even
-        same = (actual == expected.to(actual.dtype)).double().mean().item()
-        assert same > 0.97, f"only {same:.1%} of the {actual.dtype} results are the rounded truth"
 
 
 def _run(N, C, OC, H, W, groups=1, act="silu", dtype=torch.float32, layout="contiguous", has_scale=True,
@@ -49,12 +27,12 @@ def _run(N, C, OC, H, W, groups=1, act="silu", dtype=torch.float32, layout="cont
     dtypes, shapes and layouts of y and of the five gradients."""
     param_dtype = param_dtype or dtype
     Cg = C // groups
-    x = _make((N, C, H, W), dtype, layout)
-    weight = _make((OC, Cg, 1, 1), dtype, scale=Cg ** -0.5)
+    x = triton_input((N, C, H, W), dtype, layout)
+    weight = triton_input((OC, Cg, 1, 1), dtype, scale=Cg ** -0.5)
     # u = z * scale + shift (+ residual) spreads over the activations' kinks (0, +-3, 6)
-    scale = _make((OC,), param_dtype, scale=0.5, offset=1.5) if has_scale else None
-    shift = _make((OC,), param_dtype, scale=2.0) if has_shift else None
-    residual = _make((N, OC, H, W), dtype, res_layout or layout) if has_res else None
+    scale = triton_input((OC,), param_dtype, scale=0.5, offset=1.5) if has_scale else None
+    shift = triton_input((OC,), param_dtype, scale=2.0) if has_shift else None
+    residual = triton_input((N, OC, H, W), dtype, res_layout or layout) if has_res else None
 
     with poisoned_memory(x):
         y = pwconv.forward(x, weight, scale, shift, groups, act, residual, shuffle_groups)
@@ -62,17 +40,17 @@ def _run(N, C, OC, H, W, groups=1, act="silu", dtype=torch.float32, layout="cont
     # the truth: float64 reference; absent scale/shift/residual as ones/zeros so their grads exist
     d64 = lambda t: t.detach().double().requires_grad_()  # noqa: E731
     leaves = [d64(x), d64(weight),
-              d64(scale) if has_scale else torch.ones(OC, dtype=torch.float64, device=DEVICE, requires_grad=True),
-              d64(shift) if has_shift else torch.zeros(OC, dtype=torch.float64, device=DEVICE, requires_grad=True),
-              d64(residual) if has_res else torch.zeros(N, OC, H, W, dtype=torch.float64, device=DEVICE,
+              d64(scale) if has_scale else torch.ones(OC, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True),
+              d64(shift) if has_shift else torch.zeros(OC, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True),
+              d64(residual) if has_res else torch.zeros(N, OC, H, W, dtype=torch.float64, device=TRITON_DEVICE,
                                                         requires_grad=True)]
     y64 = reference.pwconv_bn_act(*leaves[:4], groups, act, leaves[4], shuffle_groups)
 
-    fmt = torch.channels_last if _expect_channels_last(layout) else torch.contiguous_format
+    fmt = torch.channels_last if expects_channels_last(layout) else torch.contiguous_format
     assert y.shape == (N, OC, H, W) and y.dtype == dtype and y.is_contiguous(memory_format=fmt), (layout, y.stride())
-    _check_close(y, y64.detach(), dtype)
+    check_close_to_f64(y, y64.detach(), dtype)
 
-    grad_out = _make((N, OC, H, W), dtype, grad_layout)
+    grad_out = triton_input((N, OC, H, W), dtype, grad_layout)
     expected = torch.autograd.grad(y64, leaves, grad_out.double())
     with poisoned_memory(x):
         grads = pwconv.backward(grad_out, x, weight, scale, shift, groups, act, residual, shuffle_groups)
@@ -85,7 +63,7 @@ def _run(N, C, OC, H, W, groups=1, act="silu", dtype=torch.float32, layout="cont
     for name, actual, exp in zip(("grad_x", "grad_weight", "grad_scale", "grad_shift", "grad_residual"), grads,
                                  expected):
         try:
-            _check_close(actual, exp, actual.dtype, reduced=name != "grad_residual")
+            check_close_to_f64(actual, exp, actual.dtype, reduced=name != "grad_residual")
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
 
@@ -167,8 +145,8 @@ def test_operands_in_other_layouts(layout, res_layout, grad_layout):
 
 def test_shuffle_is_channel_shuffle():
     """shuffle_groups writes exactly channel_shuffle of the unshuffled result (bit for bit)."""
-    x = _make((2, 6, 3, 4), torch.float32, "channels_last")
-    w = _make((12, 2, 1, 1), torch.float32)
+    x = triton_input((2, 6, 3, 4), torch.float32, "channels_last")
+    w = triton_input((12, 2, 1, 1), torch.float32)
     plain = pwconv.forward(x, w, None, None, 3, "relu", None, 1)
     for sg in (2, 3, 4, 6, 12):
         shuffled = pwconv.forward(x, w, None, None, 3, "relu", None, sg)
@@ -176,8 +154,8 @@ def test_shuffle_is_channel_shuffle():
 
 
 def test_empty_batch():
-    x = torch.randn(0, 4, 3, 3, device=DEVICE)
-    w = torch.randn(6, 2, 1, 1, device=DEVICE)
+    x = torch.randn(0, 4, 3, 3, device=TRITON_DEVICE)
+    w = torch.randn(6, 2, 1, 1, device=TRITON_DEVICE)
     y = pwconv.forward(x, w, None, None, 2, "relu", None, 3)
     assert y.shape == (0, 6, 3, 3)
     gx, gw, gs, gb, gr = pwconv.backward(y, x, w, None, None, 2, "relu", None, 3)
@@ -198,27 +176,27 @@ def test_autograd(case):
     """fastops.triton.pwconv_bn_act (the custom op, autograd through its backward op) against
     autograd through the reference in float64; None arguments get no gradient."""
     N, C, OC, H, W, groups, act, dtype, layout, has_scale, has_shift, has_res, sg = case
-    x = _make((N, C, H, W), dtype, layout).requires_grad_()
-    w = _make((OC, C // groups, 1, 1), dtype, scale=(C // groups) ** -0.5).requires_grad_()
-    scale = _make((OC,), dtype, scale=0.5, offset=1.5).requires_grad_() if has_scale else None
-    shift = _make((OC,), dtype, scale=2.0).requires_grad_() if has_shift else None
-    res = _make((N, OC, H, W), dtype).requires_grad_() if has_res else None
+    x = triton_input((N, C, H, W), dtype, layout).requires_grad_()
+    w = triton_input((OC, C // groups, 1, 1), dtype, scale=(C // groups) ** -0.5).requires_grad_()
+    scale = triton_input((OC,), dtype, scale=0.5, offset=1.5).requires_grad_() if has_scale else None
+    shift = triton_input((OC,), dtype, scale=2.0).requires_grad_() if has_shift else None
+    res = triton_input((N, OC, H, W), dtype).requires_grad_() if has_res else None
     args = [x, w, scale, shift, res]
     y = fastops.triton.pwconv_bn_act(x, w, scale, shift, groups, act, res, sg)
     a64 = [None if t is None else t.detach().double().requires_grad_() for t in args]
     y64 = reference.pwconv_bn_act(*a64[:4], groups, act, a64[4], sg)
-    _check_close(y, y64.detach(), dtype)
-    g = _make(tuple(y.shape), dtype)
+    check_close_to_f64(y, y64.detach(), dtype)
+    g = triton_input(tuple(y.shape), dtype)
     leaves = [t for t in args if t is not None]
     expected = torch.autograd.grad(y64, [t for t in a64 if t is not None], g.double())
     for leaf, actual, exp in zip(leaves, torch.autograd.grad(y, leaves, g), expected):
         assert actual.dtype == leaf.dtype and actual.shape == leaf.shape
-        _check_close(actual, exp, dtype, reduced=True)
+        check_close_to_f64(actual, exp, dtype, reduced=True)
 
 
 @pytest.mark.parametrize("act, groups, sg", [("silu", 2, 2), ("none", 1, 1)])
 def test_gradcheck(act, groups, sg):
-    f64 = dict(dtype=torch.float64, device=DEVICE, requires_grad=True)
+    f64 = dict(dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True)
     x = torch.randn(2, 4, 2, 2, **f64)
     w = torch.randn(6, 4 // groups, 1, 1, **f64)
     scale, shift, res = torch.randn(6, **f64), torch.randn(6, **f64), torch.randn(2, 6, 2, 2, **f64)
@@ -231,12 +209,12 @@ def test_opcheck():
     req = lambda t: None if t is None else t.detach().clone().requires_grad_()  # noqa: E731
     for layout, affine, res, groups, sg in (("contiguous", True, True, 2, 3), ("channels_last", False, False, 1, 1),
                                             ("strided", True, False, 3, 2)):
-        x = _make((2, 6, 3, 2), torch.float32, layout)
-        w = _make((6, 6 // groups, 1, 1), torch.float32)
-        scale, shift = (_make((6,), torch.float32), _make((6,), torch.float32)) if affine else (None, None)
-        r = _make((2, 6, 3, 2), torch.float32) if res else None
+        x = triton_input((2, 6, 3, 2), torch.float32, layout)
+        w = triton_input((6, 6 // groups, 1, 1), torch.float32)
+        scale, shift = (triton_input((6,), torch.float32), triton_input((6,), torch.float32)) if affine else (None, None)
+        r = triton_input((2, 6, 3, 2), torch.float32) if res else None
         torch.library.opcheck(ops.pwconv_bn_act.default, (req(x), req(w), req(scale), req(shift), groups, "silu", req(r), sg))
-        g = _make((2, 6, 3, 2), torch.float32)
+        g = triton_input((2, 6, 3, 2), torch.float32)
         torch.library.opcheck(ops.pwconv_bn_act_backward.default, (g, x, w, scale, shift, groups, "hardswish", r, sg))
 
 

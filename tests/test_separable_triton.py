@@ -14,31 +14,9 @@ import torch
 import fastops
 from fastops import reference
 from fastops.triton import separable
-from helpers import TOL, make_layout, poisoned_memory
+from helpers import TRITON_DEVICE, check_close_to_f64, expects_channels_last, poisoned_memory, triton_input
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ACTS = reference.ACTIVATIONS
-
-
-def _make(shape, dtype, layout="contiguous", scale=1.0, offset=0.0):
-    return make_layout((torch.randn(shape, device=DEVICE) * scale + offset).to(dtype), layout)
-
-
-def _expect_channels_last(layout):
-    return layout in ("channels_last", "permuted", "cl_sliced")
-
-
-def _check_close(actual, expected, dtype, reduced=False):
-    """actual (kernel, any dtype) against expected (float64 truth) at dtype's tolerance; a sum
-    over many terms (reduced) is allowed dtype's rtol of its largest element as absolute error."""
-    tol = dict(TOL[dtype])
-    if reduced and expected.numel():
-        tol["atol"] = max(tol["atol"], tol["rtol"] * expected.abs().max().item())
-    torch.testing.assert_close(actual.double(), expected, **tol)
-    if actual.dtype in (torch.bfloat16, torch.float16) and expected.numel() >= 100:
-        # the depthwise result stays float32: the output is rounded once, to nearest even
-        same = (actual == expected.to(actual.dtype)).double().mean().item()
-        assert same > 0.97, f"only {same:.1%} of the {actual.dtype} results are the rounded truth"
 
 
 def _pair(v):
@@ -47,11 +25,11 @@ def _pair(v):
 
 def _params(C, m, OC, k, dtype, has_scale, has_shift, param_dtype=None):
     KH, KW = _pair(k)
-    dw = _make((C * m, 1, KH, KW), dtype, scale=(KH * KW) ** -0.5)
-    pw = _make((OC, C * m, 1, 1), dtype, scale=(C * m) ** -0.5)
+    dw = triton_input((C * m, 1, KH, KW), dtype, scale=(KH * KW) ** -0.5)
+    pw = triton_input((OC, C * m, 1, 1), dtype, scale=(C * m) ** -0.5)
     # u = z * scale + shift spreads over the activations' kinks (0, +-3, 6)
-    scale = _make((OC,), param_dtype or dtype, scale=0.5, offset=2.0) if has_scale else None
-    shift = _make((OC,), param_dtype or dtype, scale=2.0) if has_shift else None
+    scale = triton_input((OC,), param_dtype or dtype, scale=0.5, offset=2.0) if has_scale else None
+    shift = triton_input((OC,), param_dtype or dtype, scale=2.0) if has_shift else None
     return dw, pw, scale, shift
 
 
@@ -60,7 +38,7 @@ def _run(N, C, m, OC, H, W, k, stride, padding, dilation, act="relu6", dtype=tor
     """Forward and backward against the float64 reference and its autograd: values, dtypes,
     shapes and layouts of y and of the five gradients."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    x = _make((N, C, H, W), dtype, layout, scale=2.0)
+    x = triton_input((N, C, H, W), dtype, layout, scale=2.0)
     dw, pw, scale, shift = _params(C, m, OC, k, dtype, has_scale, has_shift, param_dtype)
     geom = (stride, padding, dilation, act)
 
@@ -68,15 +46,15 @@ def _run(N, C, m, OC, H, W, k, stride, padding, dilation, act="relu6", dtype=tor
         y = separable.forward(x, dw, pw, scale, shift, *geom)
     d64 = lambda t: t.detach().double().requires_grad_()  # noqa: E731
     leaves = [d64(x), d64(dw), d64(pw),
-              d64(scale) if has_scale else torch.ones(OC, dtype=torch.float64, device=DEVICE, requires_grad=True),
-              d64(shift) if has_shift else torch.zeros(OC, dtype=torch.float64, device=DEVICE, requires_grad=True)]
+              d64(scale) if has_scale else torch.ones(OC, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True),
+              d64(shift) if has_shift else torch.zeros(OC, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True)]
     y64 = reference.separable_conv_bn_act(*leaves, *geom)
 
-    fmt = torch.channels_last if _expect_channels_last(layout) else torch.contiguous_format
+    fmt = torch.channels_last if expects_channels_last(layout) else torch.contiguous_format
     assert y.shape == y64.shape and y.dtype == dtype and y.is_contiguous(memory_format=fmt), (layout, y.stride())
-    _check_close(y, y64.detach(), dtype)
+    check_close_to_f64(y, y64.detach(), dtype)
 
-    grad_out = _make(tuple(y.shape), dtype, grad_layout)
+    grad_out = triton_input(tuple(y.shape), dtype, grad_layout)
     expected = torch.autograd.grad(y64, leaves, grad_out.double())
     with poisoned_memory(x):
         grads = separable.backward(grad_out, x, dw, pw, scale, shift, *geom)
@@ -89,7 +67,7 @@ def _run(N, C, m, OC, H, W, k, stride, padding, dilation, act="relu6", dtype=tor
     for name, actual, exp in zip(("grad_x", "grad_dw_weight", "grad_pw_weight", "grad_scale", "grad_shift"), grads,
                                  expected):
         try:
-            _check_close(actual, exp, actual.dtype, reduced=True)
+            check_close_to_f64(actual, exp, actual.dtype, reduced=True)
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
 
@@ -138,7 +116,7 @@ def test_grad_out_in_another_layout(grad_layout):
 
 
 def test_empty_batch():
-    x = torch.randn(0, 3, 5, 5, device=DEVICE)
+    x = torch.randn(0, 3, 5, 5, device=TRITON_DEVICE)
     dw, pw, scale, shift = _params(3, 1, 4, 3, torch.float32, True, False)
     y = separable.forward(x, dw, pw, scale, shift, (1, 1), (1, 1), (1, 1), "relu")
     assert y.shape == (0, 4, 5, 5)
@@ -158,23 +136,23 @@ def test_autograd(case):
     """fastops.triton.separable_conv_bn_act (the custom op, autograd through its backward op)
     against autograd through the reference in float64; None arguments get no gradient."""
     N, C, m, OC, H, W, dtype, layout, has_scale, has_shift, act = case
-    x = _make((N, C, H, W), dtype, layout, scale=2.0).requires_grad_()
+    x = triton_input((N, C, H, W), dtype, layout, scale=2.0).requires_grad_()
     params = [t if t is None else t.requires_grad_() for t in _params(C, m, OC, 3, dtype, has_scale, has_shift)]
     y = fastops.triton.separable_conv_bn_act(x, *params, stride=2, padding=1, act=act)
     args = [x] + params
     a64 = [None if t is None else t.detach().double().requires_grad_() for t in args]
     y64 = reference.separable_conv_bn_act(*a64, stride=2, padding=1, act=act)
-    _check_close(y, y64.detach(), dtype)
-    g = _make(tuple(y.shape), dtype)
+    check_close_to_f64(y, y64.detach(), dtype)
+    g = triton_input(tuple(y.shape), dtype)
     leaves = [t for t in args if t is not None]
     expected = torch.autograd.grad(y64, [t for t in a64 if t is not None], g.double())
     for leaf, actual, exp in zip(leaves, torch.autograd.grad(y, leaves, g), expected):
         assert actual.dtype == leaf.dtype and actual.shape == leaf.shape
-        _check_close(actual, exp, dtype, reduced=True)
+        check_close_to_f64(actual, exp, dtype, reduced=True)
 
 
 def test_gradcheck():
-    f64 = dict(dtype=torch.float64, device=DEVICE, requires_grad=True)
+    f64 = dict(dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True)
     x = torch.randn(1, 2, 4, 3, **f64)
     dw, pw = torch.randn(4, 1, 3, 3, **f64), torch.randn(3, 4, 1, 1, **f64)
     scale, shift = torch.randn(3, **f64), torch.randn(3, **f64)
@@ -187,12 +165,12 @@ def test_opcheck():
     req = lambda t: None if t is None else t.detach().clone().requires_grad_()  # noqa: E731
     for layout, affine, geom in (("contiguous", True, ([1, 1], [1, 1], [1, 1])),
                                  ("channels_last", False, ([2, 1], [1, 0], [1, 1]))):
-        x = _make((2, 3, 5, 4), torch.float32, layout)
+        x = triton_input((2, 3, 5, 4), torch.float32, layout)
         dw, pw, scale, shift = _params(3, 2, 4, 3, torch.float32, affine, affine)
         torch.library.opcheck(ops.separable_conv_bn_act.default,
                               (req(x), req(dw), req(pw), req(scale), req(shift), *geom, "hardswish"))
         y = separable.forward(x, dw, pw, scale, shift, *geom, "hardswish")
-        g = _make(tuple(y.shape), torch.float32)
+        g = triton_input(tuple(y.shape), torch.float32)
         torch.library.opcheck(ops.separable_conv_bn_act_backward.default, (g, x, dw, pw, scale, shift, *geom, "relu"))
 
 

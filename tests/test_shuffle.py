@@ -24,7 +24,7 @@ def _expected_format(x):
     return fastops._layout.conv_output_format(x)
 
 
-@pytest.mark.parametrize("c", (1, 6, 24, 58, 30))
+@pytest.mark.parametrize("c", (1, 6, 24, 58, 30, 102))
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_channel_shuffle_every_group_count(device, c, layout):
     x = make_layout(randn((2, c, 5, 7), device=device), layout)

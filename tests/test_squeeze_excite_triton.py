@@ -14,45 +14,23 @@ import torch
 
 import fastops
 from fastops import reference
-from helpers import TOL, make_layout, poisoned_memory
+from helpers import TRITON_DEVICE, check_close_to_f64, expects_channels_last, make_layout, poisoned_memory, triton_input
 
 # (fastops.triton.squeeze_excite is the public function; this is the kernels' module)
 se = importlib.import_module("fastops.triton.squeeze_excite")
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ACTS = reference.ACTIVATIONS
-
-
-def _make(shape, dtype, layout="contiguous", scale=1.0, offset=0.0):
-    return make_layout((torch.randn(shape, device=DEVICE) * scale + offset).to(dtype), layout)
-
-
-def _expect_channels_last(layout):
-    return layout in ("channels_last", "permuted", "cl_sliced")
-
-
-def _check_close(actual, expected, dtype, reduced=False):
-    """actual (kernel, any dtype) against expected (float64 truth) at dtype's tolerance; a sum
-    over many terms (reduced) is allowed dtype's rtol of its largest element as absolute error."""
-    tol = dict(TOL[dtype])
-    if reduced and expected.numel():
-        tol["atol"] = max(tol["atol"], tol["rtol"] * expected.abs().max().item())
-    torch.testing.assert_close(actual.double(), expected, **tol)
-    if actual.dtype in (torch.bfloat16, torch.float16) and expected.numel() >= 100:
-        # computed in float32 and rounded once, to nearest even
-        same = (actual == expected.to(actual.dtype)).double().mean().item()
-        assert same > 0.97, f"only {same:.1%} of the {actual.dtype} results are the rounded truth"
 
 
 def _params(C, S, dtype, has_b1, has_b2, conv_shaped, param_dtype=None):
     """w1, b1, w2, b2 whose pre-activations spread over the activations' kinks (0, +-3, 6)."""
     param_dtype = param_dtype or dtype
-    w1 = _make((S, C), dtype, scale=3.0 / C ** 0.5)
-    w2 = _make((C, S), dtype, scale=3.0 / S ** 0.5)
+    w1 = triton_input((S, C), dtype, scale=3.0 / C ** 0.5)
+    w2 = triton_input((C, S), dtype, scale=3.0 / S ** 0.5)
     if conv_shaped:
         w1, w2 = w1[:, :, None, None], w2[:, :, None, None]
-    b1 = _make((S,), param_dtype, scale=1.0, offset=0.5) if has_b1 else None
-    b2 = _make((C,), param_dtype, scale=2.0) if has_b2 else None
+    b1 = triton_input((S,), param_dtype, scale=1.0, offset=0.5) if has_b1 else None
+    b2 = triton_input((C,), param_dtype, scale=2.0) if has_b2 else None
     return w1, b1, w2, b2
 
 
@@ -61,23 +39,23 @@ def _run(N, C, S, H, W, act="relu", gate="hardsigmoid", dtype=torch.float32, lay
     """Forward and backward launchers against the float64 reference and its autograd: values,
     dtypes, shapes and layouts of y and of the five gradients."""
     # x's plane means spread around 0 with a few units' spread, so the FC inputs matter
-    x = _make((N, C, H, W), dtype, layout, scale=2.0) + _make((N, C, 1, 1), dtype, scale=2.0)
+    x = triton_input((N, C, H, W), dtype, layout, scale=2.0) + triton_input((N, C, 1, 1), dtype, scale=2.0)
     x = make_layout(x, layout)
     w1, b1, w2, b2 = _params(C, S, dtype, has_b1, has_b2, conv_shaped, param_dtype)
 
     with poisoned_memory(x):
         y = se.forward(x, w1, b1, w2, b2, act, gate)
     leaves = [x.detach().double().requires_grad_(), w1.double().requires_grad_(),
-              (b1.double() if has_b1 else torch.zeros(S, dtype=torch.float64, device=DEVICE)).requires_grad_(),
+              (b1.double() if has_b1 else torch.zeros(S, dtype=torch.float64, device=TRITON_DEVICE)).requires_grad_(),
               w2.double().requires_grad_(),
-              (b2.double() if has_b2 else torch.zeros(C, dtype=torch.float64, device=DEVICE)).requires_grad_()]
+              (b2.double() if has_b2 else torch.zeros(C, dtype=torch.float64, device=TRITON_DEVICE)).requires_grad_()]
     y64 = reference.squeeze_excite(*leaves, act, gate)
 
-    fmt = torch.channels_last if _expect_channels_last(layout) else torch.contiguous_format
+    fmt = torch.channels_last if expects_channels_last(layout) else torch.contiguous_format
     assert y.shape == x.shape and y.dtype == dtype and y.is_contiguous(memory_format=fmt), (layout, y.stride())
-    _check_close(y, y64.detach(), dtype)
+    check_close_to_f64(y, y64.detach(), dtype)
 
-    grad_out = _make((N, C, H, W), dtype, grad_layout)
+    grad_out = triton_input((N, C, H, W), dtype, grad_layout)
     expected = torch.autograd.grad(y64, leaves, grad_out.double())
     with poisoned_memory(x):
         grads = se.backward(grad_out, x, w1, b1, w2, b2, act, gate)
@@ -88,7 +66,7 @@ def _run(N, C, S, H, W, act="relu", gate="hardsigmoid", dtype=torch.float32, lay
     assert gb2.shape == (C,) and gb2.dtype == (b2.dtype if has_b2 else dtype)
     for name, actual, exp in zip(("grad_x", "grad_w1", "grad_b1", "grad_w2", "grad_b2"), grads, expected):
         try:
-            _check_close(actual, exp, actual.dtype, reduced=name != "grad_x")
+            check_close_to_f64(actual, exp, actual.dtype, reduced=name != "grad_x")
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
 
@@ -149,7 +127,7 @@ def test_grad_out_in_another_layout(grad_layout):
 
 
 def test_empty_batch():
-    x = torch.randn(0, 4, 3, 3, device=DEVICE)
+    x = torch.randn(0, 4, 3, 3, device=TRITON_DEVICE)
     w1, b1, w2, b2 = _params(4, 2, torch.float32, True, False, False)
     y = se.forward(x, w1, b1, w2, b2, "relu", "sigmoid")
     assert y.shape == x.shape
@@ -171,7 +149,7 @@ def test_autograd(case):
     """fastops.triton.squeeze_excite (the custom op, autograd through its backward op) against
     autograd through the reference in float64; a None bias gets no gradient."""
     N, C, S, H, W, act, gate, dtype, layout, has_b1, has_b2 = case
-    x = make_layout(_make((N, C, H, W), dtype, scale=2.0), layout).requires_grad_()
+    x = make_layout(triton_input((N, C, H, W), dtype, scale=2.0), layout).requires_grad_()
     params = [t if t is None else t.requires_grad_() for t in _params(C, S, dtype, has_b1, has_b2, False)]
     y = fastops.triton.squeeze_excite(x, *params, act, gate)
     leaves = [x] + [t for t in params if t is not None]
@@ -179,16 +157,16 @@ def test_autograd(case):
     it = iter(l64[1:])
     args64 = [l64[0]] + [None if t is None else next(it) for t in params]
     y64 = reference.squeeze_excite(*args64, act, gate)
-    _check_close(y, y64.detach(), dtype)
-    g = _make(tuple(x.shape), dtype)
+    check_close_to_f64(y, y64.detach(), dtype)
+    g = triton_input(tuple(x.shape), dtype)
     for leaf, actual, exp in zip(leaves, torch.autograd.grad(y, leaves, g), torch.autograd.grad(y64, l64, g.double())):
         assert actual.dtype == leaf.dtype and actual.shape == leaf.shape
-        _check_close(actual, exp, dtype, reduced=True)
+        check_close_to_f64(actual, exp, dtype, reduced=True)
 
 
 @pytest.mark.parametrize("act, gate, has_b", [("silu", "sigmoid", True), ("none", "hardsigmoid", False)])
 def test_gradcheck(act, gate, has_b):
-    f64 = dict(dtype=torch.float64, device=DEVICE)
+    f64 = dict(dtype=torch.float64, device=TRITON_DEVICE)
     x = torch.randn(2, 3, 2, 2, **f64, requires_grad=True)
     w1 = torch.randn(2, 3, **f64, requires_grad=True)
     w2 = torch.randn(3, 2, 1, 1, **f64, requires_grad=True)
@@ -205,10 +183,10 @@ def test_opcheck():
     ops = fastops.triton.ops
     req = lambda t: None if t is None else t.detach().clone().requires_grad_()  # noqa: E731
     for layout, has_b in (("contiguous", True), ("channels_last", False), ("strided", True)):
-        x = _make((2, 5, 3, 4), torch.float32, layout, scale=2.0)
+        x = triton_input((2, 5, 3, 4), torch.float32, layout, scale=2.0)
         w1, b1, w2, b2 = _params(5, 3, torch.float32, has_b, has_b, layout == "channels_last")
         torch.library.opcheck(ops.squeeze_excite.default, (req(x), req(w1), req(b1), req(w2), req(b2), "relu", "sigmoid"))
-        g = _make(tuple(x.shape), torch.float32)
+        g = triton_input(tuple(x.shape), torch.float32)
         torch.library.opcheck(ops.squeeze_excite_backward.default, (g, x, w1, b1, w2, b2, "silu", "hardsigmoid"))
 
 

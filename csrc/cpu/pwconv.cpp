@@ -45,20 +45,6 @@ namespace {
 
 constexpr int L = kLanes;
 
-FASTOPS_CPU_INLINE float value(float v) { return v; }
-FASTOPS_CPU_INLINE float value(uint16_t v) { return widen(v); }
-FASTOPS_CPU_INLINE float value(at::Half v) { return float(v); }
-FASTOPS_CPU_INLINE double value(double v) { return v; }
-FASTOPS_CPU_INLINE void put(float* p, float v) { *p = v; }
-FASTOPS_CPU_INLINE void put(uint16_t* p, float v) { narrow(p, v); }
-FASTOPS_CPU_INLINE void put(at::Half* p, float v) { *p = at::Half(v); }
-FASTOPS_CPU_INLINE void put(double* p, double v) { *p = v; }
-
-template <typename E>
-constexpr bool kSimd = std::is_same_v<E, float> || std::is_same_v<E, uint16_t>;
-template <typename E>
-using Acc = std::conditional_t<std::is_same_v<E, double>, double, float>;
-
 // Row-major C[M, N] = A[M, K] @ B[K, N] (transposes as flagged) with sgemm (column-major).
 void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                    const float* B, int64_t ldb, float* C, int64_t ldc) {
@@ -187,17 +173,6 @@ void epi_nchw(const Acc<E>* z, int64_t ldz, const E* res, E* y, int64_t ld, int6
   else epi_nchw_f64(z, ldz, res, y, ld, cols, e);
 }
 
-template <typename F>
-void dispatch_storage(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(float{});
-    case at::kBFloat16: return f(uint16_t{});
-    case at::kHalf: return f(at::Half{});
-    case at::kDouble: return f(double{});
-    default: TORCH_CHECK_TYPE(false, "fastops.pwconv_bn_act: unsupported dtype ", t);
-  }
-}
-
 at::MemoryFormat layout_of(bool cl) { return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
 
 // scale / shift as contiguous vectors of the accumulation type (1 / 0 where not given).
@@ -267,7 +242,7 @@ void pwconv_forward_into(const at::Tensor& x_, const at::Tensor& weight, const c
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor sc = param(scale, s.OC, 1.0, acc), sh = param(shift, s.OC, 0.0, acc);
   const int64_t G = s.shuffle, HW = s.H * s.W;
-  dispatch_storage(x.scalar_type(), [&](auto tag) {
+  dispatch_storage("pwconv_bn_act", x.scalar_type(), [&](auto tag) {
     using E = decltype(tag);
     using T = Acc<E>;
     const Epi<T> e{sc.data_ptr<T>(), sh.data_ptr<T>(), s.OC, G, s.OC / G, a};
@@ -461,7 +436,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
   at::Tensor gr = at::empty({s.N, s.OC, s.H, s.W}, x.options(), layout_of(cl));
   at::Tensor gz = at::empty_like(z);
   std::vector<double> sum_gu(s.OC, 0.0), sum_guz(s.OC, 0.0);
-  dispatch_storage(x.scalar_type(), [&](auto tag) {
+  dispatch_storage(op, x.scalar_type(), [&](auto tag) {
     using E = decltype(tag);
     using T = Acc<E>;
     const Epi<T> e{sc.data_ptr<T>(), sh.data_ptr<T>(), s.OC, s.shuffle, s.OC / s.shuffle, a};

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <type_traits>
 #include <tuple>
 #include <vector>
 
@@ -48,16 +49,121 @@ struct Rows {
 
 // o[b * A + a] = in[a][b] for b < B, A known at compile time.
 template <typename T, int A>
-inline void gather_rows(const T* const* in, T* o, int64_t B) {
+FASTOPS_CPU_INLINE void gather_rows(const T* const* in, T* o, int64_t B) {
   const T* r[A];
   for (int a = 0; a < A; ++a) r[a] = in[a];
   for (int64_t b = 0; b < B; ++b)
     for (int a = 0; a < A; ++a) o[b * A + a] = r[a][b];
 }
 
+// o[3 b + a] = r_a[b] for 32-bit values, 16 b at a time: each run of 16 outputs is two
+// two-source permutes (r_0 / r_1 into place, then r_2's), ShuffleNet V1's 3-group shuffle.
+FASTOPS_CPU_INLINE void interleave3_u32(const uint32_t* r0, const uint32_t* r1, const uint32_t* r2, uint32_t* o,
+                                        int64_t B) {
+  // output k of a block: first[k] takes r_0 / r_1 elements (indices < 16 / >= 16), then[k] keeps
+  // those and takes r_2's (indices >= 16); generated from e -> (e / 3, e % 3)
+  const u32x16 first[3] = {{0, 16, 0, 1, 17, 0, 2, 18, 0, 3, 19, 0, 4, 20, 0, 5},
+                           {21, 0, 6, 22, 0, 7, 23, 0, 8, 24, 0, 9, 25, 0, 10, 26},
+                           {0, 11, 27, 0, 12, 28, 0, 13, 29, 0, 14, 30, 0, 15, 31, 0}};
+  const u32x16 then[3] = {{0, 1, 16, 3, 4, 17, 6, 7, 18, 9, 10, 19, 12, 13, 20, 15},
+                          {0, 21, 2, 3, 22, 5, 6, 23, 8, 9, 24, 11, 12, 25, 14, 15},
+                          {26, 1, 2, 27, 4, 5, 28, 7, 8, 29, 10, 11, 30, 13, 14, 31}};
+  int64_t b = 0;
+  for (; b + kLanes <= B; b += kLanes) {
+    u32x16 v0, v1, v2;
+    std::memcpy(&v0, r0 + b, sizeof(v0));
+    std::memcpy(&v1, r1 + b, sizeof(v1));
+    std::memcpy(&v2, r2 + b, sizeof(v2));
+    for (int k = 0; k < 3; ++k) {
+      const u32x16 out = __builtin_shuffle(__builtin_shuffle(v0, v1, first[k]), v2, then[k]);
+      std::memcpy(o + 3 * b + kLanes * k, &out, sizeof(out));
+    }
+  }
+  for (; b < B; ++b) o[3 * b] = r0[b], o[3 * b + 1] = r1[b], o[3 * b + 2] = r2[b];
+}
+
+// o[2 b + a] = r_a[b] (interleave two rows) and its inverse r_a[b] = i[2 b + a] (split pairs),
+// for 32-bit values: 16 b at a time through two-source permutes.
+FASTOPS_CPU_INLINE void interleave2_u32(const uint32_t* r0, const uint32_t* r1, uint32_t* o, int64_t B) {
+  const u32x16 lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+  const u32x16 hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  int64_t b = 0;
+  for (; b + kLanes <= B; b += kLanes) {
+    u32x16 v0, v1;
+    std::memcpy(&v0, r0 + b, sizeof(v0));
+    std::memcpy(&v1, r1 + b, sizeof(v1));
+    const u32x16 a = __builtin_shuffle(v0, v1, lo), c = __builtin_shuffle(v0, v1, hi);
+    std::memcpy(o + 2 * b, &a, sizeof(a));
+    std::memcpy(o + 2 * b + kLanes, &c, sizeof(c));
+  }
+  for (; b < B; ++b) o[2 * b] = r0[b], o[2 * b + 1] = r1[b];
+}
+
+FASTOPS_CPU_INLINE void split2_u32(const uint32_t* i, uint32_t* o0, uint32_t* o1, int64_t A) {
+  const u32x16 even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  const u32x16 odd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+  int64_t a = 0;
+  for (; a + kLanes <= A; a += kLanes) {
+    u32x16 v0, v1;
+    std::memcpy(&v0, i + 2 * a, sizeof(v0));
+    std::memcpy(&v1, i + 2 * a + kLanes, sizeof(v1));
+    const u32x16 e = __builtin_shuffle(v0, v1, even), d = __builtin_shuffle(v0, v1, odd);
+    std::memcpy(o0 + a, &e, sizeof(e));
+    std::memcpy(o1 + a, &d, sizeof(d));
+  }
+  for (; a < A; ++a) o0[a] = i[2 * a], o1[a] = i[2 * a + 1];
+}
+
 // channels_last: `count` pixels, units of one value of type T (any 2-, 4- or 8-byte dtype).
 // Two layouts have loops of their own: interleaving two rows into one run (A = 2, output rows
 // consecutive pairs) and its inverse (B = 2, input rows consecutive pairs).
+template <typename T>
+FASTOPS_CPU_INLINE void transpose_pixel_range(const Rows& r, int64_t A, int64_t B, int64_t begin, int64_t end,
+                                              bool out_dense, bool split) {
+  std::vector<const T*> in(A);
+  for (int64_t p = begin; p < end; ++p) {
+    const auto in_row = [&](int64_t a) { return reinterpret_cast<const T*>(r.in[a] + p * r.in_stride); };
+    const auto out_row = [&](int64_t b) { return reinterpret_cast<T*>(r.out[b] + p * r.out_stride); };
+    if (A == 2 && out_dense) {
+      const T *i0 = in_row(0), *i1 = in_row(1);
+      T* o = out_row(0);
+      if constexpr (std::is_same_v<T, uint32_t>)
+        interleave2_u32(i0, i1, o, B);
+      else
+        for (int64_t b = 0; b < B; ++b) o[2 * b] = i0[b], o[2 * b + 1] = i1[b];
+    } else if (split) {
+      const T* i = in_row(0);
+      T *o0 = out_row(0), *o1 = out_row(1);
+      if constexpr (std::is_same_v<T, uint32_t>)
+        split2_u32(i, o0, o1, A);
+      else
+        for (int64_t a = 0; a < A; ++a) o0[a] = i[2 * a], o1[a] = i[2 * a + 1];
+    } else if (out_dense && (A == 3 || A == 4 || A == 8)) {  // ShuffleNet V1's group counts
+      for (int64_t a = 0; a < A; ++a) in[a] = in_row(a);
+      T* o = out_row(0);
+      if constexpr (std::is_same_v<T, uint32_t>) {
+        if (A == 3) interleave3_u32(in[0], in[1], in[2], o, B);
+      } else {
+        if (A == 3) gather_rows<T, 3>(in.data(), o, B);
+      }
+      if (A == 4) gather_rows<T, 4>(in.data(), o, B);
+      if (A == 8) gather_rows<T, 8>(in.data(), o, B);
+    } else {
+      for (int64_t a = 0; a < A; ++a) in[a] = in_row(a);
+      for (int64_t b = 0; b < B; ++b) {
+        T* o = out_row(b);
+        for (int64_t a = 0; a < A; ++a) o[a] = in[a][b];
+      }
+    }
+  }
+}
+
+// 32-bit values (float) compiled per instruction set (simd.h): the vector permutes need AVX-512.
+FASTOPS_CPU_MULTIVERSION void transpose_pixel_range_u32(const Rows& r, int64_t A, int64_t B, int64_t begin,
+                                                        int64_t end, bool out_dense, bool split) {
+  transpose_pixel_range<uint32_t>(r, A, B, begin, end, out_dense, split);
+}
+
 template <typename T>
 void transpose_pixels(const Rows& r, int64_t A, int64_t B, int64_t count) {
   const int64_t t = sizeof(T);
@@ -66,32 +172,10 @@ void transpose_pixels(const Rows& r, int64_t A, int64_t B, int64_t count) {
   bool split = B == 2;  // in row a at in row 0 + 2 * a: pairs to split into two rows
   for (int64_t a = 1; a < A; ++a) split = split && r.in[a] == r.in[0] + 2 * a * t;
   at::parallel_for(0, count, std::max<int64_t>(1, kPointwiseGrain / (A * B)), [&](int64_t begin, int64_t end) {
-    std::vector<const T*> in(A);
-    for (int64_t p = begin; p < end; ++p) {
-      const auto in_row = [&](int64_t a) { return reinterpret_cast<const T*>(r.in[a] + p * r.in_stride); };
-      const auto out_row = [&](int64_t b) { return reinterpret_cast<T*>(r.out[b] + p * r.out_stride); };
-      if (A == 2 && out_dense) {
-        const T *i0 = in_row(0), *i1 = in_row(1);
-        T* o = out_row(0);
-        for (int64_t b = 0; b < B; ++b) o[2 * b] = i0[b], o[2 * b + 1] = i1[b];
-      } else if (split) {
-        const T* i = in_row(0);
-        T *o0 = out_row(0), *o1 = out_row(1);
-        for (int64_t a = 0; a < A; ++a) o0[a] = i[2 * a], o1[a] = i[2 * a + 1];
-      } else if (out_dense && (A == 3 || A == 4 || A == 8)) {  // ShuffleNet V1's group counts
-        for (int64_t a = 0; a < A; ++a) in[a] = in_row(a);
-        T* o = out_row(0);
-        if (A == 3) gather_rows<T, 3>(in.data(), o, B);
-        if (A == 4) gather_rows<T, 4>(in.data(), o, B);
-        if (A == 8) gather_rows<T, 8>(in.data(), o, B);
-      } else {
-        for (int64_t a = 0; a < A; ++a) in[a] = in_row(a);
-        for (int64_t b = 0; b < B; ++b) {
-          T* o = out_row(b);
-          for (int64_t a = 0; a < A; ++a) o[a] = in[a][b];
-        }
-      }
-    }
+    if constexpr (std::is_same_v<T, uint32_t>)
+      transpose_pixel_range_u32(r, A, B, begin, end, out_dense, split);
+    else
+      transpose_pixel_range<T>(r, A, B, begin, end, out_dense, split);
   });
 }
 

@@ -14,6 +14,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 #include "../activation.h"
 
@@ -82,6 +87,35 @@ FASTOPS_CPU_INLINE void store16(uint16_t* p, f32x16 v) {
   r = (u & 0x7fffffffu) > 0x7f800000u ? u32x16{} + 0x7fc0u : r;
   const u16x16 h = __builtin_convertvector(r, u16x16);
   std::memcpy(p, &h, sizeof(h));
+}
+
+// One element as float (double for double), whatever its storage: float, bfloat16 as uint16
+// bits, at::Half or double; put() rounds it back. kSimd<E>: E has the 16-lane loads above.
+FASTOPS_CPU_INLINE float value(float v) { return v; }
+FASTOPS_CPU_INLINE float value(uint16_t v) { return widen(v); }
+FASTOPS_CPU_INLINE float value(c10::Half v) { return float(v); }
+FASTOPS_CPU_INLINE double value(double v) { return v; }
+FASTOPS_CPU_INLINE void put(float* p, float v) { *p = v; }
+FASTOPS_CPU_INLINE void put(uint16_t* p, float v) { narrow(p, v); }
+FASTOPS_CPU_INLINE void put(c10::Half* p, float v) { *p = c10::Half(v); }
+FASTOPS_CPU_INLINE void put(double* p, double v) { *p = v; }
+
+template <typename E>
+constexpr bool kSimd = std::is_same_v<E, float> || std::is_same_v<E, uint16_t>;
+// The accumulation type of storage type E.
+template <typename E>
+using Acc = std::conditional_t<std::is_same_v<E, double>, double, float>;
+
+// Calls f(E{}) with E the storage type of `t` (float, bfloat16 as uint16 bits, Half, double).
+template <typename F>
+inline void dispatch_storage(const char* op, c10::ScalarType t, F&& f) {
+  switch (t) {
+    case c10::ScalarType::Float: return f(float{});
+    case c10::ScalarType::BFloat16: return f(uint16_t{});
+    case c10::ScalarType::Half: return f(c10::Half{});
+    case c10::ScalarType::Double: return f(double{});
+    default: TORCH_CHECK_TYPE(false, "fastops.", op, ": unsupported dtype ", t);
+  }
 }
 
 // The sum of the 16 lanes, as a tree (4 dependent adds instead of 15).

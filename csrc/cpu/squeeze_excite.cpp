@@ -34,19 +34,6 @@ namespace {
 constexpr int L = kLanes;
 constexpr int64_t kChunk = 256;  // values per lane summed in float before they go to double
 
-// One element as float / double, whatever its storage (bfloat16 travels as uint16 bits).
-FASTOPS_CPU_INLINE float value(float v) { return v; }
-FASTOPS_CPU_INLINE float value(uint16_t v) { return widen(v); }
-FASTOPS_CPU_INLINE float value(at::Half v) { return float(v); }
-FASTOPS_CPU_INLINE double value(double v) { return v; }
-FASTOPS_CPU_INLINE void put(float* p, float v) { *p = v; }
-FASTOPS_CPU_INLINE void put(uint16_t* p, float v) { narrow(p, v); }
-FASTOPS_CPU_INLINE void put(at::Half* p, float v) { *p = at::Half(v); }
-FASTOPS_CPU_INLINE void put(double* p, double v) { *p = v; }
-
-template <typename E>
-constexpr bool kSimd = std::is_same_v<E, float> || std::is_same_v<E, uint16_t>;
-
 // sum x[i] and sum g[i] * x[i] over n elements (g may be null).
 template <typename E, typename acc_t>
 FASTOPS_CPU_INLINE void run_sums(const E* x, const E* g, int64_t n, double& sx_out, double& sgx_out) {
@@ -188,10 +175,6 @@ void plane_sums(const at::Tensor& x, const at::Tensor& g, bool cl, std::vector<d
         sx[n * C + c] += px[(n * chunks + k) * C + c], sgx[n * C + c] += pgx[(n * chunks + k) * C + c];
 }
 
-// The accumulation type of storage type E.
-template <typename E>
-using Acc = std::conditional_t<std::is_same_v<E, double>, double, float>;
-
 // out = in * s[n, c] + t[n, c] (s, t: contiguous [N, C] of Acc<E>).
 template <typename E, typename acc_t = Acc<E>>
 void scale_pass(const at::Tensor& in, at::Tensor& out, bool cl, const acc_t* s, const acc_t* t) {
@@ -211,17 +194,6 @@ void scale_pass(const at::Tensor& in, at::Tensor& out, bool cl, const acc_t* s, 
       b = stop;
     }
   });
-}
-
-template <typename F>
-void dispatch_storage(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(float{});
-    case at::kBFloat16: return f(uint16_t{});
-    case at::kHalf: return f(at::Half{});
-    case at::kDouble: return f(double{});
-    default: TORCH_CHECK_TYPE(false, "fastops.squeeze_excite: unsupported dtype ", t);
-  }
 }
 
 at::ScalarType acc_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
@@ -284,7 +256,7 @@ at::Tensor squeeze_excite(const at::Tensor& x_, const at::Tensor& w1, const c10:
   const at::Tensor x = x_.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   at::Tensor y = at::empty_like(x);
   const at::ScalarType acc = acc_type(x);
-  dispatch_storage(x.scalar_type(), [&](auto e) {
+  dispatch_storage(op, x.scalar_type(), [&](auto e) {
     using E = decltype(e);
     std::vector<double> sx, unused;
     plane_sums<E>(x, at::Tensor(), cl, sx, unused);
@@ -309,7 +281,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> squeeze_e
   const at::ScalarType acc = acc_type(x);
   const FC fc(w1, b1, w2, b2, acc);
   at::Tensor gw1, gb1, gw2, gb2;
-  dispatch_storage(x.scalar_type(), [&](auto e) {
+  dispatch_storage(op, x.scalar_type(), [&](auto e) {
     using E = decltype(e);
     std::vector<double> sx, sgx;
     plane_sums<E>(x, g, cl, sx, sgx);
