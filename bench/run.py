@@ -93,6 +93,37 @@ def _summary(res: harness.CaseResult) -> str:
     return f"{' | '.join(parts)}  (K={res.input_sets} sets, inner={res.inner}){flag}"
 
 
+def _report(args, argv, machine, settings, t_start, results, copy_start, copy_end, complete):
+    """The JSON report of the cases run so far (`complete`: all of them)."""
+    machine = dict(machine, copy_gbps_start=copy_start, copy_gbps_end=copy_end)
+    if hasattr(os, "getloadavg"):
+        machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    rows = [r for res in results for r in res.rows]
+    return {
+        "schema": 1,
+        "complete": complete,
+        "machine": machine,
+        "settings": {
+            "preset": args.preset,
+            "rounds": settings.rounds,
+            "warmup": settings.warmup,
+            "target_sample_s": settings.target_s,
+            "rotate_inputs": settings.rotate,
+            "llc_bytes": settings.llc_bytes,
+            "contenders": args.contenders,
+            "argv": sys.argv[1:] if argv is None else list(argv),
+            "notes": "times are per call; speedup_vs_X = median(X) / median(this contender); "
+            "roof_fraction = gbps / mean(copy bandwidth just before and after the case); "
+            "bandwidth_flag: that copy bandwidth fell below 75% of copy_gbps_start; "
+            "other_load_cores: CPU time of other processes + steal per second while the case was timed; "
+            "busy_flag: other_load_cores > 0.25",
+        },
+        "elapsed_s": round(time.perf_counter() - t_start, 1),
+        "acceptance": harness.acceptance(results),
+        "rows": rows,
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -133,6 +164,10 @@ def main(argv=None) -> int:
     print(f"copy bandwidth at start: {copy_start:.1f} GB/s\n")
     before = copy_start
     results = []
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = BENCH_DIR / "results" / f"{args.device}-{datetime.datetime.now():%Y-%m-%d-%H%M%S}.json"
     for i, case in enumerate(cases, 1):
         print(f"[{i}/{len(cases)}] {case.name}", flush=True)
         for attempt in range(args.retries + 1):
@@ -146,40 +181,12 @@ def main(argv=None) -> int:
             print(f"    {_summary(res)}\n    machine noisy or busy: retrying", flush=True)
         results.append(res)
         print(f"    {_summary(res)}", flush=True)
+        # written after every case ("complete": false), so that a run cut short keeps its results
+        harness.write_json(out, _report(args, argv, machine, settings, t_start, results, copy_start, before, False))
 
-    machine["copy_gbps_start"] = copy_start
-    machine["copy_gbps_end"] = before
-    if hasattr(os, "getloadavg"):
-        machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    rows = [r for res in results for r in res.rows]
-    accept = harness.acceptance(results)
-    report = {
-        "schema": 1,
-        "machine": machine,
-        "settings": {
-            "preset": args.preset,
-            "rounds": settings.rounds,
-            "warmup": settings.warmup,
-            "target_sample_s": settings.target_s,
-            "rotate_inputs": settings.rotate,
-            "llc_bytes": settings.llc_bytes,
-            "contenders": args.contenders,
-            "argv": sys.argv[1:] if argv is None else list(argv),
-            "notes": "times are per call; speedup_vs_X = median(X) / median(this contender); "
-            "roof_fraction = gbps / mean(copy bandwidth just before and after the case); "
-            "bandwidth_flag: that copy bandwidth fell below 75% of copy_gbps_start; "
-            "other_load_cores: CPU time of other processes + steal per second while the case was timed; "
-            "busy_flag: other_load_cores > 0.25",
-        },
-        "elapsed_s": round(time.perf_counter() - t_start, 1),
-        "acceptance": accept,
-        "rows": rows,
-    }
-    if args.out:
-        out = Path(args.out)
-    else:
-        out = BENCH_DIR / "results" / f"{args.device}-{datetime.datetime.now():%Y-%m-%d-%H%M%S}.json"
+    report = _report(args, argv, machine, settings, t_start, results, copy_start, before, complete=True)
     harness.write_json(out, report)
+    accept = report["acceptance"]
 
     n_noisy = sum(1 for r in results if r.rows and r.rows[0].get("bandwidth_flag"))
     n_busy = sum(1 for r in results if r.rows and r.rows[0].get("busy_flag"))
@@ -191,7 +198,7 @@ def main(argv=None) -> int:
         print(f"acceptance: {a['case']}: fastops vs eager {s} -> {'PASS' if a['passed'] else 'FAIL'}"
               + ("" if a["conclusive"] else "  (INCONCLUSIVE: noisy/busy machine, rerun)"))
     print(f"results written to {out} ({report['elapsed_s']} s)\n")
-    harness.print_table(rows)
+    harness.print_table(report["rows"])
     return 0
 
 
