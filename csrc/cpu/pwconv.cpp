@@ -11,8 +11,8 @@
 //   NCHW: x[n] is [C, HW]; a tile is HWt columns of one image, z = W @ x[n][:, tile]
 //     ([OC, HWt]); the epilogue goes along each row, which a shuffle only sends to another
 //     output channel.
-// Other dtypes (float64 for gradcheck, bfloat16, float16), or no BLAS: ATen's convolution, then
-// the same epilogue over the whole tensor.
+// Other dtypes (float64 for gradcheck, bfloat16, float16), no BLAS, or channels_last with OC <= C
+// (see pwconv_forward_into): ATen's convolution, then the same epilogue over the whole tensor.
 // Backward: z recomputed by ATen's convolution; one fused pass gives gu = act'(u) * g (g read at
 // its shuffled position), grad_residual = gu, gz = gu * scale and the per-channel sums of gu and
 // gu * z; then ATen's convolution_backward of gz gives grad_x and grad_weight.
@@ -249,7 +249,12 @@ void pwconv_forward_into(const at::Tensor& x_, const at::Tensor& weight, const c
     const E* rp = has_res ? reinterpret_cast<const E*>(res.data_ptr()) : nullptr;
     E* yp = reinterpret_cast<E*>(y.data_ptr());
     if constexpr (std::is_same_v<E, float>) {
-      if (sgemm_ && s.C < (int64_t(1) << 30) && s.OC < (int64_t(1) << 30)) {
+      // channels_last with no more outputs than inputs: oneDNN's whole-tensor 1x1 conv beats
+      // sgemm on tiles (skinny [pixels, OC] products), and its result is the smaller tensor, so
+      // the epilogue's extra pass over it is cheap (measured: 144->24, 240->60 g3, 128->128,
+      // 512->512 ran 5-20% faster that way; 24->144, 60->240 g3 and every NCHW case slower)
+      const bool tiles = !(cl && s.OC <= s.C);
+      if (sgemm_ && tiles && s.C < (int64_t(1) << 30) && s.OC < (int64_t(1) << 30)) {
         forward_tiled(x, weight.contiguous(), rp, yp, s, cl, e);
         return;
       }
