@@ -151,7 +151,7 @@ def register_bn_act(ns):
 
 
 def _like_vector(t, n, x):
-    """A fake gradient for an optional [n] parameter: t's dtype, or x's accumulation dtype."""
+    """A fake gradient for an optional [n] parameter: in t's dtype, or x's where t is None."""
     return t.new_empty(t.shape) if t is not None else x.new_empty([n])
 
 
