@@ -84,10 +84,9 @@ def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
 def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.Case]:
     """Quick: every layer at N=8 inference, both layouts; training of the first. Full: N=1 and
     N=8, inference and training."""
-    if dtypes is None:
-        dtypes = [torch.float16, torch.bfloat16] if device == "cuda" else [torch.float32]
+    dtypes = harness.default_dtypes(device, dtypes)
     layouts = layouts or ["nchw", "channels_last"]
-    batches = ([64] if device == "cuda" else [8]) if quick else ([1, 64] if device == "cuda" else [1, 8])
+    batches = harness.batch_sizes(quick, device)
     out = []
     for dtype in dtypes:
         for n in batches:

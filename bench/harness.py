@@ -445,6 +445,19 @@ def tensor_inputs(
     return make
 
 
+def default_dtypes(device: str, dtypes=None) -> list[torch.dtype]:
+    """The dtypes a bench module runs unless told: half types on CUDA, float32 on CPU."""
+    if dtypes is not None:
+        return list(dtypes)
+    return [torch.float16, torch.bfloat16] if device == "cuda" else [torch.float32]
+
+
+def batch_sizes(quick: bool, device: str) -> list[int]:
+    """Batch sizes of the quick / full presets: N=8 on CPU (64 on CUDA), plus N=1 in full."""
+    n = 64 if device == "cuda" else 8
+    return [n] if quick else [1, n]
+
+
 def pointwise_inputs(
     shape: tuple[int, ...], dtype: torch.dtype, layout: str, mode: str, device: str, scale: float = 4.0
 ) -> Callable[[int], InputSet]:
