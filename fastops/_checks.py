@@ -32,6 +32,13 @@ def check_like(op: str, arg: str, a, barg: str, b) -> None:
         raise ValueError(f"fastops.{op}: argument '{arg}' is on {a.device} but '{barg}' is on {b.device}")
 
 
+def check_grad_out(op: str, grad_out, shape: list) -> None:
+    """A backward op's grad_out must be a tensor of the forward output's shape."""
+    check_tensor(op, "grad_out", grad_out)
+    if list(grad_out.shape) != shape:
+        raise ValueError(f"fastops.{op}: argument 'grad_out' must have shape {shape}, got {list(grad_out.shape)}")
+
+
 def check_writable(op: str, arg: str, t) -> None:
     """An in-place op cannot write a tensor whose elements share memory (an expanded view)."""
     # (the stride test ATen's has_internal_overlap answers "yes" to; written out so that

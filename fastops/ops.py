@@ -89,9 +89,7 @@ def register_dwconv(ns):
     def _fake_backward(grad_out, x, weight, scale, shift, stride, padding, dilation, act):
         op = "dwconv_bn_act_backward"
         shape = _checks.check_dwconv(op, x, weight, scale, shift, stride, padding, dilation, act)
-        _checks.check_tensor(op, "grad_out", grad_out)
-        if list(grad_out.shape) != shape:
-            raise ValueError(f"fastops.{op}: argument 'grad_out' must have shape {shape}, got {list(grad_out.shape)}")
+        _checks.check_grad_out(op, grad_out, shape)
         oc = weight.shape[0]
         return (
             torch.empty_like(x, memory_format=_layout.conv_output_format(x)),
@@ -245,9 +243,7 @@ def register_pwconv(ns):
     def _fake_backward(grad_out, x, weight, scale, shift, groups, act, residual, shuffle_groups):
         op = "pwconv_bn_act_backward"
         shape = _checks.check_pwconv(op, x, weight, scale, shift, groups, act, residual, shuffle_groups)
-        _checks.check_tensor(op, "grad_out", grad_out)
-        if list(grad_out.shape) != shape:
-            raise ValueError(f"fastops.{op}: argument 'grad_out' must have shape {shape}, got {list(grad_out.shape)}")
+        _checks.check_grad_out(op, grad_out, shape)
         fmt = _layout.conv_output_format(x)
         oc = weight.shape[0]
         return (torch.empty_like(x, memory_format=fmt), torch.empty_like(weight, memory_format=torch.contiguous_format),
@@ -282,9 +278,7 @@ def register_separable(ns):
     def _fake_backward(grad_out, x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act):
         op = "separable_conv_bn_act_backward"
         shape = _checks.check_separable(op, x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act)
-        _checks.check_tensor(op, "grad_out", grad_out)
-        if list(grad_out.shape) != shape:
-            raise ValueError(f"fastops.{op}: argument 'grad_out' must have shape {shape}, got {list(grad_out.shape)}")
+        _checks.check_grad_out(op, grad_out, shape)
         oc = pw_weight.shape[0]
         return (torch.empty_like(x, memory_format=_layout.conv_output_format(x)),
                 torch.empty_like(dw_weight, memory_format=torch.contiguous_format),
