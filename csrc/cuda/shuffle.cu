@@ -45,6 +45,7 @@
 #include <tuple>
 
 #include "../shuffle.h"
+#include "block.cuh"      // ceil_div, log2_ceil, choose_cg
 #include "pointwise.cuh"  // kThreads, Pack, max_resident_blocks, aligned16
 
 namespace fastops {
@@ -144,28 +145,7 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-int log2_exact(int64_t v) {
-  int l = 0;
-  while ((int64_t(1) << l) < v) ++l;
-  return l;
-}
-
-int64_t pow2ceil(int64_t v) { return int64_t(1) << log2_exact(std::max<int64_t>(v, 1)); }
-
-// Channel units per block in the row layout: all of them up to 8 (rounded up to a power of two),
-// else the power of two in {8, 16, 32} that leaves the fewest idle threads (ties: the larger).
-int choose_cg(int64_t Cv) {
-  if (Cv <= 8) return int(pow2ceil(Cv));
-  int best = 32;
-  int64_t best_idle = ceil_div(Cv, 32) * 32 - Cv;
-  for (int cg : {16, 8}) {
-    const int64_t idle = ceil_div(Cv, cg) * cg - Cv;
-    if (idle < best_idle) best = cg, best_idle = idle;
-  }
-  return best;
-}
+int64_t pow2ceil(int64_t v) { return int64_t(1) << log2_ceil(std::max<int64_t>(v, 1)); }
 
 // Calls f(T{}) with T the unsigned integer of the element size: the kernels only move elements.
 template <typename F>
@@ -204,7 +184,7 @@ void gather_channels(const char* op, const at::Tensor& y, const at::Tensor& src0
     if (!row) {
       const bool vec = HW % VMAX == 0 && aligned16(yp) && aligned16(s0) && aligned16(s1);
       const int64_t HWv = vec ? HW / VMAX : HW;
-      const int tpc_log2 = log2_exact(std::min<int64_t>(kThreads, pow2ceil(HWv)));
+      const int tpc_log2 = log2_ceil(std::min<int64_t>(kThreads, pow2ceil(HWv)));
       const int64_t P = N * Cout;
       const int64_t teams_per_block = kThreads >> tpc_log2;
       const unsigned blocks =
@@ -222,7 +202,7 @@ void gather_channels(const char* op, const at::Tensor& y, const at::Tensor& src0
       const int64_t Cv = vec ? Cout / VMAX : Cout;
       const int64_t M = N * HW;
       const int cg = choose_cg(Cv);
-      const int cg_log2 = log2_exact(cg);
+      const int cg_log2 = log2_ceil(cg);
       const int64_t cgroups = ceil_div(Cv, cg);
       const int64_t rows_per_step = kThreads / cg;
       const int64_t want = ceil_div(max_resident_blocks(), cgroups);

@@ -56,7 +56,7 @@
 
 #include "../activation.h"
 #include "../squeeze_excite.h"
-#include "reduce.cuh"     // lane_sums
+#include "block.cuh"      // lane_sums, ceil_div, log2_ceil, choose_cg
 #include "pointwise.cuh"  // kThreads, Pack, max_resident_blocks, blocks_for, aligned16
 
 namespace fastops {
@@ -347,27 +347,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------------------------------------
 // Host side
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-int log2_ceil(int64_t v) {
-  int l = 0;
-  while ((int64_t(1) << l) < v) ++l;
-  return l;
-}
-
-// Channel units per block in the row layout: all of them up to 8 (rounded up to a power of two),
-// else the power of two in {8, 16, 32} that leaves the fewest idle threads (ties: the larger).
-int choose_cg(int64_t Cv) {
-  if (Cv <= 8) return 1 << log2_ceil(Cv);
-  int best = 32;
-  int64_t best_idle = ceil_div(Cv, 32) * 32 - Cv;
-  for (int cg : {16, 8}) {
-    const int64_t idle = ceil_div(Cv, cg) * cg - Cv;
-    if (idle < best_idle) best = cg, best_idle = idle;
-  }
-  return best;
-}
 
 struct Plan {
   bool row;

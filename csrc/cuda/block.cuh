@@ -1,5 +1,8 @@
-// Block-level reductions shared by the CUDA kernels.
+// Block-level helpers shared by the CUDA kernels: a reduction over a block's threads, and the
+// host-side geometry of the "row layout" launches (threads along channel units, rows in lanes).
 #pragma once
+
+#include <cstdint>
 
 #include "pointwise.cuh"  // kThreads
 
@@ -26,6 +29,28 @@ __device__ __forceinline__ void lane_sums(acc_t (&v)[NV], acc_t* red, int slot, 
   }
 #pragma unroll
   for (int i = 0; i < NV; ++i) v[i] = red[i * kThreads + slot];
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The smallest l with 2^l >= v.
+inline int log2_ceil(int64_t v) {
+  int l = 0;
+  while ((int64_t(1) << l) < v) ++l;
+  return l;
+}
+
+// Channel units per block in the row layout: all of them up to 8 (rounded up to a power of two),
+// else the power of two in {8, 16, 32} that leaves the fewest idle threads (ties: the larger).
+inline int choose_cg(int64_t Cv) {
+  if (Cv <= 8) return 1 << log2_ceil(Cv);
+  int best = 32;
+  int64_t best_idle = ceil_div(Cv, 32) * 32 - Cv;
+  for (int cg : {16, 8}) {
+    const int64_t idle = ceil_div(Cv, cg) * cg - Cv;
+    if (idle < best_idle) best = cg, best_idle = idle;
+  }
+  return best;
 }
 
 }  // namespace cuda
