@@ -1,26 +1,28 @@
-"""Convolution blocks: `ConvBNAct` (torchvision's Conv2dNormActivation, fused) and
-`DepthwiseSeparable` (the MobileNet V1 block).
+"""Convolution blocks: `conv_bn_act` (the one function that turns conv [+ BatchNorm] [+ residual]
+[+ activation] [+ channel shuffle] into fused kernels), `ConvBNAct` (torchvision's
+Conv2dNormActivation, fused) and `DepthwiseSeparable` (the MobileNet V1 block).
 
 Parameter names, buffers and train/eval behaviour are those of the unfused modules, so state
 dicts load both ways and training matches:
-  * eval mode, depthwise conv: the BatchNorm folds into `dwconv_bn_act`'s per-channel scale /
-    shift (from the module's current parameters and running statistics: kept between inference
-    calls while they are unchanged, folded afresh under autograd so gradients reach BN's weight
-    and bias);
+  * eval mode: the BatchNorm folds into the kernel (from the module's current parameters and
+    running statistics; kept between inference calls while they are unchanged, folded afresh
+    under autograd so gradients reach BN's weight and bias): depthwise convs run `dwconv_bn_act`,
+    1x1 convs `pwconv_bn_act`, other convs one convolution with the BN folded into its weights;
   * training mode (batch statistics), any conv: the conv, then `bn_act_train` (BatchNorm with
     batch statistics + activation in two fused passes, forward and backward), and the running
     statistics updated exactly as nn.BatchNorm2d does (momentum, `momentum=None`,
     `num_batches_tracked`).
-Cases the kernels do not cover (eval-mode non-depthwise convs, string or non-zero padding modes,
-unsupported activations, BatchNorm subclasses) run the plain `Sequential`, with the same answer.
+Cases the kernels do not cover (string or non-zero padding modes, unsupported activations,
+conv or BatchNorm subclasses) run the plain modules, with the same answer.
 """
 
 from typing import Callable, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import ops, reference
 from .activation import Hardsigmoid, Hardswish
 
 # activation module class -> the fused ops' name for it
@@ -99,10 +101,137 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Ten
         bn.running_var.copy_(bn.running_var * (1 - factor) + unbiased * factor)
 
 
+def _act_(y: torch.Tensor, name: str) -> torch.Tensor:
+    """The activation `name` applied to y in place when autograd does not need y, else out of place."""
+    if name == "none":
+        return y
+    if torch.is_grad_enabled() and y.requires_grad:
+        return reference.activation(y, name)
+    if name == "relu":
+        return y.relu_()
+    if name == "relu6":
+        return y.clamp_(0, 6)
+    if name == "hardswish":
+        return ops.hardswish(y, inplace=True)
+    if name == "hardsigmoid":
+        return ops.hardsigmoid(y, inplace=True)
+    if name == "sigmoid":
+        return y.sigmoid_()
+    return F.silu(y, inplace=True)
+
+
+def _fusable(conv: nn.Module, bn: Optional[nn.Module]) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and (bn is None or type(bn) is nn.BatchNorm2d)
+    )
+
+
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups == conv.in_channels and conv.out_channels % conv.in_channels == 0
+
+
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
+
+
+def _cached(owner: nn.Module, slot: str, tensors, extra, make):
+    """make(), kept in owner.__dict__[slot] between inference calls while the tensors it reads are
+    unchanged (version counter, storage, dtype, device) and `extra` is equal. Under autograd or
+    torch.compile it is always made afresh (so gradients flow and nothing stale is traced)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return make()
+    key = (torch.is_inference_mode_enabled(), extra) + tuple(
+        None if t is None else (t._version, t.data_ptr(), t.dtype, t.device) for t in tensors
+    )
+    cached = owner.__dict__.get(slot)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    value = make()
+    owner.__dict__[slot] = (key, value)
+    return value
+
+
+def folded_scale_shift(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]):
+    """(scale, shift) with bn(conv(x)) == conv_nobias(x) * scale + shift (running statistics);
+    (None, conv.bias) without bn. Kept on the conv between inference calls while unchanged."""
+    if bn is None:
+        return None, conv.bias
+    return _cached(conv, "_fastops_fold", (bn.running_mean, bn.running_var, bn.weight, bn.bias, conv.bias), bn.eps,
+                   lambda: fold_bn(bn, conv.bias))
+
+
+def folded_conv(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]):
+    """(weight, bias) of one convolution equal to bn(conv(x)) (running statistics), kept on the conv
+    between inference calls while unchanged: what torch.compile's freezing does, done once."""
+    if bn is None:
+        return conv.weight, conv.bias
+
+    def make():
+        scale, shift = fold_bn(bn, conv.bias)
+        return conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype), shift
+
+    tensors = (conv.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias, conv.bias)
+    return _cached(conv, "_fastops_fold_conv", tensors, bn.eps, make)
+
+
+def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None, act=None,
+                residual: Optional[torch.Tensor] = None, shuffle_groups: int = 1) -> torch.Tensor:
+    """`shuffle(act(bn(conv(x)) + residual))` with fused kernels: the one place the blocks and
+    networks of fastops.nn turn a conv (+ BatchNorm) (+ residual add) (+ activation) (+ channel
+    shuffle) into kernels. `act` is an activation module, its fused name ("relu6", ...) or None;
+    the residual is added before the activation (ResNet's order; the same as after it when act is
+    None), the shuffle is ShuffleNet's channel shuffle of the result.
+
+    * bn in training mode (batch statistics): the conv, then `bn_act_train` (statistics; normalise
+      + activation), running statistics updated as nn.BatchNorm2d does;
+    * otherwise (running statistics, or no bn) the BN folds into the kernel's epilogue:
+      depthwise convs run `dwconv_bn_act`, 1x1 stride-1 convs `pwconv_bn_act` (residual and
+      shuffle included), other convs one convolution with BN folded into its weight and bias,
+      then the residual and activation in place;
+    * anything else (a conv subclass, string or non-zero padding, a BatchNorm subclass, an
+      activation the kernels don't know, non-4-D input) runs the modules as they are."""
+    name = act if isinstance(act, str) or act is None else act_name(act)
+    name = "none" if name is None and act is None else name
+    if name is None or x.dim() != 4 or not _fusable(conv, bn):
+        y = conv(x)
+        if bn is not None:
+            y = bn(y)
+        if residual is not None:
+            y = y + residual
+        if act is not None:
+            y = act(y) if isinstance(act, nn.Module) else reference.activation(y, act)
+        return y if shuffle_groups == 1 else ops.channel_shuffle(y, shuffle_groups)
+
+    if bn is not None and (bn.training or bn.running_mean is None):
+        z = conv(x)
+        y, mean, var = ops.bn_act_train(z, bn.weight, bn.bias, bn.eps, name if residual is None else "none")
+        _update_running_stats(bn, mean, var, z)
+        if residual is not None:
+            y = reference.activation(y + residual, name)
+    elif _is_pointwise(conv):
+        scale, shift = folded_scale_shift(conv, bn)
+        return ops.pwconv_bn_act(x, conv.weight, scale, shift, conv.groups, name, residual, shuffle_groups)
+    elif _is_depthwise(conv) and residual is None:
+        scale, shift = folded_scale_shift(conv, bn)
+        y = ops.dwconv_bn_act(x, conv.weight, scale, shift, conv.stride, conv.padding, conv.dilation, name)
+    else:
+        weight, bias = folded_conv(conv, bn)
+        y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if residual is not None:
+            y = y + residual if torch.is_grad_enabled() and (y.requires_grad or residual.requires_grad) \
+                else y.add_(residual)
+        y = _act_(y, name)
+    return y if shuffle_groups == 1 else ops.channel_shuffle(y, shuffle_groups)
+
+
 class ConvBNAct(nn.Sequential):
     """Conv2d -> BatchNorm2d -> activation, laid out like torchvision's Conv2dNormActivation
-    (children "0", "1", "2"; same arguments and defaults). Depthwise convolutions run the fused
-    `dwconv_bn_act` kernel."""
+    (children "0", "1", "2"; same arguments and defaults), run by `conv_bn_act`'s fused kernels.
+    `forward(x, residual=None, shuffle_groups=1)` also takes a residual (added before the
+    activation) and a channel shuffle of the result."""
 
     def __init__(
         self,
@@ -133,67 +262,26 @@ class ConvBNAct(nn.Sequential):
         super().__init__(*layers)
         self.out_channels = out_channels
 
-    # ---- the fused path
-
-    def _parts(self):
-        conv = self[0]
-        bn = self[1] if len(self) > 1 and isinstance(self[1], nn.BatchNorm2d) else None
-        rest = list(self)[2 if bn is not None else 1:]
-        act = rest[0] if len(rest) == 1 else None
-        return conv, bn, act, len(rest) <= 1
-
-    def _plan(self):
-        """(conv, bn, act name, depthwise) when this block can run fused ops, else None."""
-        conv, bn, act, simple = self._parts()
-        if not simple or type(conv) is not nn.Conv2d or (bn is not None and type(bn) is not nn.BatchNorm2d):
+    def parts(self):
+        """(conv, bn or None, act module or None), or None when the children are not that shape."""
+        mods = list(self)
+        if not mods or not isinstance(mods[0], nn.Conv2d):
             return None
-        name = act_name(act)
-        if name is None:
+        conv, rest = mods[0], mods[1:]
+        bn = rest.pop(0) if rest and isinstance(rest[0], nn.BatchNorm2d) else None
+        if len(rest) > 1:
             return None
-        depthwise = (
-            conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str)
-            and conv.groups == conv.in_channels
-            and conv.out_channels % conv.in_channels == 0
-        )
-        return conv, bn, name, depthwise
+        return conv, bn, (rest[0] if rest else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plan = self._plan()
-        if plan is None or x.dim() != 4:
-            return super().forward(x)
-        conv, bn, name, depthwise = plan
-        if bn is not None and (bn.training or bn.running_mean is None):
-            # Batch statistics: the convolution, then BN + activation in two fused passes
-            # (statistics; normalise + activation), running stats updated as nn.BatchNorm2d does.
-            z = conv(x)
-            y, mean, var = ops.bn_act_train(z, bn.weight, bn.bias, bn.eps, name)
-            _update_running_stats(bn, mean, var, z)
-            return y
-        if not depthwise:
-            return super().forward(x)  # pointwise / dense convs join with pwconv_bn_act
-        geometry = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
-        if bn is None:
-            return ops.dwconv_bn_act(x, conv.weight, None, conv.bias, act=name, **geometry)
-        scale, shift = self._folded(conv, bn)
-        return ops.dwconv_bn_act(x, conv.weight, scale, shift, act=name, **geometry)
-
-    def _folded(self, conv, bn):
-        """fold_bn(bn, conv.bias), kept between inference calls (folding is five small ops, ~15 us a
-        call) and made afresh when any tensor it reads changed (version counter, storage, dtype,
-        device) or eps did. Under autograd or torch.compile it is always made afresh."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return fold_bn(bn, conv.bias)
-        key = (torch.is_inference_mode_enabled(), bn.eps) + tuple(
-            None if t is None else (t._version, t.data_ptr(), t.dtype, t.device)
-            for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias, conv.bias)
-        )
-        cached = self.__dict__.get("_fold_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        folded = fold_bn(bn, conv.bias)
-        self.__dict__["_fold_cache"] = (key, folded)
-        return folded
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, shuffle_groups: int = 1) -> torch.Tensor:
+        parts = self.parts()
+        if parts is None:
+            if residual is not None:
+                raise ValueError("fastops.nn.ConvBNAct: residual= needs children conv [, bn] [, act]")
+            y = super().forward(x)
+            return y if shuffle_groups == 1 else ops.channel_shuffle(y, shuffle_groups)
+        conv, bn, act = parts
+        return conv_bn_act(x, conv, bn, act, residual, shuffle_groups)
 
 
 class DepthwiseSeparable(nn.Sequential):
