@@ -6,6 +6,8 @@
     torch.ops.fastops.hardswish(x)        # the raw custom op (eager, autograd, compile, export)
     fastops.reference.hardswish(x)        # the plain-PyTorch truth every kernel is tested against
     fastops.triton.hardswish(x)           # the Triton kernel itself
+    model = fastops.models.mobilenet_v3_large()   # networks on fused blocks, torchvision's keys
+    model = fastops.optimize(torchvision_model)   # an existing model's modules swapped for fused twins
 
 The compiled kernels are optional at import: without them every op runs its reference.
 """
@@ -15,11 +17,13 @@ import importlib
 from ._extension import has_cuda_kernels, has_extension
 from ._backend import get_backend, set_backend, use_backend
 from . import ops, reference, nn  # noqa: E402  (ops registers fake impls and autograd)
+from . import models  # noqa: E402
+from .optimize import optimize  # noqa: E402  (the function; the module stays in sys.modules)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ops", "reference", "nn", "triton",
+    "ops", "reference", "nn", "models", "optimize", "triton",
     "has_extension", "has_cuda_kernels", "set_backend", "get_backend", "use_backend",
 ]
 

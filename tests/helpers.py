@@ -94,3 +94,62 @@ def check_close_to_f64(actual, expected, dtype, reduced=False, atol=None):
     if actual.dtype in (torch.bfloat16, torch.float16) and expected.numel() >= 100:
         same = (actual == expected.to(actual.dtype)).double().mean().item()
         assert same > 0.97, f"only {same:.1%} of the {actual.dtype} results are the rounded truth"
+
+
+# ---- shared by the module and model tests (tests/test_blocks.py, test_models.py, test_optimize.py) ----
+def randomise_bn(module, seed: int = 0):
+    """Non-trivial BatchNorm state (weight, bias, running statistics) so that folding a BN into a
+    kernel is really exercised; returns the module."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return module
+
+
+def assert_scaled_close(actual, expected, rtol=1e-4, msg=None, atol_floor=1e-6):
+    """assert_close with an absolute tolerance relative to expected's largest magnitude (deep
+    networks sum many terms: an element near zero carries the error of the large ones), and at
+    least atol_floor (a gradient that is zero in exact arithmetic, e.g. the bias of a BN that
+    another BN in training mode follows, is rounding noise of ~1e-8 in both)."""
+    scale = expected.detach().abs().max().item() if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=max(rtol * scale, atol_floor),
+                               msg=None if msg is None else (lambda detail: f"{msg}: {detail}"))
+
+
+def check_module_parity(ours, theirs, x, mode: str, rtol=1e-4, grad_rtol=1e-3, steps: int = 1):
+    """`ours` and `theirs` hold the same weights; in `mode` ("eval" or "train") they must give the
+    same output (no_grad, then with autograd), the same gradient of x and of every parameter for
+    a random upstream gradient, and (train) the same BatchNorm buffers after `steps` SGD steps."""
+    getattr(ours, mode)(), getattr(theirs, mode)()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    if mode == "eval":
+        with torch.no_grad():
+            assert_scaled_close(ours(x), theirs(x), rtol, msg="eval output (no_grad)")
+    opt_a = torch.optim.SGD(ours.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    opt_b = torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    for step in range(steps):
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = ours(xa), theirs(xb)
+        assert_scaled_close(ya, yb, rtol, msg=f"{mode} step {step}: output")
+        g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(step)) / ya.numel() ** 0.5
+        for opt, y in ((opt_a, ya), (opt_b, yb)):
+            opt.zero_grad()
+            y.backward(g)
+        assert_scaled_close(xa.grad, xb.grad, grad_rtol, msg=f"{mode} step {step}: grad of x")
+        for (name, pa), (_, pb) in zip(ours.named_parameters(), theirs.named_parameters()):
+            if pb.grad is None:
+                assert pa.grad is None or not pa.grad.any(), name
+                continue
+            assert_scaled_close(pa.grad, pb.grad, grad_rtol, msg=f"{mode} step {step}: grad of {name}")
+        opt_a.step(), opt_b.step()
+    for (name, ba), (_, bb) in zip(ours.named_buffers(), theirs.named_buffers()):
+        if ba.is_floating_point():
+            assert_scaled_close(ba, bb, rtol, msg=f"buffer {name}")
+        else:
+            assert torch.equal(ba, bb), name

@@ -94,7 +94,7 @@ def test_train_matches_unfused_including_running_stats(kwargs, momentum):
     assert ours[1].num_batches_tracked.item() == 3
 
 
-def test_non_depthwise_conv_runs_unfused_with_same_answer():
+def test_dense_conv_folds_bn_with_same_answer():
     ours, theirs = _pair(dict(in_channels=8, out_channels=12, kernel_size=3, groups=1), "relu6")
     ours.eval(), theirs.eval()
     x = randn((2, 8, 9, 9))
