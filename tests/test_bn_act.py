@@ -238,3 +238,25 @@ def test_backward_bad_grad_shape():
     y, mean, var = fastops.ops.bn_act_train(x, weight, bias, 1e-5, "relu")
     with pytest.raises(ValueError, match="fastops.bn_act_train_backward: argument 'grad_out'"):
         torch.ops.fastops.bn_act_train_backward(y[:, :, :2], x, mean, var, weight, bias, 1e-5, "relu")
+
+
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_cpu_results_do_not_depend_on_threads_or_scheduling(layout):
+    """The per-channel sums are added in a fixed order: the same input gives the same bits on
+    every call and with any thread count (channels_last splits the pixels among threads)."""
+    x, weight, bias = _case("cpu", torch.float32, (8, 40, 37, 41), layout=layout, offset=0.3)
+    g = make_layout(randn(tuple(x.shape), scale=1.0), layout)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3, threads, threads):
+            torch.set_num_threads(n)
+            xg = x.clone().requires_grad_()
+            y, mean, var = fastops.ops.bn_act_train(xg, weight, bias, 1e-5, "relu6")
+            y.backward(g)
+            results.append((y.detach(), mean, var, xg.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

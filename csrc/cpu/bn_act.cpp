@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -280,13 +279,24 @@ void run_pass(bool cl, bool bf16, Pass pass, const Args& a, std::vector<double>*
       at::parallel_for(0, C, 1, [&](int64_t b, int64_t e) { call(b, e, nullptr, d1->data(), d2->data()); });
       return;
     }
-    std::mutex merge;
-    at::parallel_for(0, M, std::max<int64_t>(1, 16384 / C), [&](int64_t b, int64_t e) {
+    // Fixed blocks of whole float chunks (at most kMaxBlocks), each summed into its own slot and
+    // the slots added in block order: the result does not depend on the thread count or on
+    // which thread finishes first (run to run, the same input gives the same bits).
+    constexpr int64_t kMaxBlocks = 64;
+    const int64_t rows = kChunk * std::max<int64_t>(1, (M + kChunk * kMaxBlocks - 1) / (kChunk * kMaxBlocks));
+    const int64_t blocks = (M + rows - 1) / rows;
+    std::vector<double> slots(static_cast<size_t>(blocks) * 2 * C);
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       Sums s(C);
-      call(b, e, &s, nullptr, nullptr);
-      std::lock_guard<std::mutex> lock(merge);
-      for (int64_t c = 0; c < C; ++c) (*d1)[c] += s.d1[c], (*d2)[c] += s.d2[c];
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        std::fill(s.d1.begin(), s.d1.end(), 0.0), std::fill(s.d2.begin(), s.d2.end(), 0.0);
+        call(blk * rows, std::min(M, (blk + 1) * rows), &s, nullptr, nullptr);
+        std::copy(s.d1.begin(), s.d1.end(), slots.begin() + blk * 2 * C);
+        std::copy(s.d2.begin(), s.d2.end(), slots.begin() + blk * 2 * C + C);
+      }
     });
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      for (int64_t c = 0; c < C; ++c) (*d1)[c] += slots[blk * 2 * C + c], (*d2)[c] += slots[blk * 2 * C + C + c];
     return;
   }
   if (cl) {
