@@ -15,9 +15,11 @@ from ._registry import create_model, list_models, register_model
 __all__ = ["create_model", "list_models", "register_model"]
 
 # importing each builder's module registers it
+from .mobilenet_v1 import mobilenet_v1  # noqa: E402
 from .mobilenet_v2 import mobilenet_v2  # noqa: E402
 from .mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small  # noqa: E402
 from .resnext import resnet18, resnet50, resnext50_32x4d  # noqa: E402
+from .shufflenet_v1 import shufflenet_v1  # noqa: E402
 from .shufflenet_v2 import shufflenet_v2_x0_5, shufflenet_v2_x1_0, shufflenet_v2_x1_5, shufflenet_v2_x2_0  # noqa: E402
 from .squeezenet import squeezenet1_0, squeezenet1_1  # noqa: E402
 from .xception import xception  # noqa: E402
