@@ -1,0 +1,108 @@
+"""Benchmark cases for whole networks: torchvision's MobileNet V2, MobileNet V3-Large and
+ShuffleNet V2 1.0 (quick; full adds MobileNet V3-Small, ShuffleNet V2 0.5, SqueezeNet 1.1 and
+ResNeXt-50, and N=1), 224x224 images.
+
+  fastops   fastops.optimize(the torchvision model): the same weights, fused blocks
+  eager     the torchvision model, same layout
+  compile   torch.compile of the torchvision model (with freezing for inference)
+
+Inference (fwd): eval mode, under torch.no_grad. Training (fwd+bwd; MobileNet V2): train mode
+(BatchNorm on batch statistics, running stats updated), the gradients of every parameter; the
+optimizer step, the same for every contender, is left out. The shape column is
+the input's; there is no memory roof for a network (GB/s and roof stay empty).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import torch
+
+from . import harness
+
+QUICK = ["mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x1_0"]
+FULL = QUICK + ["mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "resnext50_32x4d"]
+TRAIN = ["mobilenet_v2"]
+
+
+def _contenders(name: str, dtype, layout: str, mode: str, device: str, sample) -> dict:
+    fmt = harness.memory_format(layout)
+
+    def build_eager():
+        tv = importlib.import_module("torchvision")
+        torch.manual_seed(0)
+        model = getattr(tv.models, name)()
+        return model.to(device=device, dtype=dtype, memory_format=fmt).train(mode != "fwd")
+
+    def build_fastops():
+        return importlib.import_module("fastops").optimize(build_eager())
+
+    def runner(model):
+        if mode == "fwd":
+            def run(s):
+                with torch.no_grad():
+                    return model(*s["args"])
+            return run
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def run(s):
+            # forward + backward in train mode (the running stats move as in training). What is
+            # returned, and so checked against eager, is the output: the gradients of a deep
+            # float32 network differ by a few percent wherever rounding moves a ReLU input across
+            # its kink (tests/test_models.py checks training parity in float64 instead).
+            y = model(*s["args"])
+            torch.autograd.grad(y, params, s["grad"])
+            return y.detach()
+        return run
+
+    def compiled():
+        torch._dynamo.reset()
+        model = torch.compile(build_eager(), dynamic=False)
+        if mode == "fwd":
+            with torch._inductor.config.patch(freezing=True), torch.no_grad():
+                model(*sample()["args"])
+        return runner(model)
+
+    return {"fastops": lambda: runner(build_fastops()), "eager": lambda: runner(build_eager()), "compile": compiled}
+
+
+def make_case(name, n, dtype, layout, mode, device) -> harness.Case:
+    x_shape = (n, 3, 224, 224)
+    make = harness.tensor_inputs([x_shape], (n, 1000), dtype, layout, mode, device)
+    if mode == "fwd+bwd":  # the input needs no gradient: a training step differentiates the weights
+        base = make
+
+        def make(k):
+            s = base(k)
+            s["args"] = tuple(a.detach() for a in s["args"])
+            return s
+
+    return harness.Case(
+        op=name,
+        shape=x_shape,
+        dtype=dtype,
+        layout=layout,
+        mode=mode,
+        device=device,
+        bytes_moved=0,
+        make_inputs=make,
+        contenders=_contenders(name, dtype, layout, mode, device, lambda: make(0)),
+        label="network",
+    )
+
+
+def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.Case]:
+    if importlib.util.find_spec("torchvision") is None:
+        return []
+    dtypes = harness.default_dtypes(device, dtypes)
+    layouts = layouts or ["channels_last"]
+    batches = harness.batch_sizes(quick, device)
+    out = []
+    for dtype in dtypes:
+        for layout in layouts:
+            for name in QUICK if quick else FULL:
+                out += [make_case(name, n, dtype, layout, "fwd", device) for n in batches]
+            for name in TRAIN:
+                out.append(make_case(name, batches[-1], dtype, layout, "fwd+bwd", device))
+    return out
