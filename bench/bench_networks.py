@@ -69,14 +69,14 @@ def _contenders(name: str, dtype, layout: str, mode: str, device: str, sample) -
 
 def make_case(name, n, dtype, layout, mode, device) -> harness.Case:
     x_shape = (n, 3, 224, 224)
-    make = harness.tensor_inputs([x_shape], (n, 1000), dtype, layout, mode, device)
-    if mode == "fwd+bwd":  # the input needs no gradient: a training step differentiates the weights
-        base = make
+    gen = torch.Generator().manual_seed(0)
+    base_x = torch.randn(x_shape, generator=gen).to(device=device, dtype=dtype)
+    base_g = torch.randn((n, 1000), generator=gen).to(device=device, dtype=dtype)
 
-        def make(k):
-            s = base(k)
-            s["args"] = tuple(a.detach() for a in s["args"])
-            return s
+    def make(k: int) -> dict:
+        # the image needs no gradient: a training step differentiates the weights
+        x = base_x.clone(memory_format=harness.memory_format(layout))
+        return {"args": (x,), "grad": base_g.clone() if mode == "fwd+bwd" else None}
 
     return harness.Case(
         op=name,

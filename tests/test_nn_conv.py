@@ -129,12 +129,18 @@ def test_compile_fullgraph(mode):
     torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
 
 
-def test_eval_fold_follows_every_change_of_the_folded_tensors():
-    """Inference keeps the folded BN between calls; every way of changing what it was folded from
-    must show in the next output (in-place updates, load_state_dict, eps, training steps, dtype)."""
-    ours, theirs = _pair(DW_CASES[0], "relu6")
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("depthwise", (True, False))
+def test_eval_fold_follows_every_change_of_the_folded_tensors(layout, depthwise):
+    """Inference keeps the folded BN (and, on the oneDNN path that channels_last inference takes,
+    the reordered weights) between calls; every way of changing what it was folded from must
+    show in the next output (in-place updates, load_state_dict, eps, training steps, dtype)."""
+    kwargs = DW_CASES[0] if depthwise else dict(in_channels=24, out_channels=16, kernel_size=1)
+    ours, theirs = _pair(kwargs, "relu6")
     ours.eval(), theirs.eval()
     x = randn((2, 24, 9, 11))
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
 
     def check(dtype=torch.float32):
         with torch.no_grad():
@@ -155,6 +161,10 @@ def test_eval_fold_follows_every_change_of_the_folded_tensors():
     for m in (ours, theirs):
         m[1].eps = 0.5
     check()
+    with torch.no_grad():
+        for m in (ours, theirs):
+            m[0].weight.mul_(-0.5)  # the conv's own weight (folded into the reordered weights)
+    check()
     _randomise(theirs)
     ours.load_state_dict(theirs.state_dict())
     check()
@@ -172,3 +182,24 @@ def test_eval_fold_follows_every_change_of_the_folded_tensors():
     ya2 = ours(xg)
     ya2.sum().backward()
     torch.testing.assert_close(ya, theirs(x.double()), rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [DW_CASES[0], dict(in_channels=24, out_channels=40, kernel_size=1),
+                                    dict(in_channels=24, out_channels=16, kernel_size=3, stride=2, groups=2)], ids=str)
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_eval_bfloat16(kwargs, layout):
+    ours, theirs = _pair(kwargs, "hardswish")
+    ours.eval(), theirs.eval()
+    x = randn((2, 24, 9, 11), scale=1.0)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = theirs(x)
+        got = ours.bfloat16()(x.bfloat16())
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=x_format(x))
+    torch.testing.assert_close(got.float(), expected, rtol=3e-2, atol=3e-2 * expected.abs().max().item())
+
+
+def x_format(x):
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
