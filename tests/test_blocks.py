@@ -200,3 +200,16 @@ def test_block_argument_errors():
         fnn.XceptionBlock(8, 8, 0)
     with pytest.raises(ValueError, match="BasicBlock.*groups"):
         fnn.BasicBlock(8, 8, groups=2)
+
+
+def test_fused_sequential_follows_replaced_children():
+    """The plan is kept between calls and made again when a child is replaced."""
+    seq = fnn.FusedSequential(nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+    randomise_bn(seq).eval()
+    x = _input(4)
+    with torch.no_grad():
+        torch.testing.assert_close(seq(x), nn.Sequential.forward(seq, x))
+        seq[2] = nn.Hardswish()
+        torch.testing.assert_close(seq(x), nn.Sequential.forward(seq, x))
+        del seq[2]
+        torch.testing.assert_close(seq(x), nn.Sequential.forward(seq, x), rtol=1e-5, atol=1e-5)

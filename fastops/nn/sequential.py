@@ -40,7 +40,12 @@ class FusedSequential(nn.Sequential):
     no other module) follows that conv's BatchNorm."""
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        steps = plan(list(self))
+        mods = tuple(self._modules.values())
+        cached = self.__dict__.get("_fastops_plan")
+        if cached is None or len(cached[0]) != len(mods) or any(a is not b for a, b in zip(cached[0], mods)):
+            cached = (mods, plan(list(mods)))  # made again whenever a child is added, removed or replaced
+            self.__dict__["_fastops_plan"] = cached
+        steps = cached[1]
         for i, step in enumerate(steps):
             last = i == len(steps) - 1
             kind, m = step[0], step[1]
