@@ -6,7 +6,9 @@ Parameter names, buffers and train/eval behaviour are those of the unfused modul
 dicts load both ways and training matches:
   * eval mode: the BatchNorm folds into the kernel (from the module's current parameters and
     running statistics; kept between inference calls while they are unchanged, folded afresh
-    under autograd so gradients reach BN's weight and bias): depthwise convs run `dwconv_bn_act`,
+    under autograd so gradients reach BN's weight and bias). CPU channels_last float32/bfloat16
+    inference without autograd: one oneDNN convolution with the activation (or residual + ReLU)
+    as post-ops and the weights reordered once; otherwise depthwise convs run `dwconv_bn_act`,
     1x1 convs `pwconv_bn_act`, other convs one convolution with the BN folded into its weights;
   * training mode (batch statistics), any conv: the conv, then `bn_act_train` (BatchNorm with
     batch statistics + activation in two fused passes, forward and backward), and the running
@@ -201,8 +203,8 @@ def _onednn_usable(x: torch.Tensor, conv: nn.Conv2d, bn, name: str, residual, sh
         or torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available()
     ):
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(
-            t is not None and t.requires_grad for t in (conv.weight, conv.bias, bn and bn.weight, bn and bn.bias))):
+    params = (conv.weight, conv.bias) + (() if bn is None else (bn.weight, bn.bias))
+    if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in params)):
         return False  # the fused oneDNN op has no autograd formula
     if residual is not None:  # oneDNN fuses "conv + residual" followed by nothing or ReLU only
         return name in ("none", "relu") and residual.shape[1:] == (conv.out_channels,) + residual.shape[2:] \
@@ -242,10 +244,12 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] =
 
     * bn in training mode (batch statistics): the conv, then `bn_act_train` (statistics; normalise
       + activation), running statistics updated as nn.BatchNorm2d does;
-    * otherwise (running statistics, or no bn) the BN folds into the kernel's epilogue:
-      depthwise convs run `dwconv_bn_act`, 1x1 stride-1 convs `pwconv_bn_act` (residual and
-      shuffle included), other convs one convolution with BN folded into its weight and bias,
-      then the residual and activation in place;
+    * otherwise (running statistics, or no bn) the BN folds into the kernel: on CPU, for a
+      channels_last float32/bfloat16 input when autograd needs nothing, one oneDNN convolution
+      with the activation (or the residual add + ReLU) as post-ops (`_onednn_conv`, the convs
+      named in ONEDNN_CONVS); else depthwise convs run `dwconv_bn_act`, 1x1 stride-1 convs
+      `pwconv_bn_act` (residual and shuffle included), other convs one convolution with BN
+      folded into its weight and bias, then the residual and activation in place;
     * anything else (a conv subclass, string or non-zero padding, a BatchNorm subclass, an
       activation the kernels don't know, non-4-D input) runs the modules as they are."""
     name = act if isinstance(act, str) or act is None else act_name(act)
