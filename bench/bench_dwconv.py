@@ -125,6 +125,7 @@ def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
         mode=mode,
         device=device,
         bytes_moved=moved,
+        flops=(1 if mode == "fwd" else 3) * 2 * n * c * oh * ow * k * k,
         make_inputs=make,
         contenders=contenders(c, h, w, k, stride, act, mode, layout, dtype, device),
     )

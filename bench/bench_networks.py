@@ -9,7 +9,7 @@ ResNeXt-50, and N=1), 224x224 images.
 Inference (fwd): eval mode, under torch.no_grad. Training (fwd+bwd; MobileNet V2): train mode
 (BatchNorm on batch statistics, running stats updated), the gradients of every parameter; the
 optimizer step, the same for every contender, is left out. The shape column is
-the input's; there is no memory roof for a network (GB/s and roof stay empty).
+the input's; a network has no single roof (GB/s and roof stay empty); images/s is reported.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def make_case(name, n, dtype, layout, mode, device) -> harness.Case:
         mode=mode,
         device=device,
         bytes_moved=0,
+        items=n,  # images per call: images/s
         make_inputs=make,
         contenders=_contenders(name, dtype, layout, mode, device, lambda: make(0)),
         label="network",

@@ -87,6 +87,7 @@ def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
         mode=mode,
         device=device,
         bytes_moved=moved,
+        flops=(1 if mode == "fwd" else 3) * 2 * n * h * w * (c // groups) * oc,  # backward: grad x and grad w
         make_inputs=make,
         contenders=harness.module_contenders(build, mode, lambda: make(0)),
     )

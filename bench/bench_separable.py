@@ -76,6 +76,8 @@ def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
         mode=mode,
         device=device,
         bytes_moved=xb + yb if mode == "fwd" else 3 * xb + 2 * yb,
+        # the depthwise 3x3 and the 1x1 GEMM; the backward about twice the forward
+        flops=(1 if mode == "fwd" else 3) * 2 * n * oh * ow * c * (9 + oc),
         make_inputs=make,
         contenders=harness.module_contenders(build, mode, lambda: make(0)),
     )

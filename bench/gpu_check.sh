@@ -54,7 +54,7 @@ grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -20
 # 3. Benchmarks on CUDA: fp16 / bf16 / fp32, channels_last, every backend.
 stamp "benchmarks"
 # shellcheck disable=SC2086
-timeout 150 "$py" bench/run.py --device cuda --out "$out/bench-cuda.json" ${GPU_CHECK_BENCH_ARGS:-} >"$out/bench.log" 2>&1
+timeout 150 "$py" bench/run.py --device cuda --backends triton cuda --no-plots --out "$out/bench-cuda.json" ${GPU_CHECK_BENCH_ARGS:-} >"$out/bench.log" 2>&1
 rc=$?
 summary+=("bench: rc=$rc -> bench-cuda.json")
 

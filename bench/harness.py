@@ -53,6 +53,8 @@ CACHE_MULTIPLE = 4  # rotate inputs until their footprint is at least this x the
 MAX_INPUT_SETS = 512  # ...but never more sets than this (tiny tensors stay cache resident)
 MAX_ROTATION_BYTES = 1 << 30  # ...nor more memory than this
 DEFAULT_LLC_BYTES = 32 << 20  # when the cache size cannot be read
+UNSTABLE_IQR_FRACTION = 0.25  # a contender whose IQR exceeds this x its median is not compared
+ROOF_CACHE = Path(os.environ.get("FASTOPS_BENCH_CACHE", Path.home() / ".cache" / "fastops")) / "roofs.json"
 
 DTYPES = {
     "float32": torch.float32,
@@ -263,6 +265,52 @@ def copy_bandwidth(device: str, nbytes: int | None = None, reps: int = 7, warmup
     return 2 * n * 4 / _percentile(times, 50) / 1e9
 
 
+def matmul_rate(device: str, dtype: torch.dtype = torch.float32, n: int | None = None, reps: int = 5) -> float:
+    """Dense matmul rate in GFLOP/s (2*n^3 flops per n x n x n product), median of `reps`: the
+    compute roof of the GEMM-bound cases (1x1 convs, whole networks)."""
+    n = n or (8192 if device == "cuda" else 2048)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        torch.mm(a, b)
+    _sync(device)
+    times = sorted(_time_calls(lambda _: torch.mm(a, b), [None], device) for _ in range(reps))
+    return 2 * n**3 / _percentile(times, 50) / 1e9
+
+
+def machine_key(device: str) -> str:
+    """What the cached roofs are valid for: the processor, the thread count, torch's version."""
+    name = torch.cuda.get_device_name() if device == "cuda" else _cpu_model()
+    return f"{device}|{name}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+
+
+def cached_roofs(device: str, dtypes, refresh: bool = False, log=print) -> dict[str, Any]:
+    """The machine's matmul rate per dtype (GFLOP/s), measured once per machine key and kept in
+    ROOF_CACHE (the copy bandwidth is measured afresh around every case: it also tells a busy
+    machine). `refresh` measures again."""
+    key = machine_key(device)
+    try:
+        cache = json.loads(ROOF_CACHE.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key, {}) if not refresh else {}
+    missing = [d for d in dtypes if str(d).replace("torch.", "") not in entry.get("matmul_gflops", {})]
+    if missing:
+        rates = dict(entry.get("matmul_gflops", {}))
+        for d in missing:
+            rates[str(d).replace("torch.", "")] = round(matmul_rate(device, d), 1)
+        entry = {"matmul_gflops": rates, "measured": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        cache[key] = entry
+        try:
+            ROOF_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            ROOF_CACHE.write_text(json.dumps(cache, indent=1) + "\n")
+        except OSError as e:
+            log(f"warning: could not cache the roofs in {ROOF_CACHE}: {e}")
+    else:
+        log(f"matmul roof from {ROOF_CACHE} (measured {entry.get('measured')}; --refresh-roofs measures again)")
+    return dict(entry, key=key, cache=str(ROOF_CACHE))
+
+
 def _percentile(sorted_xs: list[float], p: float) -> float:
     """Linear-interpolated percentile of an already sorted list."""
     if not sorted_xs:
@@ -334,6 +382,8 @@ class Case:
     reference: str = "eager"  # contender whose outputs the others are checked against
     accept_vs: str | None = None  # acceptance: fastops must be no slower than this contender
     label: str = ""  # optional short tag shown in the table, e.g. "acceptance"
+    flops: int = 0  # for the compute roof (multiply-adds x 2); 0: the case is judged by bytes only
+    items: int = 0  # images per call, for networks: images/s is reported when set
 
     @property
     def name(self) -> str:
@@ -452,10 +502,35 @@ def default_dtypes(device: str, dtypes=None) -> list[torch.dtype]:
     return [torch.float16, torch.bfloat16] if device == "cuda" else [torch.float32]
 
 
+BATCH_SIZES: list[int] | None = None  # set by `bench/run.py --batch`: overrides the presets' sizes
+
+
 def batch_sizes(quick: bool, device: str) -> list[int]:
-    """Batch sizes of the quick / full presets: N=8 on CPU (64 on CUDA), plus N=1 in full."""
+    """Batch sizes of the quick / full presets: N=8 on CPU (64 on CUDA), plus N=1 in full;
+    BATCH_SIZES instead when set."""
+    if BATCH_SIZES:
+        return list(BATCH_SIZES)
     n = 64 if device == "cuda" else 8
     return [n] if quick else [1, n]
+
+
+def backend_contenders(case: "Case", backends: list[str]) -> None:
+    """Add a "fastops[<backend>]" contender per fastops CUDA backend named (e.g. "triton",
+    "cuda"): the case's fastops contender run under fastops.use_backend(backend)."""
+    base = case.contenders.get("fastops")
+    if base is None:
+        return
+    for backend in backends:
+        def make(backend=backend):
+            fastops = importlib.import_module("fastops")
+            with fastops.use_backend(backend):
+                run = base()
+
+            def run_under(s):
+                with fastops.use_backend(backend):
+                    return run(s)
+            return run_under
+        case.contenders[f"fastops[{backend}]"] = make
 
 
 def pointwise_inputs(
@@ -606,6 +681,7 @@ def run_case(case: Case, settings: Settings, contenders: list[str] | None = None
     # Set up each contender: build it, make its first call (torch.compile compiles here), check
     # its outputs against the reference, warm it up. Any failure marks only that contender.
     runs: dict[str, Run] = {}
+    peak_mb: dict[str, float] = {}
     status: dict[str, str] = {}
     errors: dict[str, float | None] = {}
     ref_out = None
@@ -625,6 +701,12 @@ def run_case(case: Case, settings: Settings, contenders: list[str] | None = None
             for s in counter.next(settings.warmup):
                 run(s)
             _sync(device)
+            if device == "cuda":  # peak memory of one call above what was allocated before it
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                run(counter.next(1)[0])
+                torch.cuda.synchronize()
+                peak_mb[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
             runs[name] = run
         except Exception as e:  # noqa: BLE001 - a contender's failure must not stop the run
             status[name] = _failed(e)
@@ -710,30 +792,51 @@ def run_case(case: Case, settings: Settings, contenders: list[str] | None = None
                 iqr_ms=(_percentile(xs, 75) - _percentile(xs, 25)) * 1e3,
                 min_ms=xs[0] * 1e3,
                 gbps=case.bytes_moved / med / 1e9,
+                gflops=case.flops / med / 1e9 if case.flops else None,
+                images_per_s=case.items / med if case.items else None,
+                unstable=(_percentile(xs, 75) - _percentile(xs, 25)) > UNSTABLE_IQR_FRACTION * med,
             )
+        row["flops"] = case.flops
+        row["peak_mem_mb"] = peak_mb.get(name)  # CUDA only: torch's CPU allocator keeps no statistics
         result.rows.append(row)
-    # speedup_vs_X of contender C = median(X) / median(C): > 1 means C is faster than X.
-    for row in result.rows:
-        mine = medians.get(row["contender"])
-        row["speedup_vs"] = {x: (t / mine if mine else None) for x, t in medians.items() if x != row["contender"]}
+    attach_speedups(result.rows, medians)
+    return result
+
+
+def attach_speedups(rows: list[dict[str, Any]], medians: dict[str, float]) -> None:
+    """speedup_vs_X of contender C = median(X) / median(C): > 1 means C is faster than X. A
+    contender whose spread is too wide (row["unstable"]: IQR > UNSTABLE_IQR_FRACTION x median) is
+    not compared: its speedups, and everyone's against it, are None (the table says "unstable")."""
+    unstable = {r["contender"] for r in rows if r.get("unstable")}
+    for row in rows:
+        mine = None if row["contender"] in unstable else medians.get(row["contender"])
+        row["speedup_vs"] = {x: (t / mine if mine and x not in unstable else None)
+                             for x, t in medians.items() if x != row["contender"]}
         for x in STANDARD_CONTENDERS:
             if x == row["contender"]:
                 row[f"speedup_vs_{x}"] = 1.0 if mine else None
             else:
                 row[f"speedup_vs_{x}"] = row["speedup_vs"].get(x)
-    return result
 
 
-def finish_rows(result: CaseResult, copy_start: float, before: float, after: float) -> None:
-    """Attach the copy-bandwidth context: the roof fraction (against the mean of the copy bandwidth
-    measured just before and just after the case) and the noisy-machine flag."""
+def finish_rows(result: CaseResult, copy_start: float, before: float, after: float,
+                matmul_gflops: float | None = None) -> None:
+    """Attach the roof and the noisy-machine flag. The roof is the roofline's time bound: the
+    case's bytes over the copy bandwidth (the mean of the measurements just before and just after
+    the case) or its flops over the matmul rate, whichever is longer ("roof_bound" says which);
+    roof_fraction = that bound / the median time."""
     result.copy_gbps_before, result.copy_gbps_after = before, after
     local = (before + after) / 2
     flag = min(before, after) < BANDWIDTH_FLAG_FRACTION * copy_start
     for row in result.rows:
         row["copy_gbps_before"] = before
         row["copy_gbps_after"] = after
-        row["roof_fraction"] = row["gbps"] / local if row.get("gbps") else None
+        row["matmul_gflops"] = matmul_gflops
+        t_bytes = row["bytes"] / (local * 1e9) if local else 0.0
+        t_flops = row.get("flops", 0) / (matmul_gflops * 1e9) if matmul_gflops and row.get("flops") else 0.0
+        row["roof_bound"] = "flops" if t_flops > t_bytes else "bytes"
+        bound = max(t_bytes, t_flops)
+        row["roof_fraction"] = bound / (row["median_ms"] / 1e3) if row.get("median_ms") and bound > 0 else None
         row["bandwidth_flag"] = flag
 
 
@@ -757,7 +860,7 @@ def acceptance(results: list[CaseResult]) -> list[dict[str, Any]]:
                 "bandwidth_flag": row.get("bandwidth_flag") if row else None,
                 "busy_flag": row.get("busy_flag") if row else None,
                 # a verdict from a noisy or busy machine says little: rerun on a quiet one
-                "conclusive": bool(row and not row.get("bandwidth_flag") and not row.get("busy_flag")),
+                "conclusive": bool(row and not row.get("bandwidth_flag") and not row.get("busy_flag") and speedup is not None),
                 "fastops_status": row["status"] if row else "not run",
             }
         )
@@ -789,10 +892,18 @@ def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
             notes.append("NOISY (copy bw < 75% of start)")
         if r.get("busy_flag") and r["contender"] == "fastops":
             notes.append(f"BUSY (others used {r['other_load_cores']:.2f} cores)")
+        if r.get("unstable"):
+            notes.append(f"unstable (IQR {100 * r['iqr_ms'] / r['median_ms']:.0f}% of median): not compared")
+        if r.get("roof_bound") == "flops" and r.get("roof_fraction") and r["contender"] == "fastops":
+            notes.append("roof: flops")
         if r.get("cache_resident") and r["contender"] == "fastops":
             notes.append("cache resident")
         if r.get("label") and r["contender"] == "fastops":
             notes.append(r["label"])
+        if r.get("images_per_s"):
+            notes.append(f"{r['images_per_s']:.0f} img/s")
+        if r.get("peak_mem_mb") is not None:
+            notes.append(f"peak {r['peak_mem_mb']:.0f} MB")
         ok = r.get("median_ms") is not None
         body.append(
             [
@@ -845,6 +956,34 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             table.add_section()
         table.add_row(*cells)
     Console(width=200).print(table)
+
+
+CSV_FIELDS = [
+    "op", "shape", "dtype", "layout", "mode", "device", "contender", "status", "median_ms", "p10_ms", "p90_ms",
+    "iqr_ms", "unstable", "speedup_vs_eager", "speedup_vs_compile", "gbps", "gflops", "roof_fraction", "roof_bound",
+    "images_per_s", "peak_mem_mb", "bandwidth_flag", "busy_flag",
+]
+
+
+def write_csv(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """One CSV row per case x contender (CSV_FIELDS), plus the machine columns (date, machine,
+    threads, torch, fastops version) repeated on every row so that rows from several files mix."""
+    import csv
+
+    m = report["machine"]
+    machine = {
+        "date": m.get("date"), "machine": m.get("device_name"), "threads": m.get("threads"),
+        "torch": m.get("torch"), "fastops": (m.get("fastops") or {}).get("version"),
+        "git": (m.get("git") or {}).get("commit"),
+    }
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS + list(machine))
+        w.writeheader()
+        for r in report["rows"]:
+            row = {k: r.get(k) for k in CSV_FIELDS}
+            row["shape"] = "x".join(map(str, r.get("shape", [])))
+            w.writerow(dict(row, **machine))
 
 
 def write_json(path: str | os.PathLike, report: dict[str, Any]) -> None:

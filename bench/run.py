@@ -3,10 +3,16 @@
     python bench/run.py                              # quick preset, every op family, default device
     python bench/run.py --ops activation --full --device cuda
     python bench/run.py --dtype float32 bfloat16 --layout channels_last --mode fwd -k 240x28x28
+    python bench/run.py --ops networks --full --batch 1 8      # whole networks, latency and throughput
+    python bench/run.py --device cuda --backends triton cuda   # + fastops under each CUDA backend
 
 Op families are discovered by file name: bench/bench_<family>.py provides
 `cases(quick, device, dtypes, layouts)`. Results go to bench/results/<device>-<date>-<time>.json
-(or --out); the table is printed last.
+(or --out), with the same rows as CSV beside it (.csv) and plots (-speedup.png, -roof.png,
+-networks.png; matplotlib); the table is printed last. The matmul roof is measured once per
+machine and cached (~/.cache/fastops/roofs.json, or $FASTOPS_BENCH_CACHE); the copy bandwidth is
+measured around every case. A contender whose timings spread too wide (IQR > 25% of the median)
+is not compared: its speedups are left out and the table says "unstable".
 """
 
 from __future__ import annotations
@@ -65,6 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hot", action="store_true", help="one input set: inputs stay cache resident (default: rotate)")
     p.add_argument("--llc-mb", type=float, default=None, help="last-level cache size for input rotation (default: read from the machine)")
     p.add_argument("--retries", type=int, default=0, help="rerun a case flagged noisy or busy up to this many times")
+    p.add_argument("--batch", type=int, nargs="+", default=None, metavar="N",
+                   help="batch sizes (default: the preset's; quick N=8 on CPU / 64 on CUDA, full adds N=1)")
+    p.add_argument("--backends", nargs="+", default=None, metavar="BACKEND", choices=["triton", "cuda"],
+                   help="also time fastops under each of these CUDA backends (contenders fastops[triton], "
+                   "fastops[cuda]); the plain fastops contender runs the 'auto' choice")
+    p.add_argument("--refresh-roofs", action="store_true", help="measure the matmul roof again (it is cached per machine)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots beside the results")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     return p.parse_args(argv)
 
@@ -83,6 +96,8 @@ def collect_cases(args) -> list[harness.Case]:
     cases = [c for c in cases if c.mode in args.mode]
     if args.match:
         cases = [c for c in cases if args.match in c.name]
+    for c in cases:
+        harness.backend_contenders(c, args.backends or [])
     return cases
 
 
@@ -127,6 +142,58 @@ def _report(args, argv, machine, settings, t_start, results, copy_start, copy_en
     }
 
 
+class _Progress:
+    """A progress bar over the cases (rich's when it is installed, tqdm's otherwise, else none)
+    with the per-case lines printed above it."""
+
+    def __init__(self, total: int):
+        self.total, self._rich, self._tqdm, self._task = total, None, None, None
+
+    def __enter__(self):
+        try:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._rich = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), transient=True)
+            self._rich.__enter__()
+            self._task = self._rich.add_task("cases", total=self.total)
+        except ImportError:
+            try:
+                from tqdm import tqdm
+
+                self._tqdm = tqdm(total=self.total, unit="case", leave=False)
+            except ImportError:
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        if self._rich is not None:
+            self._rich.__exit__(*exc)
+        if self._tqdm is not None:
+            self._tqdm.close()
+        return False
+
+    def log(self, text: str) -> None:
+        if self._rich is not None:
+            self._rich.console.print(text, markup=False, highlight=False)
+        elif self._tqdm is not None:
+            self._tqdm.write(text)
+        else:
+            print(text, flush=True)
+
+    def describe(self, text: str) -> None:
+        if self._rich is not None:
+            self._rich.update(self._task, description=text[:60])
+        elif self._tqdm is not None:
+            self._tqdm.set_description(text[:60])
+
+    def advance(self) -> None:
+        if self._rich is not None:
+            self._rich.advance(self._task)
+        elif self._tqdm is not None:
+            self._tqdm.update(1)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -141,6 +208,7 @@ def main(argv=None) -> int:
     settings.rotate = not args.hot
     settings.llc_bytes = int(args.llc_mb * 2**20) if args.llc_mb else harness.llc_bytes(args.device)
 
+    harness.BATCH_SIZES = args.batch
     cases = collect_cases(args)
     if args.list:
         for c in cases:
@@ -148,7 +216,8 @@ def main(argv=None) -> int:
         return 0
     if not cases:
         sys.exit("no cases selected")
-    unknown = sorted({n for n in args.contenders} - {n for c in cases for n in c.contenders})
+    contenders = list(dict.fromkeys(args.contenders + [n for c in cases for n in c.contenders if n.startswith("fastops[")]))
+    unknown = sorted(set(contenders) - {n for c in cases for n in c.contenders})
     if unknown:
         print(f"warning: no case has contender(s) {unknown}", file=sys.stderr)
 
@@ -164,31 +233,40 @@ def main(argv=None) -> int:
     # Copy bandwidth at the start, then between cases: the measurement after case i is the one
     # before case i+1.
     copy_start = harness.copy_bandwidth(args.device)
-    print(f"copy bandwidth at start: {copy_start:.1f} GB/s\n")
+    roofs = harness.cached_roofs(args.device, sorted({c.dtype for c in cases}, key=str), refresh=args.refresh_roofs)
+    machine["roofs"] = roofs
+    rates = roofs["matmul_gflops"]
+    print(f"copy bandwidth at start: {copy_start:.1f} GB/s; matmul "
+          + ", ".join(f"{d} {r:.0f} GFLOP/s" for d, r in rates.items()) + "\n")
     before = copy_start
     results = []
     if args.out:
         out = Path(args.out)
     else:
         out = BENCH_DIR / "results" / f"{args.device}-{datetime.datetime.now():%Y-%m-%d-%H%M%S}.json"
-    for i, case in enumerate(cases, 1):
-        print(f"[{i}/{len(cases)}] {case.name}", flush=True)
-        for attempt in range(args.retries + 1):
-            res = harness.run_case(case, settings, args.contenders)
-            after = harness.copy_bandwidth(args.device)
-            harness.finish_rows(res, copy_start, before, after)
-            before = after
-            flagged = res.rows and (res.rows[0].get("bandwidth_flag") or res.rows[0].get("busy_flag"))
-            if not flagged or attempt == args.retries:
-                break
-            print(f"    {_summary(res)}\n    machine noisy or busy: retrying", flush=True)
-        results.append(res)
-        print(f"    {_summary(res)}", flush=True)
-        # written after every case ("complete": false), so that a run cut short keeps its results
-        harness.write_json(out, _report(args, argv, machine, settings, t_start, results, copy_start, before, False))
+    with _Progress(len(cases)) as progress:
+        for i, case in enumerate(cases, 1):
+            progress.log(f"[{i}/{len(cases)}] {case.name}")
+            progress.describe(case.name)
+            for attempt in range(args.retries + 1):
+                res = harness.run_case(case, settings, contenders, log=progress.log)
+                after = harness.copy_bandwidth(args.device)
+                harness.finish_rows(res, copy_start, before, after, rates.get(str(case.dtype).replace("torch.", "")))
+                before = after
+                flagged = res.rows and (res.rows[0].get("bandwidth_flag") or res.rows[0].get("busy_flag"))
+                if not flagged or attempt == args.retries:
+                    break
+                progress.log(f"    {_summary(res)}\n    machine noisy or busy: retrying")
+            results.append(res)
+            progress.log(f"    {_summary(res)}")
+            progress.advance()
+            # written after every case ("complete": false), so that a run cut short keeps its results
+            harness.write_json(out, _report(args, argv, machine, settings, t_start, results, copy_start, before, False))
 
     report = _report(args, argv, machine, settings, t_start, results, copy_start, before, complete=True)
     harness.write_json(out, report)
+    harness.write_csv(out.with_suffix(".csv"), report)
+    plots = [] if args.no_plots else importlib.import_module("bench.plots").write_plots(report, out)
     accept = report["acceptance"]
 
     n_noisy = sum(1 for r in results if r.rows and r.rows[0].get("bandwidth_flag"))
@@ -200,7 +278,12 @@ def main(argv=None) -> int:
         s = f"{a['speedup']:.2f}x" if a["speedup"] is not None else a["fastops_status"]
         print(f"acceptance: {a['case']}: fastops vs eager {s} -> {'PASS' if a['passed'] else 'FAIL'}"
               + ("" if a["conclusive"] else "  (INCONCLUSIVE: noisy/busy machine, rerun)"))
-    print(f"results written to {out} ({report['elapsed_s']} s)\n")
+    n_unstable = sum(1 for r in report["rows"] if r.get("unstable"))
+    if n_unstable:
+        print(f"{n_unstable} timings had an IQR above {100 * harness.UNSTABLE_IQR_FRACTION:.0f}% of their median: "
+              "their speedups are not claimed (marked 'unstable'); rerun on a quieter machine")
+    print(f"results written to {out} and {out.with_suffix('.csv').name}"
+          + (f", plots {', '.join(p.name for p in plots)}" if plots else "") + f" ({report['elapsed_s']} s)\n")
     harness.print_table(report["rows"])
     return 0
 

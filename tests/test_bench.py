@@ -1,0 +1,75 @@
+"""The benchmark front door (bench/): the roofline fraction, the refusal to compare unstable
+timings, the cached matmul roof, the CSV and the plots, and a tiny end-to-end run of
+bench/run.py."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import harness  # noqa: E402
+
+
+def _result(medians, bytes_moved=8e6, flops=0):
+    case = harness.Case(op="op", shape=(1, 2, 3, 4), dtype=torch.float32, layout="nchw", mode="fwd", device="cpu",
+                        bytes_moved=int(bytes_moved), make_inputs=None, contenders={}, flops=int(flops))
+    res = harness.CaseResult(case)
+    for name, med in medians.items():
+        res.rows.append(dict(contender=name, case="op", status="ok", median_ms=med, bytes=int(bytes_moved),
+                             flops=int(flops)))
+    return res
+
+
+def test_unstable_timings_are_not_compared():
+    rows = [dict(contender="fastops"), dict(contender="eager", unstable=True), dict(contender="compile")]
+    harness.attach_speedups(rows, {"fastops": 1.0, "eager": 2.0, "compile": 1.5})
+    assert rows[0]["speedup_vs_compile"] == pytest.approx(1.5)
+    assert rows[0]["speedup_vs_eager"] is None and rows[1]["speedup_vs_compile"] is None
+    assert rows[2]["speedup_vs"]["fastops"] == pytest.approx(1 / 1.5)
+    harness.attach_speedups(rows[:1] + [dict(contender="eager")], {"fastops": 1.0, "eager": 2.0})
+    assert rows[0]["speedup_vs_eager"] == pytest.approx(2.0)
+
+
+def test_roofline_fraction_takes_the_longer_bound():
+    res = _result({"fastops": 1.0}, bytes_moved=10e6, flops=0)  # 10 MB at 20 GB/s: 0.5 ms of 1 ms
+    harness.finish_rows(res, 20.0, 20.0, 20.0, matmul_gflops=100.0)
+    assert res.rows[0]["roof_fraction"] == pytest.approx(0.5) and res.rows[0]["roof_bound"] == "bytes"
+    res = _result({"fastops": 1.0}, bytes_moved=10e6, flops=80e6)  # 80 MFLOP at 100 GFLOP/s: 0.8 ms
+    harness.finish_rows(res, 20.0, 20.0, 20.0, matmul_gflops=100.0)
+    assert res.rows[0]["roof_fraction"] == pytest.approx(0.8) and res.rows[0]["roof_bound"] == "flops"
+
+
+def test_cached_roofs_measure_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "ROOF_CACHE", tmp_path / "roofs.json")
+    calls = []
+    monkeypatch.setattr(harness, "matmul_rate", lambda device, dtype: calls.append(dtype) or 123.0)
+    first = harness.cached_roofs("cpu", [torch.float32], log=lambda *_: None)
+    second = harness.cached_roofs("cpu", [torch.float32], log=lambda *_: None)
+    assert first["matmul_gflops"] == second["matmul_gflops"] == {"float32": 123.0} and len(calls) == 1
+    harness.cached_roofs("cpu", [torch.float32], refresh=True, log=lambda *_: None)
+    assert len(calls) == 2
+    assert json.loads((tmp_path / "roofs.json").read_text())[harness.machine_key("cpu")]["matmul_gflops"]
+
+
+@pytest.mark.slow
+def test_run_end_to_end_writes_json_csv_and_plots(tmp_path):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--ops", "activation", "-k", "8x960x7x7", "--mode", "fwd",
+           "--rounds", "3", "--contenders", "fastops", "eager", "--out", str(out)]
+    env = dict(__import__("os").environ, FASTOPS_BENCH_CACHE=str(tmp_path))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["rows"]
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert {r["contender"] for r in rows} == {"fastops", "eager"} and all(r["median_ms"] for r in rows)
+    assert {"op", "shape", "dtype", "layout", "device", "speedup_vs_eager", "roof_fraction", "torch", "date"} <= set(rows[0])
+    pytest.importorskip("matplotlib")
+    png = out.with_name("r-speedup.png")
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
