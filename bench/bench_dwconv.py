@@ -189,18 +189,19 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
     if dtypes is None:
         dtypes = [torch.float16, torch.bfloat16] if device == "cuda" else [torch.float32]
     layouts = layouts or (["channels_last"] if device == "cuda" and quick else ["nchw", "channels_last"])
-    batches = [8] if quick else [1, 8]
-    if device == "cuda":
-        batches = [64] if quick else [1, 64]
+    batches = harness.batch_sizes(quick, device)
+    derived = harness.model_layers("depthwise")  # --model-layers: the networks' own layers instead
+    layers = LAYERS if derived is None else [
+        (d["C"], d["H"], d["W"], d["k"], d["stride"], "relu6") for d in derived if d["OC"] == d["C"] and d["dilation"] == 1]
     out = []
     for dtype in dtypes:
         for n in batches:
-            for layer in LAYERS:
+            for layer in layers:
                 for layout in layouts:
                     out.append(make_case(n, layer, dtype, layout, "fwd", device))
-                    if not quick or layer is LAYERS[0]:
+                    if not quick or (derived is None and layer is LAYERS[0]):
                         out.append(make_case(n, layer, dtype, layout, "fwd+bwd", device))
-            for block in SEPARABLE if not quick else SEPARABLE[:1]:
+            for block in [] if derived is not None else SEPARABLE if not quick else SEPARABLE[:1]:
                 for layout in layouts:
                     out.append(make_separable_case(n, block, dtype, layout, device))
     return out

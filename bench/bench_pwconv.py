@@ -56,7 +56,7 @@ class FastopsBlock(EagerBlock):
         return fastops.ops.pwconv_bn_act(x, self.conv.weight, scale, shift, groups, act, residual, shuffle)
 
 
-def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
+def make_case(n, layer, dtype, layout, mode, device, show_oc=False) -> harness.Case:
     c, oc, h, w, groups, act, residual, shuffle = layer
     fmt = harness.memory_format(layout)
 
@@ -78,7 +78,7 @@ def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
     moved = sum(harness.tensor_bytes(s, dtype) for s in shapes) + harness.tensor_bytes((n, oc, h, w), dtype)
     if mode == "fwd+bwd":  # read x (and g) again, write dx (and d residual)
         moved += 2 * harness.tensor_bytes((n, c, h, w), dtype) + (2 if residual else 1) * harness.tensor_bytes((n, oc, h, w), dtype)
-    tag = f"pwconv{'_g%d' % groups if groups > 1 else ''}+bn{'+res' if residual else ''}+{act}{'+shuffle%d' % shuffle if shuffle > 1 else ''}"
+    tag = f"pwconv{'_g%d' % groups if groups > 1 else ''}{'_to%d' % oc if show_oc else ''}+bn{'+res' if residual else ''}+{act}{'+shuffle%d' % shuffle if shuffle > 1 else ''}"
     return harness.Case(
         op=tag,
         shape=(n, c, h, w),
@@ -99,12 +99,15 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
     dtypes = harness.default_dtypes(device, dtypes)
     layouts = layouts or ["nchw", "channels_last"]
     batches = harness.batch_sizes(quick, device)
+    derived = harness.model_layers("pointwise")  # --model-layers: the networks' own 1x1 layers instead
+    layers = LAYERS if derived is None else [
+        (d["C"], d["OC"], d["H"], d["W"], d["groups"], "relu", False, 1) for d in derived if d["stride"] == 1]
     out = []
     for dtype in dtypes:
         for n in batches:
-            for i, layer in enumerate(LAYERS):
+            for i, layer in enumerate(layers):
                 for layout in layouts:
-                    out.append(make_case(n, layer, dtype, layout, "fwd", device))
-                    if not quick or i < 2:
-                        out.append(make_case(n, layer, dtype, layout, "fwd+bwd", device))
+                    out.append(make_case(n, layer, dtype, layout, "fwd", device, derived is not None))
+                    if not quick or (derived is None and i < 2):
+                        out.append(make_case(n, layer, dtype, layout, "fwd+bwd", device, derived is not None))
     return out

@@ -503,6 +503,17 @@ def default_dtypes(device: str, dtypes=None) -> list[torch.dtype]:
 
 
 BATCH_SIZES: list[int] | None = None  # set by `bench/run.py --batch`: overrides the presets' sizes
+MODEL_LAYERS: list[str] | None = None  # set by `bench/run.py --model-layers`: networks whose layers to time
+
+
+def model_layers(kind: str) -> list[dict[str, Any]] | None:
+    """The unique `kind` ("depthwise", "pointwise") conv layers of the networks named by
+    --model-layers, read off fastops' builders (bench/layers.py); None when not asked for."""
+    if not MODEL_LAYERS:
+        return None
+    from .layers import conv_layers
+
+    return [layer for layer in conv_layers(tuple(MODEL_LAYERS)) if layer["kind"] == kind]
 
 
 def batch_sizes(quick: bool, device: str) -> list[int]:

@@ -4,6 +4,7 @@
     python bench/run.py --ops activation --full --device cuda
     python bench/run.py --dtype float32 bfloat16 --layout channels_last --mode fwd -k 240x28x28
     python bench/run.py --ops networks --full --batch 1 8      # whole networks, latency and throughput
+    python bench/run.py --ops dwconv pwconv --model-layers mobilenet_v2 shufflenet_v1   # their own layers
     python bench/run.py --device cuda --backends triton cuda   # + fastops under each CUDA backend
 
 Op families are discovered by file name: bench/bench_<family>.py provides
@@ -76,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backends", nargs="+", default=None, metavar="BACKEND", choices=["triton", "cuda"],
                    help="also time fastops under each of these CUDA backends (contenders fastops[triton], "
                    "fastops[cuda]); the plain fastops contender runs the 'auto' choice")
+    p.add_argument("--model-layers", nargs="+", default=None, metavar="NETWORK",
+                   help="time the dwconv / pwconv families on these networks' own layers (read off "
+                   "fastops.models, e.g. mobilenet_v2 shufflenet_v1) instead of the hand-picked ones")
     p.add_argument("--refresh-roofs", action="store_true", help="measure the matmul roof again (it is cached per machine)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots beside the results")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
@@ -209,6 +213,7 @@ def main(argv=None) -> int:
     settings.llc_bytes = int(args.llc_mb * 2**20) if args.llc_mb else harness.llc_bytes(args.device)
 
     harness.BATCH_SIZES = args.batch
+    harness.MODEL_LAYERS = args.model_layers
     cases = collect_cases(args)
     if args.list:
         for c in cases:

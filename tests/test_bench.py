@@ -73,3 +73,19 @@ def test_run_end_to_end_writes_json_csv_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
     png = out.with_name("r-speedup.png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_layers_are_read_off_the_model_builders():
+    from bench.layers import conv_layers
+
+    layers = conv_layers(("mobilenet_v2", "xception"))
+    keys = {(d["kind"], d["C"], d["OC"], d["H"], d["W"], d["k"], d["stride"]) for d in layers}
+    assert ("depthwise", 144, 144, 56, 56, 3, 1) in keys  # MobileNet V2's issue-3 layer
+    assert ("depthwise", 96, 96, 112, 112, 3, 2) in keys
+    assert ("pointwise", 24, 144, 56, 56, 1, 1) in keys
+    assert ("dense", 3, 32, 224, 224, 3, 2) in keys  # the stem
+    assert ("depthwise", 728, 728, 14, 14, 3, 1) in keys  # Xception's middle flow (its separable op)
+    assert ("pointwise", 728, 728, 14, 14, 1, 1) in keys
+    mb2 = [d for d in layers if "mobilenet_v2" in d["networks"]]
+    assert sum(d["kind"] == "depthwise" for d in mb2) == len({(d["C"], d["H"], d["stride"]) for d in mb2
+                                                              if d["kind"] == "depthwise"})
