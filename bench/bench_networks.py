@@ -3,6 +3,7 @@ ShuffleNet V2 1.0 (quick; full adds MobileNet V3-Small, ShuffleNet V2 0.5, Squee
 ResNeXt-50, and N=1), 224x224 images.
 
   fastops   fastops.optimize(the torchvision model): the same weights, fused blocks
+  fastops.models  fastops' own builder of the network, loaded with the torchvision weights
   eager     the torchvision model, same layout
   compile   torch.compile of the torchvision model (with freezing for inference)
 
@@ -64,7 +65,14 @@ def _contenders(name: str, dtype, layout: str, mode: str, device: str, sample) -
                 model(*sample()["args"])
         return runner(model)
 
-    return {"fastops": lambda: runner(build_fastops()), "eager": lambda: runner(build_eager()), "compile": compiled}
+    def build_builder():  # fastops.models' own network, with the torchvision model's weights
+        eager = build_eager()
+        model = importlib.import_module("fastops").models.create_model(name)
+        model.load_state_dict(eager.state_dict())
+        return model.to(device=device, dtype=dtype, memory_format=fmt).train(mode != "fwd")
+
+    return {"fastops": lambda: runner(build_fastops()), "eager": lambda: runner(build_eager()), "compile": compiled,
+            "fastops.models": lambda: runner(build_builder())}
 
 
 def make_case(name, n, dtype, layout, mode, device) -> harness.Case:

@@ -221,7 +221,9 @@ def main(argv=None) -> int:
         return 0
     if not cases:
         sys.exit("no cases selected")
-    contenders = list(dict.fromkeys(args.contenders + [n for c in cases for n in c.contenders if n.startswith("fastops[")]))
+    # the fastops variants (fastops[<backend>], fastops.models) come with "fastops"
+    extra = [n for c in cases for n in c.contenders if n.startswith(("fastops[", "fastops.")) and "fastops" in args.contenders]
+    contenders = list(dict.fromkeys(args.contenders + extra))
     unknown = sorted(set(contenders) - {n for c in cases for n in c.contenders})
     if unknown:
         print(f"warning: no case has contender(s) {unknown}", file=sys.stderr)
