@@ -135,7 +135,9 @@ def _report(args, argv, machine, settings, t_start, results, copy_start, copy_en
             "contenders": args.contenders,
             "argv": sys.argv[1:] if argv is None else list(argv),
             "notes": "times are per call; speedup_vs_X = median(X) / median(this contender); "
-            "roof_fraction = gbps / mean(copy bandwidth just before and after the case); "
+            "roof_fraction = max(bytes / mean(copy bandwidth just before and after the case), "
+            "flops / matmul rate) / median time (roof_bound says which); "
+            "unstable: IQR > 25% of the median, speedups against it left out; "
             "bandwidth_flag: that copy bandwidth fell below 75% of copy_gbps_start; "
             "other_load_cores: CPU time of other processes + steal per second while the case was timed; "
             "busy_flag: other_load_cores > 0.25",
