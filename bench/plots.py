@@ -20,26 +20,33 @@ def _fastops_rows(report: dict[str, Any], networks: bool) -> list[dict[str, Any]
             and r.get("median_ms") is not None]
 
 
-def _speedup_chart(plt, rows, title: str, path: Path) -> None:
-    names = [r["case"] for r in rows]
-    height = max(3.0, 0.28 * len(rows) + 1.5)
-    fig, ax = plt.subplots(figsize=(11, height))
-    ys = list(range(len(rows)))
-    bar = 0.4
-    for k, (key, label, color) in enumerate((("speedup_vs_eager", "vs eager", "tab:blue"),
-                                              ("speedup_vs_compile", "vs torch.compile", "tab:orange"))):
-        vals = [r.get(key) or 0.0 for r in rows]
-        ax.barh([y + (k - 0.5) * bar for y in ys], vals, height=bar, label=label, color=color)
-    ax.axvline(1.0, color="black", linewidth=1)
-    ax.set_yticks(ys)
-    ax.set_yticklabels(names, fontsize=7)
+def _finish(plt, fig, ax, labels, line_at, xlabel: str, title: str, path: Path) -> None:
+    """Label a horizontal bar chart (one bar group per label, top to bottom), mark x = line_at,
+    and save it."""
+    ax.axvline(line_at, color="black", linewidth=1)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("speedup of fastops (ratio of medians; > 1: fastops faster; no bar: not compared)")
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _speedup_chart(plt, rows, title: str, path: Path) -> None:
+    names = [r["case"] for r in rows]
+    height = max(3.0, 0.28 * len(rows) + 1.5)
+    fig, ax = plt.subplots(figsize=(11, height))
+    ys = range(len(rows))
+    bar = 0.4
+    for k, (key, label, color) in enumerate((("speedup_vs_eager", "vs eager", "tab:blue"),
+                                              ("speedup_vs_compile", "vs torch.compile", "tab:orange"))):
+        vals = [r.get(key) or 0.0 for r in rows]
+        ax.barh([y + (k - 0.5) * bar for y in ys], vals, height=bar, label=label, color=color)
+    _finish(plt, fig, ax, names, 1.0, "speedup of fastops (ratio of medians; > 1: fastops faster; no bar: not compared)",
+            title, path)
 
 
 def _roof_chart(plt, report, title: str, path: Path) -> None:
@@ -52,16 +59,8 @@ def _roof_chart(plt, report, title: str, path: Path) -> None:
     for k, c in enumerate(contenders):
         ax.barh([i + (k - (len(contenders) - 1) / 2) * bar for i in range(len(cases))],
                 [100 * by.get((case, c), 0.0) for case in cases], height=bar, label=c)
-    ax.axvline(100, color="black", linewidth=1)
-    ax.set_yticks(range(len(cases)))
-    ax.set_yticklabels(cases, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("% of the roofline bound (bytes / copy bandwidth or flops / matmul rate, whichever is longer)")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, cases, 100,
+            "% of the roofline bound (bytes / copy bandwidth or flops / matmul rate, whichever is longer)", title, path)
 
 
 def write_plots(report: dict[str, Any], json_path: str | Path) -> list[Path]:

@@ -7,6 +7,7 @@ from torch import nn
 from ..nn.conv import conv_bn_act
 from ..nn.resnet import BasicBlock, Bottleneck
 from ..nn.sequential import FusedSequential
+from ._init import init_weights
 from ._registry import register_model
 
 
@@ -28,12 +29,7 @@ class ResNet(nn.Module):
         self.layer4 = self._layer(block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=None)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):

@@ -7,6 +7,7 @@ from torch import nn
 from ..nn import SeparableConv2d, XceptionBlock
 from ..nn.conv import conv_bn_act
 from ..nn.separable import separable_bn_act
+from ._init import init_weights
 from ._registry import register_model
 
 
@@ -36,12 +37,7 @@ class Xception(nn.Module):
         self.bn4 = nn.BatchNorm2d(self.num_features)
         self.act4 = nn.ReLU(inplace=True)
         self.fc = nn.Linear(self.num_features, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=None)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = conv_bn_act(x, self.conv1, self.bn1, self.act1)
