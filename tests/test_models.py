@@ -127,3 +127,13 @@ def test_compile_fullgraph(mode):
     else:
         got.sum().backward()
         assert model.features[1].block[0][0].weight.grad is not None
+
+
+def test_export_eval():
+    """torch.export of a fastops network (eval) runs the exported program with the same outputs."""
+    model = randomise_bn(fastops.models.mobilenet_v3_small(num_classes=10)).eval()
+    x = randn((2, 3, 48, 48), scale=1.0).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = model(x)
+    program = torch.export.export(model, (x,))
+    assert_scaled_close(program.module()(x), expected, rtol=1e-5)

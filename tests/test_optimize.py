@@ -116,3 +116,23 @@ def test_unknown_modules_are_left_alone():
 def test_argument_errors():
     with pytest.raises(TypeError, match="fastops.optimize: model must be an nn.Module"):
         fastops.optimize(copy.deepcopy)
+
+
+def test_optimized_model_copies_pickles_and_trains_after_loading(tmp_path):
+    torch.manual_seed(0)
+    model = randomise_bn(torchvision.models.shufflenet_v2_x0_5(num_classes=10)).eval()
+    optimized = fastops.optimize(model)
+    x = randn((2, 3, 64, 64), scale=1.0).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        optimized(x)  # fills the kept folds / reordered weights; they must not break saving
+    again = fastops.optimize(optimized)  # deep-copies a model that has run inference
+    with torch.no_grad():
+        assert_scaled_close(again(x), model(x), rtol=1e-4)
+    torch.save(optimized, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert type(loaded.stage2[0]) is fnn.ShuffleV2Block
+    with torch.no_grad():
+        assert_scaled_close(loaded(x), model(x), rtol=1e-4)
+    loaded.train()
+    loaded(x).sum().backward()
+    assert loaded.conv1[0].weight.grad is not None

@@ -18,6 +18,7 @@ Cases the kernels do not cover (string or non-zero padding modes, unsupported ac
 conv or BatchNorm subclasses) run the plain modules, with the same answer.
 """
 
+import weakref
 from typing import Callable, Optional, Union
 
 import torch
@@ -139,11 +140,17 @@ def _is_pointwise(conv: nn.Conv2d) -> bool:
     return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
 
 
+# What _cached keeps, per module: {slot: (key, value)}. Outside the modules (weakly keyed), so a
+# kept value never travels with the module: pickling, torch.save and deepcopy see none of it (a
+# reordered oneDNN weight is an opaque tensor that cannot be pickled), and a copy starts empty.
+_KEPT: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def _cached(owner: nn.Module, slot: str, tensors, extra, make):
-    """make(), kept in owner.__dict__[slot] between calls while the tensors it reads are unchanged
-    (version counter, storage, dtype, device) and `extra` is equal. Made afresh when autograd
-    needs it (grad mode on and one of the tensors requires grad: gradients must flow through
-    it) and under torch.compile (nothing stale is traced)."""
+    """make(), kept for `owner` between calls while the tensors it reads are unchanged (version
+    counter, storage, dtype, device) and `extra` is equal. Made afresh when autograd needs it
+    (grad mode on and one of the tensors requires grad: gradients must flow through it) and under
+    torch.compile (nothing stale is traced)."""
     if torch.compiler.is_compiling() or (
         torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     ):
@@ -151,11 +158,12 @@ def _cached(owner: nn.Module, slot: str, tensors, extra, make):
     key = (torch.is_inference_mode_enabled(), extra) + tuple(
         None if t is None else (t._version, t.data_ptr(), t.dtype, t.device) for t in tensors
     )
-    cached = owner.__dict__.get(slot)
+    kept = _KEPT.setdefault(owner, {})
+    cached = kept.get(slot)
     if cached is not None and cached[0] == key:
         return cached[1]
     value = make()
-    owner.__dict__[slot] = (key, value)
+    kept[slot] = (key, value)
     return value
 
 
