@@ -203,3 +203,18 @@ def test_eval_bfloat16(kwargs, layout):
 def x_format(x):
     return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format
+
+
+@pytest.mark.parametrize("kwargs", DW_CASES + [dict(in_channels=8, out_channels=8, kernel_size=5, stride=2, groups=8,
+                                                     dilation=2, padding=3)], ids=str)
+@pytest.mark.parametrize("act", ("relu6", "hardswish", "silu", None))
+def test_inference_without_autograd_channels_last(kwargs, act):
+    """The oneDNN path (CPU, channels_last, no autograd): every geometry of DW_CASES (multiplier,
+    dilation, stride, no BN) and every post-op activation, output kept channels_last."""
+    ours, theirs = _pair(kwargs, act)
+    ours.eval(), theirs.eval()
+    x = randn((2, kwargs["in_channels"], 13, 11)).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got, expected = ours(x), theirs(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    assert got.is_contiguous(memory_format=torch.channels_last)
