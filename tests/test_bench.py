@@ -12,7 +12,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# appended, not prepended: the source tree's fastops (no compiled kernels) must not shadow the
+# installed one, here or in the processes other tests spawn (they inherit sys.path)
+sys.path.append(str(ROOT))
 from bench import harness  # noqa: E402
 
 

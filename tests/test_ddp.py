@@ -37,6 +37,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+import fastops
 import fastops.models
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -74,9 +75,12 @@ def _clone(named):
     return {n: t.detach().clone() for n, t in named}
 
 
-def _worker(rank, tmp_dir, names):
+def _worker(rank, tmp_dir, names, parent_fastops):
     """One DDP replica: for each model, trains STEPS steps on its half of each global batch and
     saves its gradients, buffers and final parameters."""
+    if (fastops.__file__, fastops.has_extension()) != parent_fastops:  # e.g. a source tree ahead on sys.path
+        raise RuntimeError(f"worker imported fastops {fastops.__file__} (kernels: {fastops.has_extension()}), "
+                           f"the test process {parent_fastops}")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="file://" + os.path.join(tmp_dir, "store"),
                             rank=rank, world_size=WORLD_SIZE)
@@ -133,7 +137,9 @@ def _reference(name, init):
 
 
 def _run_workers(tmp_dir, names):
-    ctx = mp.start_processes(_worker, args=(tmp_dir, names), nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    parent_fastops = (fastops.__file__, fastops.has_extension())
+    ctx = mp.start_processes(_worker, args=(tmp_dir, names, parent_fastops), nprocs=WORLD_SIZE, join=False,
+                             start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while not ctx.join(timeout=1.0):  # raises if a worker failed (and ends the others)
