@@ -40,10 +40,13 @@ inline int log2_ceil(int64_t v) {
   return l;
 }
 
+// The smallest power of two >= v (v >= 1).
+inline int pow2_ceil(int64_t v) { return 1 << log2_ceil(v); }
+
 // Channel units per block in the row layout: all of them up to 8 (rounded up to a power of two),
 // else the power of two in {8, 16, 32} that leaves the fewest idle threads (ties: the larger).
 inline int choose_cg(int64_t Cv) {
-  if (Cv <= 8) return 1 << log2_ceil(Cv);
+  if (Cv <= 8) return pow2_ceil(Cv);
   int best = 32;
   int64_t best_idle = ceil_div(Cv, 32) * 32 - Cv;
   for (int cg : {16, 8}) {

@@ -55,6 +55,7 @@
 #include "../activation.h"
 #include "../bn_act.h"
 #include "../dwconv.h"      // parse_act, output_channels_last
+#include "block.cuh"      // ceil_div, choose_cg
 #include "pointwise.cuh"  // kThreads, Pack, max_resident_blocks, aligned16
 
 namespace fastops {
@@ -547,27 +548,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------------------------------------
 // Host side
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-int pow2ceil(int64_t v) {
-  int p = 1;
-  while (p < v && p < (1 << 30)) p <<= 1;
-  return p;
-}
-
-// Channel units per block in the row layout: a power of two <= 32 (whole 16-byte units: a warp
-// reads 32 of them, or 32 / CG rows of CG), the one leaving the fewest idle threads.
-int choose_cg(int64_t Cv) {
-  if (Cv < 8) return pow2ceil(Cv);
-  int best = 32;
-  int64_t best_idle = ceil_div(Cv, 32) * 32 - Cv;
-  for (int cg : {16, 8}) {
-    const int64_t idle = ceil_div(Cv, cg) * cg - Cv;
-    if (idle < best_idle) best = cg, best_idle = idle;
-  }
-  return best;
-}
 
 struct Plan {
   bool row;

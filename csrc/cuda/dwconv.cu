@@ -45,6 +45,7 @@
 
 #include "../activation.h"
 #include "../dwconv.h"
+#include "block.cuh"      // ceil_div, pow2_ceil
 #include "pointwise.cuh"  // max_resident_blocks, blocks_for, kThreads
 
 namespace fastops {
@@ -383,14 +384,6 @@ __global__ void __launch_bounds__(kBlock)
 // ---------------------------------------------------------------------------------------------
 // Host side
 
-int pow2ceil(int64_t v) {
-  int p = 1;
-  while (p < v && p < (1 << 30)) p <<= 1;
-  return p;
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 Geom make_geom(const char* op, const DwConvShape& s) {
   constexpr int64_t kMaxExtent = int64_t(1) << 29;
   TORCH_CHECK_VALUE(s.H + 2 * s.PH < kMaxExtent && s.W + 2 * s.PW < kMaxExtent, "fastops.", op,
@@ -428,18 +421,18 @@ size_t max_optin_smem() {
 
 Tiling choose_tiling(const char* op, const Geom& g, bool cl, int K, size_t acc_size, bool bwd) {
   Tiling t{};
-  const int oc_p2 = pow2ceil(g.OC);
+  const int oc_p2 = pow2_ceil(g.OC);
   if (!cl) {
     // A tile of up to 16 x 32 outputs of CG planes; threads walk the width (coalesced).
-    t.TOW = std::min(32, pow2ceil(g.OW));
-    t.TOH = std::min(16, pow2ceil(g.OH));
+    t.TOW = std::min(32, pow2_ceil(g.OW));
+    t.TOH = std::min(16, pow2_ceil(g.OH));
     t.TPC = std::min(kBlock, t.TOH * t.TOW);
     t.CG = std::min(kBlock / t.TPC, oc_p2);
   } else {
     // A tile of up to 8 x 8 positions of up to 32 channels; threads walk the channels (coalesced).
     t.CG = std::min(32, oc_p2);
-    t.TOH = std::min(8, pow2ceil(g.OH));
-    t.TOW = std::min(8, pow2ceil(g.OW));
+    t.TOH = std::min(8, pow2_ceil(g.OH));
+    t.TOW = std::min(8, pow2_ceil(g.OW));
     t.TPC = std::min(kBlock / t.CG, t.TOH * t.TOW);
   }
   auto smem_of = [&](const Tiling& c) -> size_t {
@@ -678,7 +671,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
 
         // 2. grad_weight, when the tiled kernel did not accumulate it.
         if constexpr (KS == 0) {
-          const int cgw = CL ? std::min(32, pow2ceil(s.OC)) : 1;
+          const int cgw = CL ? std::min(32, pow2_ceil(s.OC)) : 1;
           const int tpc = kBlock / cgw;
           const int64_t groups = ceil_div(s.OC, cgw) * KK;
           TORCH_CHECK(groups <= std::numeric_limits<int>::max(), "fastops.", op,

@@ -45,7 +45,7 @@
 #include <tuple>
 
 #include "../shuffle.h"
-#include "block.cuh"      // ceil_div, log2_ceil, choose_cg
+#include "block.cuh"      // ceil_div, log2_ceil, pow2_ceil, choose_cg
 #include "pointwise.cuh"  // kThreads, Pack, max_resident_blocks, aligned16
 
 namespace fastops {
@@ -145,8 +145,6 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side
 
-int64_t pow2ceil(int64_t v) { return int64_t(1) << log2_ceil(std::max<int64_t>(v, 1)); }
-
 // Calls f(T{}) with T the unsigned integer of the element size: the kernels only move elements.
 template <typename F>
 void dispatch_element_size(const char* op, size_t bytes, F&& f) {
@@ -184,7 +182,7 @@ void gather_channels(const char* op, const at::Tensor& y, const at::Tensor& src0
     if (!row) {
       const bool vec = HW % VMAX == 0 && aligned16(yp) && aligned16(s0) && aligned16(s1);
       const int64_t HWv = vec ? HW / VMAX : HW;
-      const int tpc_log2 = log2_ceil(std::min<int64_t>(kThreads, pow2ceil(HWv)));
+      const int tpc_log2 = log2_ceil(std::min<int64_t>(kThreads, pow2_ceil(HWv)));
       const int64_t P = N * Cout;
       const int64_t teams_per_block = kThreads >> tpc_log2;
       const unsigned blocks =
