@@ -80,7 +80,8 @@ def test_forward_geometries(device, geom, layout, dtype):
 
 
 @pytest.mark.parametrize("c", (1, 7, 16, 19, 32, 45, 56, 77))
-@pytest.mark.parametrize("k,s,w", ((3, 1, 13), (3, 2, 7), (5, 1, 6), (5, 2, 17), (3, 1, 2)), ids=str)
+@pytest.mark.parametrize("k,s,w", ((3, 1, 13), (3, 2, 7), (5, 1, 6), (5, 2, 17), (3, 1, 2), (3, 1, 7), (5, 1, 14)),
+                         ids=str)
 def test_forward_channel_blocks_channels_last(device, c, k, s, w):
     """channels_last goes through the channels in pairs and singles of 16-channel blocks, the last
     overlapping the one before; rows in groups of four pixels, interior or through the tap table:
@@ -111,6 +112,23 @@ def test_forward_activations(device, act, affine, layout):
     x, weight, scale, shift = _case(device, torch.float32, 1, 24, 9, 10, 3, affine=affine, layout=layout)
     y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, act)
     _assert_matches(y, _ref(x, weight, scale, shift, 1, 1, 1, act), torch.float32)
+
+
+@pytest.mark.parametrize("act", ("sigmoid", "silu"))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_sigmoid_over_the_whole_float_range(device, act, layout):
+    """The CPU kernels' 16-lane exp (csrc/cpu/simd.h): sigmoid and silu within a few ulp of torch's
+    float32 ones from -100 to 100, at the ends of exp's range (+-87.3, +-88.7), at 0, inf and NaN
+    (below 1e-37, where both are subnormal or zero, absolutely)."""
+    special = [0.0, -0.0, 87.3, -87.3, 87.4, -87.4, 88.72, -88.72, 88.8, -88.8, 103.9, -104.0,
+               float("inf"), float("-inf"), float("nan")]
+    values = torch.cat([torch.linspace(-100, 100, 2 * 32 * 7 * 9 - len(special)), torch.tensor(special)])
+    x = make_layout(values[torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))]
+                    .reshape(2, 32, 7, 9).to(device), layout)
+    weight = torch.ones(32, 1, 1, 1, device=device)  # a 1x1 depthwise conv of weight 1: y = act(x)
+    y = fastops.ops.dwconv_bn_act(x, weight, None, None, 1, 0, 1, act)
+    expected = torch.sigmoid(x) if act == "sigmoid" else torch.nn.functional.silu(x)  # float32, as the kernel
+    torch.testing.assert_close(y, expected, rtol=4e-7, atol=1e-37, equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float16), ids=str)

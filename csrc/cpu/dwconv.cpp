@@ -2,11 +2,12 @@
 //
 // Forward: one pass, the affine and the activation applied in registers before the single store.
 //   channels_last: vectorised across 16 channels. Each output row goes four pixels at a time
-//     and, for each group of four, through all channels in blocks of 16 (two blocks at a time:
-//     eight accumulators), so the input is read in address order. Interior groups of 3x3 / 5x5
-//     kernels with stride 1 or 2 load each input column once for all the taps that use it;
-//     border groups read through a per-tap pointer table that points padding at zeros. The
-//     activation is switched per group (one kernel body for all seven). Parallel over (n, row).
+//     from its first pixel (ceil(OW / 4) groups) and, for each group of four, through all
+//     channels in blocks of 16 (two blocks at a time: eight accumulators), so the input is read
+//     in address order. Interior groups of 3x3 / 5x5 kernels with stride 1 or 2 load each input
+//     column once for all the taps that use it; border groups read through a per-tap pointer
+//     table that points padding at zeros. The activation is switched per group (one kernel body
+//     for all seven). Parallel over (n, row).
 //   NCHW: vectorised along the output width. Each (n, channel) plane is first copied into a
 //     zero-padded scratch plane split into `stride` phases, so that every tap of every output
 //     vector is one contiguous 16-float load, for any stride and dilation. Parallel over planes.
@@ -95,21 +96,17 @@ FASTOPS_CPU_INLINE void group_fixed(f32x16 (&acc)[NB][4], const E* r, const floa
                                     int64_t dh, int64_t rows) {
   constexpr int kCols = 3 * S + K;
   for (int64_t kh = 0; kh < rows; ++kh, r += dh, wr += K * C) {
-#pragma GCC unroll 2
-    for (int nb = 0; nb < NB; ++nb) {
+    unroll<NB>([&](auto nb) FASTOPS_CPU_INLINE_LAMBDA {
       f32x16 w[K];
-#pragma GCC unroll 8
-      for (int kw = 0; kw < K; ++kw) w[kw] = load16(wr + kw * C + nb * L);
-#pragma GCC unroll 16
-      for (int i = 0; i < kCols; ++i) {
+      unroll<K>([&](auto kw) FASTOPS_CPU_INLINE_LAMBDA { w[kw] = load16(wr + kw * C + nb * L); });
+      unroll<kCols>([&](auto i) FASTOPS_CPU_INLINE_LAMBDA {
         const f32x16 v = load16(r + i * C + nb * L);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) {
-          const int kw = i - j * S;
-          if (kw >= 0 && kw < K) acc[nb][j] += v * w[kw];
-        }
-      }
-    }
+        unroll<4>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA {
+          constexpr int kw = decltype(i)::value - decltype(j)::value * S;
+          if constexpr (kw >= 0 && kw < K) acc[nb][j] += v * w[kw];
+        });
+      });
+    });
   }
 }
 
@@ -123,21 +120,17 @@ FASTOPS_CPU_INLINE void group_fixed_cols(f32x16 (&acc)[NB][4], const E* const* c
                                          int64_t C, int64_t rows) {
   constexpr int kCols = 3 * S + K;
   for (int64_t kh = 0; kh < rows; ++kh, wr += K * C) {
-#pragma GCC unroll 2
-    for (int nb = 0; nb < NB; ++nb) {
+    unroll<NB>([&](auto nb) FASTOPS_CPU_INLINE_LAMBDA {
       f32x16 w[K];
-#pragma GCC unroll 8
-      for (int kw = 0; kw < K; ++kw) w[kw] = load16(wr + kw * C + nb * L);
-#pragma GCC unroll 16
-      for (int i = 0; i < kCols; ++i) {
+      unroll<K>([&](auto kw) FASTOPS_CPU_INLINE_LAMBDA { w[kw] = load16(wr + kw * C + nb * L); });
+      unroll<kCols>([&](auto i) FASTOPS_CPU_INLINE_LAMBDA {
         const f32x16 v = load16(cols[i] + kh * steps[i] + c0 + nb * L);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) {
-          const int kw = i - j * S;
-          if (kw >= 0 && kw < K) acc[nb][j] += v * w[kw];
-        }
-      }
-    }
+        unroll<4>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA {
+          constexpr int kw = decltype(i)::value - decltype(j)::value * S;
+          if constexpr (kw >= 0 && kw < K) acc[nb][j] += v * w[kw];
+        });
+      });
+    });
   }
 }
 
@@ -147,13 +140,11 @@ FASTOPS_CPU_INLINE void group_any(f32x16 (&acc)[NB][4], const E* r, const float*
                                   int64_t dh, int64_t rows, int64_t KW, int64_t step, int64_t dw) {
   for (int64_t kh = 0; kh < rows; ++kh, r += dh, wr += KW * C) {
     for (int64_t kw = 0; kw < KW; ++kw) {
-#pragma GCC unroll 2
-      for (int nb = 0; nb < NB; ++nb) {
+      unroll<NB>([&](auto nb) FASTOPS_CPU_INLINE_LAMBDA {
         const f32x16 w = load16(wr + kw * C + nb * L);
         const E* p = r + kw * dw + nb * L;
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) acc[nb][j] += load16(p + j * step) * w;
-      }
+        unroll<4>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA { acc[nb][j] += load16(p + j * step) * w; });
+      });
     }
   }
 }
@@ -165,12 +156,10 @@ template <int NB, typename E>
 FASTOPS_CPU_INLINE void group_table(f32x16 (&acc)[NB][4], const E* const* table, const float* wt,
                                     int64_t C, int64_t taps, int64_t c0) {
   for (int64_t t = 0; t < taps; ++t, table += 4) {
-#pragma GCC unroll 2
-    for (int nb = 0; nb < NB; ++nb) {
+    unroll<NB>([&](auto nb) FASTOPS_CPU_INLINE_LAMBDA {
       const f32x16 w = load16(wt + t * C + nb * L);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) acc[nb][j] += load16(table[j] + c0 + nb * L) * w;
-    }
+      unroll<4>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA { acc[nb][j] += load16(table[j] + c0 + nb * L) * w; });
+    });
   }
 }
 
@@ -178,13 +167,12 @@ FASTOPS_CPU_INLINE void group_table(f32x16 (&acc)[NB][4], const E* const* table,
 template <int NB, Act A, typename E>
 FASTOPS_CPU_INLINE void store_group_act(const f32x16 (&acc)[NB][4], E* out, int64_t C,
                                         const float* sc, const float* sh, int n4) {
-#pragma GCC unroll 2
-  for (int nb = 0; nb < NB; ++nb) {
+  unroll<NB>([&](auto nb) FASTOPS_CPU_INLINE_LAMBDA {
     const f32x16 scale = load16(sc + nb * L), shift = load16(sh + nb * L);
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; ++j)
+    unroll<4>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA {
       if (j < n4) store16(out + j * C + nb * L, act_fwd<A>(acc[nb][j] * scale + shift));
-  }
+    });
+  });
 }
 
 // The activation is switched here, per group, rather than compiled into every kernel variant
@@ -216,11 +204,14 @@ FASTOPS_CPU_INLINE void for_channel_blocks(int64_t C, F&& body) {
   }
 }
 
-// One output row (n, oh) of the NHWC kernel; m == 1, C >= 16. For each group of four output
-// pixels, every channel block in turn: the input is read in address order (a pixel's C channels
-// are contiguous), which the prefetchers follow, and the kernel rows in use stay in L2 for the
-// next output row. Weights [KH*KW][C] come from L1. K, S > 0: a KxK kernel with stride S and
-// unit width dilation, known at compile time (group_fixed); K == 0: anything (group_any).
+// One output row (n, oh) of the NHWC kernel; m == 1, C >= 16. The row goes in groups of four
+// output pixels starting at pixel 0 (ceil(OW / 4) groups: a 7-wide row takes two), and for each
+// group through every channel block in turn: the input is read in address order (a pixel's C
+// channels are contiguous), which the prefetchers follow, and the kernel rows in use stay in L2
+// for the next output row. Weights [KH*KW][C] come from L1. K, S > 0: a KxK kernel with stride S
+// and unit width dilation, known at compile time (group_fixed); K == 0: anything (group_any).
+// A group with a pixel whose taps reach into the padding (or a partial group at the row's end)
+// reads through its column window (fixed kernels) or the tap table (anything else).
 template <int K, int S, typename E>
 FASTOPS_CPU_INLINE void nhwc_row(const E* x, E* y, const float* wt, const float* sc,
                                  const float* sh, const DwConvShape& s, int64_t n, int64_t oh,
@@ -234,76 +225,68 @@ FASTOPS_CPU_INLINE void nhwc_row(const E* x, E* y, const float* wt, const float*
   while (kh_hi > kh_lo && ih0 + (kh_hi - 1) * s.DH >= s.H) --kh_hi;
   const int64_t dh = s.DH * row_stride, step = s.SW * C, dw = s.DW * C;
   const int64_t taps = KH * KW;
+  const E* row0 = xn + (ih0 + kh_lo * s.DH) * row_stride;  // first kernel row inside the input
+  const float* wrow0 = wt + kh_lo * KW * C;
 
-  auto table_groups = [&](int64_t begin, int64_t end) FASTOPS_CPU_INLINE_LAMBDA {
-    for (int64_t ow = begin; ow < end; ow += 4) {
-      const int n4 = int(std::min<int64_t>(4, end - ow));
-      for (int64_t kh = 0; kh < KH; ++kh) {
-        const int64_t ih = ih0 + kh * s.DH;
-        const bool row_in = ih >= 0 && ih < s.H;
-        for (int64_t kw = 0; kw < KW; ++kw) {
-          for (int j = 0; j < 4; ++j) {  // a missing pixel repeats the last one
-            const int64_t iw = (ow + std::min(j, n4 - 1)) * s.SW - s.PW + kw * s.DW;
-            table[(kh * KW + kw) * 4 + j] =
-                row_in && iw >= 0 && iw < s.W ? xn + (ih * s.W + iw) * C : zeros;
-          }
-        }
-      }
-      for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
-        constexpr int NB = decltype(nb)::value;
-        f32x16 acc[NB][4] = {};
-        group_table<NB>(acc, table, wt + c0, C, taps, c0);
-        store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, n4, act);
-      });
-    }
-  };
-
-  // interior groups from cols.lo while four fit before cols.hi; the pixels on either side go
-  // through the table
-  const InteriorCols cols(s);
-  const int64_t fast_end = cols.lo + std::max<int64_t>(0, (cols.hi - cols.lo) / 4) * 4;
-  for (int64_t ow = cols.lo; ow < fast_end; ow += 4) {
-    const E* base = xn + (ih0 + kh_lo * s.DH) * row_stride + (ow * s.SW - s.PW) * C;
-    const float* wbase = wt + kh_lo * KW * C;
+  auto interior_group = [&](int64_t ow) FASTOPS_CPU_INLINE_LAMBDA {
+    const E* base = row0 + (ow * s.SW - s.PW) * C;
     for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
       constexpr int NB = decltype(nb)::value;
       f32x16 acc[NB][4] = {};
       if constexpr (K > 0)
-        group_fixed<K, S, NB>(acc, base + c0, wbase + c0, C, dh, kh_hi - kh_lo);
+        group_fixed<K, S, NB>(acc, base + c0, wrow0 + c0, C, dh, kh_hi - kh_lo);
       else
-        group_any<NB>(acc, base + c0, wbase + c0, C, dh, kh_hi - kh_lo, KW, step, dw);
+        group_any<NB>(acc, base + c0, wrow0 + c0, C, dh, kh_hi - kh_lo, KW, step, dw);
       store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, 4, act);
     });
-  }
-  // The other pixels: the fixed kernels through their column windows, anything else through
-  // the tap table.
-  auto window_groups = [&](int64_t begin, int64_t end) FASTOPS_CPU_INLINE_LAMBDA {
-    constexpr int kCols = K > 0 ? 3 * S + K : 1;
-    const E* row0 = xn + (ih0 + kh_lo * s.DH) * row_stride;
-    for (int64_t ow = begin; ow < end; ow += 4) {
-      const int n4 = int(std::min<int64_t>(4, end - ow));
-      const E* window[kCols];
-      int64_t steps[kCols];
-      for (int i = 0; i < kCols; ++i) {
-        const int64_t iw = ow * S - s.PW + i;
-        const bool inside = iw >= 0 && iw < s.W;
-        window[i] = inside ? row0 + iw * C : zeros;
-        steps[i] = inside ? dh : 0;
-      }
-      for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
-        constexpr int NB = decltype(nb)::value;
-        f32x16 acc[NB][4] = {};
-        group_fixed_cols<K, S, NB>(acc, window, steps, c0, wt + kh_lo * KW * C + c0, C, kh_hi - kh_lo);
-        store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, n4, act);
-      });
-    }
   };
-  const int64_t ranges[2][2] = {{0, cols.lo}, {fast_end, s.OW}};
-  for (const auto& range : ranges) {
-    if constexpr (K > 0)
-      window_groups(range[0], range[1]);
-    else
-      table_groups(range[0], range[1]);
+  auto window_group = [&](int64_t ow, int n4) FASTOPS_CPU_INLINE_LAMBDA {
+    constexpr int kCols = 3 * S + K;
+    const E* window[kCols];
+    int64_t steps[kCols];
+    for (int i = 0; i < kCols; ++i) {
+      const int64_t iw = ow * S - s.PW + i;
+      const bool inside = iw >= 0 && iw < s.W;
+      window[i] = inside ? row0 + iw * C : zeros;
+      steps[i] = inside ? dh : 0;
+    }
+    for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
+      constexpr int NB = decltype(nb)::value;
+      f32x16 acc[NB][4] = {};
+      group_fixed_cols<K, S, NB>(acc, window, steps, c0, wrow0 + c0, C, kh_hi - kh_lo);
+      store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, n4, act);
+    });
+  };
+  auto table_group = [&](int64_t ow, int n4) FASTOPS_CPU_INLINE_LAMBDA {
+    for (int64_t kh = 0; kh < KH; ++kh) {
+      const int64_t ih = ih0 + kh * s.DH;
+      const bool row_in = ih >= 0 && ih < s.H;
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        for (int j = 0; j < 4; ++j) {  // a missing pixel repeats the last one
+          const int64_t iw = (ow + std::min(j, n4 - 1)) * s.SW - s.PW + kw * s.DW;
+          table[(kh * KW + kw) * 4 + j] = row_in && iw >= 0 && iw < s.W ? xn + (ih * s.W + iw) * C : zeros;
+        }
+      }
+    }
+    for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
+      constexpr int NB = decltype(nb)::value;
+      f32x16 acc[NB][4] = {};
+      group_table<NB>(acc, table, wt + c0, C, taps, c0);
+      store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, n4, act);
+    });
+  };
+
+  const InteriorCols cols(s);
+  for (int64_t ow = 0; ow < s.OW; ow += 4) {
+    const int n4 = int(std::min<int64_t>(4, s.OW - ow));
+    if (n4 == 4 && ow >= cols.lo && ow + 4 <= cols.hi) {
+      interior_group(ow);
+    } else {
+      if constexpr (K > 0)
+        window_group(ow, n4);
+      else
+        table_group(ow, n4);
+    }
   }
 }
 

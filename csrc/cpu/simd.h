@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
@@ -52,6 +53,17 @@ constexpr int kLanes = 16;
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
+
+// unroll<N>(f) calls f(std::integral_constant<int, i>{}) for i = 0 .. N-1: the loop written out,
+// each index a constant in the source. Kernels index their small arrays of vectors
+// (accumulators, weights) this way, so that keeping them in registers does not depend on the
+// compiler unrolling a loop first.
+template <int N, typename F>
+FASTOPS_CPU_INLINE void unroll(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) FASTOPS_CPU_INLINE_LAMBDA {
+    (f(std::integral_constant<int, I>{}), ...);
+  }(std::make_integer_sequence<int, N>{});
+}
 
 // ---- one element ----
 FASTOPS_CPU_INLINE float widen(float v) { return v; }
@@ -159,10 +171,33 @@ template <>
 struct lane<cpu::f32x16> {
   using type = float;
   static FASTOPS_CPU_INLINE cpu::f32x16 zero() { return cpu::f32x16{}; }
+  // e^x on 16 lanes without a call (a call per lane, as std::exp, also made GCC keep every
+  // vector of the calling kernel in memory): x = n ln2 + r with n = round(x / ln2), |r| <= ln2/2
+  // (ln2 split in two so n ln2 is exact), e^r by its degree-6 Taylor-like minimax polynomial
+  // (Cephes' expf coefficients), times 2^n built in exponent bits (in two factors, so that
+  // n = 128, x up to 88.72, stays finite). Overflow gives +inf, x below
+  // -87.3 (where e^x is subnormal) gives 0, NaN stays NaN.
   static FASTOPS_CPU_INLINE cpu::f32x16 exp(cpu::f32x16 x) {
-    cpu::f32x16 r;
-    for (int i = 0; i < cpu::kLanes; ++i) r[i] = std::exp(x[i]);
-    return r;
+    typedef int32_t i32x16 __attribute__((vector_size(64)));
+    constexpr float kHi = 88.72283f, kLo = -87.33654f;
+    cpu::f32x16 xc = x > kHi ? cpu::f32x16{} + kHi : x;
+    xc = xc < kLo ? cpu::f32x16{} + kLo : xc;
+    constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    const cpu::f32x16 n = (xc * 1.44269504088896341f + kRound) - kRound;
+    const cpu::f32x16 r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+    cpu::f32x16 p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.f;
+    const i32x16 ni = __builtin_convertvector(n, i32x16);
+    const i32x16 one = -(ni > 0);  // 2^n = 2^(n - one) * 2^one: both normal for n in [-126, 128]
+    const i32x16 bits_a = (ni - one + 127) << 23, bits_b = (one + 127) << 23;
+    cpu::f32x16 e = p * reinterpret_cast<cpu::f32x16>(bits_a) * reinterpret_cast<cpu::f32x16>(bits_b);
+    e = x > kHi ? cpu::f32x16{} + __builtin_inff() : e;
+    e = x < kLo ? cpu::f32x16{} : e;
+    return e;
   }
 };
 
