@@ -72,8 +72,13 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
     Full: every shape, both layouts."""
     if dtypes is None:
         dtypes = [torch.float16, torch.bfloat16] if device == "cuda" else [torch.float32]
+    shapes = SHAPES[:2] if quick else SHAPES
+    derived = harness.model_layers("bn_act")  # --model-layers: the networks' own BN + act layers
+    if derived is not None:
+        shapes = [(n, d["C"], d["H"], d["W"], d["act"]) for n in harness.batch_sizes(quick, device)
+                  for d in derived if d["act"] in ACTS]
     out = []
-    for i, shape in enumerate(SHAPES[:2] if quick else SHAPES):
+    for i, shape in enumerate(shapes):
         if layouts is not None:
             shape_layouts = list(layouts)
         elif quick:

@@ -3,11 +3,12 @@
 Inference ("fwd", eval mode, under torch.no_grad):
   fastops          fastops.nn.ConvBNAct (BN folded into the fused kernel)
   eager            conv -> BN -> act as torch modules, same weights, same layout
-  compile          torch.compile of the eager block with torch._inductor.config.freezing=True
+  compile          torch.compile of the eager block
+  compile+freezing the same with torch._inductor.config.freezing=True (BN folded into the conv)
 Training ("fwd+bwd", train mode: batch-stat BN, forward + backward):
   fastops          fastops.nn.ConvBNAct, and fastops.nn.DepthwiseSeparable (the "separable" cases:
                    the MobileNet V1 block, depthwise then pointwise ConvBNAct)
-  eager / compile  the same block unfused (compile without freezing)
+  eager / compile  the same block unfused
 
 Shapes are the MobileNet V2/V3 depthwise layers the issue names. Bytes for the roof: read x,
 write y (fwd); in fwd+bwd additionally read g, read x, write dx (weights are negligible).
@@ -51,7 +52,7 @@ def _eager_block(c, k, stride, act):
     return block
 
 
-def contenders(c, h, w, k, stride, act, mode, layout, dtype, device):
+def contenders(c, h, w, k, stride, act, mode, layout, dtype, device, make_sample):
     fmt = harness.memory_format(layout)
 
     def blocks():
@@ -78,26 +79,8 @@ def contenders(c, h, w, k, stride, act, mode, layout, dtype, device):
 
         return run
 
-    def fastops_factory():
-        return runner(blocks()[1])
-
-    def eager_factory():
-        return runner(blocks()[0])
-
-    def compile_factory():
-        torch._dynamo.reset()
-        eager = blocks()[0]
-        compiled = torch.compile(eager, dynamic=False)
-        sample = torch.randn(8, c, h, w, device=device, dtype=dtype).contiguous(memory_format=fmt)
-        if mode == "fwd":
-            # freezing folds BN into the conv's weights: the strongest inference baseline
-            with torch._inductor.config.patch(freezing=True), torch.no_grad():
-                compiled(sample)
-        else:
-            compiled(sample.requires_grad_()).sum().backward()
-        return runner(compiled)
-
-    return {"fastops": fastops_factory, "eager": eager_factory, "compile": compile_factory}
+    return {"fastops": lambda: runner(blocks()[1]), "eager": lambda: runner(blocks()[0]),
+            **harness.compile_contenders(lambda: blocks()[0], runner, mode, make_sample)}
 
 
 def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
@@ -127,7 +110,7 @@ def make_case(n, layer, dtype, layout, mode, device) -> harness.Case:
         bytes_moved=moved,
         flops=(1 if mode == "fwd" else 3) * 2 * n * c * oh * ow * k * k,
         make_inputs=make,
-        contenders=contenders(c, h, w, k, stride, act, mode, layout, dtype, device),
+        contenders=contenders(c, h, w, k, stride, act, mode, layout, dtype, device, lambda: make(0)),
     )
 
 
@@ -161,10 +144,6 @@ def make_separable_case(n, block, dtype, layout, device) -> harness.Case:
 
         return run
 
-    def compile_factory():
-        torch._dynamo.reset()
-        return runner(torch.compile(modules()[0], dynamic=False))
-
     return harness.Case(
         op="separable3x3+bn+relu6",
         shape=(n, cin, h, w),
@@ -178,7 +157,7 @@ def make_separable_case(n, block, dtype, layout, device) -> harness.Case:
         contenders={
             "fastops": lambda: runner(modules()[1]),
             "eager": lambda: runner(modules()[0]),
-            "compile": compile_factory,
+            **harness.compile_contenders(lambda: modules()[0], runner, "fwd+bwd", lambda: make(0)),
         },
     )
 

@@ -5,7 +5,8 @@ ResNeXt-50, and N=1), 224x224 images.
   fastops   fastops.optimize(the torchvision model): the same weights, fused blocks
   fastops.models  fastops' own builder of the network, loaded with the torchvision weights
   eager     the torchvision model, same layout
-  compile   torch.compile of the torchvision model (with freezing for inference)
+  compile   torch.compile of the torchvision model
+  compile+freezing  the same with torch._inductor.config.freezing=True (inference only)
 
 Inference (fwd): eval mode, under torch.no_grad. Training (fwd+bwd; MobileNet V2): train mode
 (BatchNorm on batch statistics, running stats updated), the gradients of every parameter; the
@@ -57,21 +58,14 @@ def _contenders(name: str, dtype, layout: str, mode: str, device: str, sample) -
             return y.detach()
         return run
 
-    def compiled():
-        torch._dynamo.reset()
-        model = torch.compile(build_eager(), dynamic=False)
-        if mode == "fwd":
-            with torch._inductor.config.patch(freezing=True), torch.no_grad():
-                model(*sample()["args"])
-        return runner(model)
-
     def build_builder():  # fastops.models' own network, with the torchvision model's weights
         eager = build_eager()
         model = importlib.import_module("fastops").models.create_model(name)
         model.load_state_dict(eager.state_dict())
         return model.to(device=device, dtype=dtype, memory_format=fmt).train(mode != "fwd")
 
-    return {"fastops": lambda: runner(build_fastops()), "eager": lambda: runner(build_eager()), "compile": compiled,
+    return {"fastops": lambda: runner(build_fastops()), "eager": lambda: runner(build_eager()),
+            **harness.compile_contenders(build_eager, runner, mode, sample),
             "fastops.models": lambda: runner(build_builder())}
 
 

@@ -4,7 +4,7 @@ activation (+ channel shuffle), inference and training with frozen BN (eval mode
   fastops   a block holding the same conv / BN, running fastops.ops.pwconv_bn_act with the BN
             folded into scale / shift
   eager     conv -> BN -> (+ residual) -> act -> (nn.ChannelShuffle), same layout
-  compile   torch.compile of the eager block (with freezing for inference)
+  compile   torch.compile of the eager block; compile+freezing: with freezing (inference only)
 
 Shapes: MobileNet V2's expand (24 -> 144 at 56x56, ReLU6) and project (144 -> 24 + residual, no
 activation), ShuffleNet V1 (g=3) unit's grouped 1x1 convs (240 -> 60 + ReLU + shuffle; 60 -> 240

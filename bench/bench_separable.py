@@ -5,7 +5,7 @@ inference and training with frozen BN (eval mode).
   fastops   a block holding the same convs / BN, running fastops.ops.separable_conv_bn_act with
             the BN folded into scale / shift (the depthwise result stays in cache)
   eager     depthwise conv -> pointwise conv -> BN -> act, same layout
-  compile   torch.compile of the eager block (with freezing for inference)
+  compile   torch.compile of the eager block; compile+freezing: with freezing (inference only)
 
 Shapes: MobileNet V1 (128 -> 128 at 56x56, 512 -> 512 at 14x14) and Xception's middle flow
 (728 -> 728 at 19x19), 3x3, N=8. The roof counts reading x and writing y once.
@@ -32,7 +32,7 @@ class EagerBlock(nn.Module):
         self.pointwise = nn.Conv2d(c, oc, 1, bias=False)
         self.bn = nn.BatchNorm2d(oc)
         self.act_name = act
-        self.act = nn.ReLU()
+        self.act = {"relu": nn.ReLU, "relu6": nn.ReLU6, "none": nn.Identity}[act]()
 
     def forward(self, x):
         return self.act(self.bn(self.pointwise(self.conv1(x))))
@@ -89,12 +89,16 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
     dtypes = harness.default_dtypes(device, dtypes)
     layouts = layouts or ["nchw", "channels_last"]
     batches = harness.batch_sizes(quick, device)
+    derived = harness.model_layers("separable")  # --model-layers: the networks' own separable convs
+    layers = LAYERS if derived is None else [
+        (d["C"], d["OC"], d["H"], d["W"], d["stride"], d["act"]) for d in derived
+        if d["k"] == 3 and d["dilation"] == 1 and d["act"] in ("relu", "relu6", "none")]
     out = []
     for dtype in dtypes:
         for n in batches:
-            for i, layer in enumerate(LAYERS):
+            for i, layer in enumerate(layers):
                 for layout in layouts:
                     out.append(make_case(n, layer, dtype, layout, "fwd", device))
-                    if not quick or i == 0:
+                    if not quick or (derived is None and i == 0):
                         out.append(make_case(n, layer, dtype, layout, "fwd+bwd", device))
     return out

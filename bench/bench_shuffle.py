@@ -69,13 +69,18 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
     dtypes = harness.default_dtypes(device, dtypes)
     layouts = layouts or ["nchw", "channels_last"]
     batches = harness.batch_sizes(quick, device)
+    shuffles, concats = harness.model_layers("channel_shuffle"), harness.model_layers("concat_shuffle")
+    derived = shuffles is not None  # --model-layers: the networks' own shuffles
+    if derived:
+        shuffles = [(d["C"], d["H"], d["W"], d["groups"]) for d in shuffles]
+        concats = [(d["C"], d["H"], d["W"]) for d in concats]
     out = []
     for dtype in dtypes:
         for n in batches:
-            for make, layers in ((shuffle_case, SHUFFLES), (concat_case, CONCATS)):
+            for make, layers in ((shuffle_case, shuffles if derived else SHUFFLES), (concat_case, concats if derived else CONCATS)):
                 for i, layer in enumerate(layers):
                     for layout in layouts:
                         out.append(make(n, layer, dtype, layout, "fwd", device))
-                        if not quick or i == 0:
+                        if not quick or (not derived and i == 0):
                             out.append(make(n, layer, dtype, layout, "fwd+bwd", device))
     return out

@@ -3,7 +3,7 @@
   fastops   fastops.nn.SqueezeExcite (two passes over x: pool, then scale)
   eager     torchvision.ops.SqueezeExcitation with the same weights (pool, fc1, ReLU, fc2,
             Hardsigmoid, multiply), same layout
-  compile   torch.compile of the eager module (with freezing for inference)
+  compile   torch.compile of the eager module; compile+freezing: with freezing (inference only)
 
 Shapes: the SE layers of MobileNet V3 Large at N=8 (channels, squeeze channels, map size). The
 roof counts reading x and writing y once (fwd), plus reading g, x and writing dx (fwd+bwd); the
@@ -57,12 +57,14 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
     dtypes = harness.default_dtypes(device, dtypes)
     layouts = layouts or ["nchw", "channels_last"]
     batches = harness.batch_sizes(quick, device)
+    derived = harness.model_layers("squeeze_excite")  # --model-layers: the networks' own SE layers
+    layers = (LAYERS[:3] if quick else LAYERS) if derived is None else [(d["C"], d["S"], d["H"], d["W"]) for d in derived]
     out = []
     for dtype in dtypes:
         for n in batches:
-            for i, layer in enumerate(LAYERS[:3] if quick else LAYERS):
+            for i, layer in enumerate(layers):
                 for layout in layouts:
                     out.append(make_case(n, layer, dtype, layout, "fwd", device))
-                    if not quick or i == 1:
+                    if not quick or (derived is None and i == 1):
                         out.append(make_case(n, layer, dtype, layout, "fwd+bwd", device))
     return out

@@ -64,7 +64,10 @@ DTYPES = {
 }
 LAYOUTS = ("nchw", "channels_last")
 MODES = ("fwd", "fwd+bwd")
-STANDARD_CONTENDERS = ("fastops", "eager", "compile")
+# "compile": torch.compile with default settings; "compile+freezing": inference with
+# torch._inductor.config.freezing=True, which treats the module's parameters as constants (BatchNorm
+# folded into the conv): the strongest inference baseline, for cases that have a module.
+STANDARD_CONTENDERS = ("fastops", "eager", "compile", "compile+freezing")
 
 # What setup_machine did; copied into the report.
 _MACHINE: dict[str, Any] = {}
@@ -426,10 +429,7 @@ def standard_contenders(
         raise ValueError(f"unknown mode {mode!r}")
 
     def compiled() -> Run:
-        # A fresh dynamo state per case: every case compiles the same function, and past
-        # cache_size_limit recompilations dynamo would silently fall back to eager.
-        torch._dynamo.reset()
-        # Forward only is compiled; in fwd+bwd AOTAutograd compiles the backward graph too.
+        # (run_case resets dynamo before each case.) Forward only is compiled; in fwd+bwd AOTAutograd compiles the backward graph too.
         # The compile itself happens on the first call, which the harness makes before timing.
         return wrap(torch.compile(eager_fn, dynamic=False))
 
@@ -440,17 +440,44 @@ def standard_contenders(
     }
 
 
+def compile_contenders(
+    build: Callable[[], torch.nn.Module],
+    runner: Callable[[torch.nn.Module], Run],
+    mode: str,
+    make_sample: Callable[[], InputSet],
+) -> dict[str, ContenderFactory]:
+    """The torch.compile contenders of a module case: "compile" (default settings) and, for
+    inference (mode "fwd"), "compile+freezing" (torch._inductor.config.freezing=True: parameters
+    become constants, BatchNorm folds into the conv). build() makes the eager module, runner(m)
+    the case's run for a module; make_sample() an input set to compile with. Inference compiles
+    under torch.no_grad, as it is timed."""
+
+    def factory(freezing: bool) -> ContenderFactory:
+        def make() -> Run:
+            module = torch.compile(build(), dynamic=False)
+            run = runner(module)
+            with torch._inductor.config.patch(freezing=freezing):
+                run(make_sample())  # the compile happens here, under the setting
+            return run
+
+        return make
+
+    out = {"compile": factory(False)}
+    if mode == "fwd":
+        out["compile+freezing"] = factory(True)
+    return out
+
+
 def module_contenders(
     build: Callable[[], tuple[torch.nn.Module, torch.nn.Module]],
     mode: str,
     make_sample: Callable[[], InputSet],
 ) -> dict[str, ContenderFactory]:
-    """fastops / eager / compile contenders for a block: `build()` returns (eager module, fastops
-    module) with the same parameters in the same order, both in eval mode (BatchNorm on its
-    running statistics). mode "fwd": under torch.no_grad; compile with
-    torch._inductor.config.freezing=True (BatchNorm folded into the conv: the strongest inference
-    baseline). mode "fwd+bwd": the gradients of the output w.r.t. the inputs that require grad
-    and every parameter. make_sample: an input set to compile with."""
+    """fastops / eager / compile (/ compile+freezing) contenders for a block: `build()` returns
+    (eager module, fastops module) with the same parameters in the same order, both in eval mode
+    (BatchNorm on its running statistics). mode "fwd": under torch.no_grad. mode "fwd+bwd": the
+    gradients of the output w.r.t. the inputs that require grad and every parameter.
+    make_sample: an input set to compile with."""
 
     def runner(module: torch.nn.Module) -> Run:
         if mode == "fwd":
@@ -466,16 +493,8 @@ def module_contenders(
 
         return run
 
-    def compiled() -> Run:
-        torch._dynamo.reset()
-        module = torch.compile(build()[0], dynamic=False)
-        sample = make_sample()
-        if mode == "fwd":
-            with torch._inductor.config.patch(freezing=True), torch.no_grad():
-                module(*sample["args"])
-        return runner(module)
-
-    return {"fastops": lambda: runner(build()[1]), "eager": lambda: runner(build()[0]), "compile": compiled}
+    return {"fastops": lambda: runner(build()[1]), "eager": lambda: runner(build()[0]),
+            **compile_contenders(lambda: build()[0], runner, mode, make_sample)}
 
 
 def tensor_inputs(
@@ -507,13 +526,14 @@ MODEL_LAYERS: list[str] | None = None  # set by `bench/run.py --model-layers`: n
 
 
 def model_layers(kind: str) -> list[dict[str, Any]] | None:
-    """The unique `kind` ("depthwise", "pointwise") conv layers of the networks named by
-    --model-layers, read off fastops' builders (bench/layers.py); None when not asked for."""
+    """The unique layers of `kind` (bench/layers.py KINDS: "depthwise", "pointwise", "separable",
+    "bn_act", "squeeze_excite", ...) of the networks named by --model-layers, read off fastops'
+    builders; None when not asked for."""
     if not MODEL_LAYERS:
         return None
-    from .layers import conv_layers
+    from .layers import layers
 
-    return [layer for layer in conv_layers(tuple(MODEL_LAYERS)) if layer["kind"] == kind]
+    return [layer for layer in layers(tuple(MODEL_LAYERS)) if layer["kind"] == kind]
 
 
 def batch_sizes(quick: bool, device: str) -> list[int]:
@@ -639,6 +659,7 @@ class Settings:
     target_s: float = 4e-3  # a sample times `inner` calls, chosen so the fastest takes about this
     rotate: bool = True  # rotate input sets to keep inputs out of the cache
     llc_bytes: int = DEFAULT_LLC_BYTES
+    memory: bool = True  # measure each contender's peak memory (one extra, untimed call)
 
 
 @dataclass
@@ -650,6 +671,41 @@ class CaseResult:
     copy_gbps_before: float | None = None
     copy_gbps_after: float | None = None
     other_load_cores: float | None = None
+
+
+def peak_memory_mb(run: Run, s: InputSet, device: str) -> float | None:
+    """Peak memory one call allocates above what was allocated before it, in MiB. CUDA: the
+    caching allocator's peak statistic. CPU: torch keeps no statistics there, so the call runs
+    once under torch.profiler with profile_memory=True, and the peak is that of the running sum
+    of the allocations and frees it records (every tensor torch's CPU allocator serves, those of
+    torch.compile's generated code included; not the library-internal scratch memory of oneDNN or
+    MKL). None where the profiler's trace can't be read."""
+    if device == "cuda":
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run(s)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run(s)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f).get("traceEvents", [])
+    mem = sorted((e["ts"], e["args"]["Bytes"]) for e in events
+                 if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0)
+    if not mem:
+        return None
+    held = peak = 0
+    for _, nbytes in mem:
+        held += nbytes
+        peak = max(peak, held)
+    return peak / 2**20
 
 
 def _failed(e: BaseException) -> str:
@@ -697,6 +753,10 @@ def run_case(case: Case, settings: Settings, contenders: list[str] | None = None
     errors: dict[str, float | None] = {}
     ref_out = None
     order = sorted(names, key=lambda n: n != case.reference)  # reference first, for the checks
+    # A fresh dynamo state per case: the cases compile the same functions and modules again, and
+    # past cache_size_limit recompilations dynamo would silently fall back to eager. Not per
+    # contender: a reset would make the case's first compiled contender compile again, timed.
+    torch._dynamo.reset()
     for name in order:
         try:
             run = case.contenders[name]()
@@ -712,12 +772,8 @@ def run_case(case: Case, settings: Settings, contenders: list[str] | None = None
             for s in counter.next(settings.warmup):
                 run(s)
             _sync(device)
-            if device == "cuda":  # peak memory of one call above what was allocated before it
-                base = torch.cuda.memory_allocated()
-                torch.cuda.reset_peak_memory_stats()
-                run(counter.next(1)[0])
-                torch.cuda.synchronize()
-                peak_mb[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
+            if settings.memory:
+                peak_mb[name] = peak_memory_mb(run, counter.next(1)[0], device)
             runs[name] = run
         except Exception as e:  # noqa: BLE001 - a contender's failure must not stop the run
             status[name] = _failed(e)
@@ -808,7 +864,7 @@ def run_case(case: Case, settings: Settings, contenders: list[str] | None = None
                 unstable=(_percentile(xs, 75) - _percentile(xs, 25)) > UNSTABLE_IQR_FRACTION * med,
             )
         row["flops"] = case.flops
-        row["peak_mem_mb"] = peak_mb.get(name)  # CUDA only: torch's CPU allocator keeps no statistics
+        row["peak_mem_mb"] = peak_mb.get(name)
         result.rows.append(row)
     attach_speedups(result.rows, medians)
     return result
@@ -887,8 +943,15 @@ def _fmt(x: Any, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-TABLE_HEADER = ["case", "contender", "median ms", "p10-p90 ms", "GB/s", "roof", "vs eager", "vs compile", "notes"]
-_NUMERIC_COLUMNS = {2, 3, 4, 5, 6, 7}
+TABLE_HEADER = ["case", "contender", "median ms", "p10-p90 ms", "GB/s", "roof", "vs eager", "vs compile",
+                "vs compile+frz", "notes"]
+_NUMERIC_COLUMNS = {2, 3, 4, 5, 6, 7, 8}
+
+
+def _speedup_cell(r: dict[str, Any], vs: str) -> str:
+    x = r.get(f"speedup_vs_{vs}")
+    return "-" if x is None else f"{x:.2f}x"
+
 
 
 def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -914,7 +977,7 @@ def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
         if r.get("images_per_s"):
             notes.append(f"{r['images_per_s']:.0f} img/s")
         if r.get("peak_mem_mb") is not None:
-            notes.append(f"peak {r['peak_mem_mb']:.0f} MB")
+            notes.append(f"peak {r['peak_mem_mb']:.3g} MiB")
         ok = r.get("median_ms") is not None
         body.append(
             [
@@ -924,8 +987,9 @@ def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
                 f"{r['p10_ms']:.4f}-{r['p90_ms']:.4f}" if ok else "-",
                 _fmt(r.get("gbps"), ".1f"),
                 f"{100 * r['roof_fraction']:.0f}%" if r.get("roof_fraction") else "-",
-                _fmt(r.get("speedup_vs_eager"), ".2f") + ("x" if r.get("speedup_vs_eager") else ""),
-                _fmt(r.get("speedup_vs_compile"), ".2f") + ("x" if r.get("speedup_vs_compile") else ""),
+                _speedup_cell(r, "eager"),
+                _speedup_cell(r, "compile"),
+                _speedup_cell(r, "compile+freezing"),
                 "; ".join(notes),
             ]
         )
@@ -971,7 +1035,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 CSV_FIELDS = [
     "op", "shape", "dtype", "layout", "mode", "device", "contender", "status", "median_ms", "p10_ms", "p90_ms",
-    "iqr_ms", "unstable", "speedup_vs_eager", "speedup_vs_compile", "gbps", "gflops", "roof_fraction", "roof_bound",
+    "iqr_ms", "unstable", "speedup_vs_eager", "speedup_vs_compile", "speedup_vs_compile+freezing", "gbps", "gflops", "roof_fraction", "roof_bound",
     "images_per_s", "peak_mem_mb", "bandwidth_flag", "busy_flag",
 ]
 

@@ -1,6 +1,7 @@
 """Plots of a benchmark result file, written beside it as PNGs (matplotlib, no display needed):
 
-    <stem>-speedup.png    fastops' speedup over eager and over torch.compile, per op case
+    <stem>-speedup.png    fastops' speedup over eager, torch.compile and (inference of modules)
+                          torch.compile with freezing, per op case
     <stem>-roof.png       the fraction of the roofline bound (bytes or flops) each contender reaches
     <stem>-networks.png   fastops' speedup per network (when the run had networks)
 
@@ -35,16 +36,21 @@ def _finish(plt, fig, ax, labels, line_at, xlabel: str, title: str, path: Path) 
     plt.close(fig)
 
 
+SERIES = (("speedup_vs_eager", "vs eager", "tab:blue"),
+          ("speedup_vs_compile", "vs torch.compile", "tab:orange"),
+          ("speedup_vs_compile+freezing", "vs torch.compile + freezing", "tab:red"))
+
+
 def _speedup_chart(plt, rows, title: str, path: Path) -> None:
     names = [r["case"] for r in rows]
     height = max(3.0, 0.28 * len(rows) + 1.5)
     fig, ax = plt.subplots(figsize=(11, height))
     ys = range(len(rows))
-    bar = 0.4
-    for k, (key, label, color) in enumerate((("speedup_vs_eager", "vs eager", "tab:blue"),
-                                              ("speedup_vs_compile", "vs torch.compile", "tab:orange"))):
+    series = [(key, label, color) for key, label, color in SERIES if any(r.get(key) for r in rows)]
+    bar = 0.8 / max(1, len(series))
+    for k, (key, label, color) in enumerate(series):
         vals = [r.get(key) or 0.0 for r in rows]
-        ax.barh([y + (k - 0.5) * bar for y in ys], vals, height=bar, label=label, color=color)
+        ax.barh([y + (k - (len(series) - 1) / 2) * bar for y in ys], vals, height=bar, label=label, color=color)
     _finish(plt, fig, ax, names, 1.0, "speedup of fastops (ratio of medians; > 1: fastops faster; no bar: not compared)",
             title, path)
 

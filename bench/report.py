@@ -3,8 +3,9 @@
     python bench/report.py bench/results/cpu-....json [more.json ...]     # print the tables
     python bench/report.py --update-readme bench/results/cpu-....json      # rewrite README's section
 
-One row per case: the median time of each contender, fastops' speedup over eager and over
-torch.compile, and the fraction of the machine's measured copy bandwidth fastops reaches.
+One row per case: the median time of each contender, fastops' speedup over eager, torch.compile
+and torch.compile with freezing (module cases' inference), the fraction of its roof fastops
+reaches, and the peak memory of one call, fastops' and eager's.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def table(path: str) -> str:
         f"**{os.path.basename(path)}** — {m.get('device_name') or m.get('cpu_model')}, {m.get('threads')} threads, "
         f"torch {m.get('torch')}, copy bandwidth {m.get('copy_gbps_start', 0):.1f} GB/s, "
         f"allocator: {m.get('allocator', {}).get('setting', 'default')}, {m.get('date', '')[:10]}\n\n"
-        "| case | fastops ms | eager ms | compile ms | vs eager | vs compile | roof |\n"
-        "|---|---:|---:|---:|---:|---:|---:|"
+        "| case | fastops ms | eager ms | compile ms | compile+freezing ms | vs eager | vs compile "
+        "| vs compile+freezing | roof | peak MiB fastops / eager |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for name, rows in cases.items():
@@ -44,13 +46,18 @@ def table(path: str) -> str:
         if any(r.get("busy_flag") or r.get("bandwidth_flag") for r in rows.values()):
             flags.append("noisy")
         ok = f and f.get("status") == "ok"
-        se = f"{f['speedup_vs_eager']:.2f}×" if ok and f.get("speedup_vs_eager") else "—"
-        sc = f"{f['speedup_vs_compile']:.2f}×" if ok and f.get("speedup_vs_compile") else "—"
+
+        def vs(other):
+            x = f.get(f"speedup_vs_{other}") if ok else None
+            return f"{x:.2f}×" if x else "—"
+
         roof = f"{100 * f['roof_fraction']:.0f}%" if ok and f.get("roof_fraction") else "—"
+        mem = "—"
+        if ok and f.get("peak_mem_mb") is not None and (rows.get("eager") or {}).get("peak_mem_mb") is not None:
+            mem = f"{f['peak_mem_mb']:.3g} / {rows['eager']['peak_mem_mb']:.3g}"
         label = name + (f" ({', '.join(flags)})" if flags else "")
-        lines.append(
-            f"| {label} | {_ms(f)} | {_ms(rows.get('eager'))} | {_ms(rows.get('compile'))} | {se} | {sc} | {roof} |"
-        )
+        times = " | ".join(_ms(rows.get(c)) for c in ("fastops", "eager", "compile", "compile+freezing"))
+        lines.append(f"| {label} | {times} | {vs('eager')} | {vs('compile')} | {vs('compile+freezing')} | {roof} | {mem} |")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@
     python bench/run.py --dtype float32 bfloat16 --layout channels_last --mode fwd -k 240x28x28
     python bench/run.py --ops networks --full --batch 1 8      # whole networks, latency and throughput
     python bench/run.py --ops dwconv pwconv --model-layers mobilenet_v2 shufflenet_v1   # their own layers
+    python bench/run.py --model-layers all --list      # every op family on every network's layers
     python bench/run.py --device cuda --backends triton cuda   # + fastops under each CUDA backend
 
 Op families are discovered by file name: bench/bench_<family>.py provides
@@ -78,10 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also time fastops under each of these CUDA backends (contenders fastops[triton], "
                    "fastops[cuda]); the plain fastops contender runs the 'auto' choice")
     p.add_argument("--model-layers", nargs="+", default=None, metavar="NETWORK",
-                   help="time the dwconv / pwconv families on these networks' own layers (read off "
-                   "fastops.models, e.g. mobilenet_v2 shufflenet_v1) instead of the hand-picked ones")
+                   help="time the op families on these networks' own layers (read off fastops.models, "
+                   "e.g. mobilenet_v2 shufflenet_v1, or 'all': every network of bench/layers.py) "
+                   "instead of the hand-picked ones")
     p.add_argument("--refresh-roofs", action="store_true", help="measure the matmul roof again (it is cached per machine)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots beside the results")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory call of each contender (CPU: one call under torch.profiler)")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     return p.parse_args(argv)
 
@@ -212,9 +216,14 @@ def main(argv=None) -> int:
     if args.rounds:
         settings.rounds = args.rounds
     settings.rotate = not args.hot
+    settings.memory = not args.no_memory
     settings.llc_bytes = int(args.llc_mb * 2**20) if args.llc_mb else harness.llc_bytes(args.device)
 
     harness.BATCH_SIZES = args.batch
+    if args.model_layers == ["all"]:
+        from bench.layers import NETWORKS
+
+        args.model_layers = list(NETWORKS)
     harness.MODEL_LAYERS = args.model_layers
     cases = collect_cases(args)
     if args.list:

@@ -91,3 +91,34 @@ def test_layers_are_read_off_the_model_builders():
     mb2 = [d for d in layers if "mobilenet_v2" in d["networks"]]
     assert sum(d["kind"] == "depthwise" for d in mb2) == len({(d["C"], d["H"], d["stride"]) for d in mb2
                                                               if d["kind"] == "depthwise"})
+
+
+def test_peak_memory_on_cpu_counts_what_a_call_allocates():
+    x = torch.randn(1 << 20)  # 4 MiB
+
+    def run(s):
+        both = torch.cat([s, s])  # 8 MiB, alive while the sum runs
+        return both.sum()
+
+    assert harness.peak_memory_mb(run, x, "cpu") == pytest.approx(8.0, rel=0.02)
+    assert harness.peak_memory_mb(lambda s: s.add_(1), x, "cpu") == pytest.approx(0.0, abs=0.01)
+
+
+def test_compile_contenders_with_and_without_freezing():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+
+    def runner(m):
+        def run(s):
+            with torch.no_grad():
+                return m(s)
+        return run
+
+    inference = harness.compile_contenders(lambda: model, runner, "fwd", lambda: x)
+    assert list(inference) == ["compile", "compile+freezing"]
+    assert list(harness.compile_contenders(lambda: model, runner, "fwd+bwd", lambda: x)) == ["compile"]
+    torch._dynamo.reset()
+    with torch.no_grad():
+        expected = model(x)
+    for name, factory in inference.items():
+        torch.testing.assert_close(factory()(x), expected, rtol=1e-4, atol=1e-5, msg=name)
