@@ -8,7 +8,8 @@ ResNeXt-50, and N=1), 224x224 images.
   compile   torch.compile of the torchvision model
   compile+freezing  the same with torch._inductor.config.freezing=True (inference only)
 
-Inference (fwd): eval mode, under torch.no_grad. Training (fwd+bwd; MobileNet V2): train mode
+Inference (fwd): eval mode, under torch.no_grad. Training (fwd+bwd; MobileNet V2, full: every
+network, at the throughput batch): train mode
 (BatchNorm on batch statistics, running stats updated), the gradients of every parameter; the
 optimizer step, the same for every contender, is left out. The shape column is
 the input's; a network has no single roof (GB/s and roof stay empty); images/s is reported.
@@ -25,7 +26,7 @@ from . import harness
 
 QUICK = ["mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x1_0"]
 FULL = QUICK + ["mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "resnext50_32x4d"]
-TRAIN = ["mobilenet_v2"]
+TRAIN_QUICK = ["mobilenet_v2"]  # training steps; full: every network
 
 
 def _contenders(name: str, dtype, layout: str, mode: str, device: str, sample) -> dict:
@@ -106,6 +107,6 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
         for layout in layouts:
             for name in QUICK if quick else FULL:
                 out += [make_case(name, n, dtype, layout, "fwd", device) for n in batches]
-            for name in TRAIN:
+            for name in TRAIN_QUICK if quick else FULL:
                 out.append(make_case(name, batches[-1], dtype, layout, "fwd+bwd", device))
     return out
