@@ -440,6 +440,19 @@ def standard_contenders(
     }
 
 
+def _compiled_apart(module: torch.nn.Module) -> Callable[..., Any]:
+    """torch.compile of `module` called through a function whose code object is its own, with the
+    module's parameters() (for the runners that differentiate them). Dynamo keeps compiled graphs
+    per code object and, inlining nn.Modules, guards them on the module's type, not its identity:
+    a second compiled copy of the same network (compile+freezing after compile) found the first's
+    graph and ran it, unfrozen, instead of compiling its own."""
+    namespace = {"module": module}
+    exec("def forward(*args):\n    return module(*args)\n", namespace)  # a fresh code object
+    fn = torch.compile(namespace["forward"], dynamic=False)
+    fn.parameters = module.parameters
+    return fn
+
+
 def compile_contenders(
     build: Callable[[], torch.nn.Module],
     runner: Callable[[torch.nn.Module], Run],
@@ -454,8 +467,7 @@ def compile_contenders(
 
     def factory(freezing: bool) -> ContenderFactory:
         def make() -> Run:
-            module = torch.compile(build(), dynamic=False)
-            run = runner(module)
+            run = runner(_compiled_apart(build()))
             with torch._inductor.config.patch(freezing=freezing):
                 run(make_sample())  # the compile happens here, under the setting
             return run

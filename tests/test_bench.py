@@ -2,6 +2,7 @@
 timings, the cached matmul roof, the CSV and the plots, and a tiny end-to-end run of
 bench/run.py."""
 
+import copy
 import csv
 import json
 import subprocess
@@ -114,11 +115,16 @@ def test_compile_contenders_with_and_without_freezing():
                 return m(s)
         return run
 
-    inference = harness.compile_contenders(lambda: model, runner, "fwd", lambda: x)
+    inference = harness.compile_contenders(lambda: copy.deepcopy(model), runner, "fwd", lambda: x)
     assert list(inference) == ["compile", "compile+freezing"]
     assert list(harness.compile_contenders(lambda: model, runner, "fwd+bwd", lambda: x)) == ["compile"]
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     with torch.no_grad():
         expected = model(x)
-    for name, factory in inference.items():
-        torch.testing.assert_close(factory()(x), expected, rtol=1e-4, atol=1e-5, msg=name)
+    runs = {name: factory() for name, factory in inference.items()}
+    # each compiled its own graph: two copies of one module class once shared the first's graph,
+    # and "compile+freezing" ran unfrozen
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    for name, run in runs.items():
+        torch.testing.assert_close(run(x), expected, rtol=1e-4, atol=1e-5, msg=name)
