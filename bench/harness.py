@@ -429,8 +429,9 @@ def standard_contenders(
         raise ValueError(f"unknown mode {mode!r}")
 
     def compiled() -> Run:
-        # (run_case resets dynamo before each case.) Forward only is compiled; in fwd+bwd AOTAutograd compiles the backward graph too.
-        # The compile itself happens on the first call, which the harness makes before timing.
+        # (run_case resets dynamo before each case.) Forward only is compiled; in fwd+bwd
+        # AOTAutograd compiles the backward graph too. The compile itself happens on the first
+        # call, which the harness makes before timing.
         return wrap(torch.compile(eager_fn, dynamic=False))
 
     return {
@@ -963,7 +964,6 @@ _NUMERIC_COLUMNS = {2, 3, 4, 5, 6, 7, 8}
 def _speedup_cell(r: dict[str, Any], vs: str) -> str:
     x = r.get(f"speedup_vs_{vs}")
     return "-" if x is None else f"{x:.2f}x"
-
 
 
 def table_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
