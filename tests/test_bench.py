@@ -128,3 +128,15 @@ def test_compile_contenders_with_and_without_freezing():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
     for name, run in runs.items():
         torch.testing.assert_close(run(x), expected, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_layers_of_the_other_fused_ops():
+    from bench.layers import layers
+
+    got = {(d["kind"], d["C"], d["H"], d.get("S"), d.get("groups")) for d in
+           layers(("mobilenet_v3_large", "shufflenet_v1", "shufflenet_v2_x1_0", "xception"))}
+    assert ("squeeze_excite", 72, 28, 24, None) in got  # MobileNet V3-Large's first SE
+    assert ("channel_shuffle", 240, 14, None, 3) in got  # ShuffleNet V1 g=3
+    assert ("concat_shuffle", 116, 14, None, None) in got  # ShuffleNet V2 1.0, each half
+    assert ("bn_act", 16, 112, None, None) in got  # the stem's BN + hardswish
+    assert any(k[0] == "separable" and k[1] == 728 for k in got)  # Xception's middle flow
