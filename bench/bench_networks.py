@@ -1,10 +1,14 @@
 """Benchmark cases for whole networks: torchvision's MobileNet V2, MobileNet V3-Large and
-ShuffleNet V2 1.0 (quick; full adds MobileNet V3-Small, ShuffleNet V2 0.5, SqueezeNet 1.1 and
-ResNeXt-50, and N=1), 224x224 images.
+ShuffleNet V2 1.0 (quick; full adds MobileNet V3-Small, ShuffleNet V2 0.5, SqueezeNet 1.1,
+ResNeXt-50, the networks torchvision lacks: MobileNet V1, ShuffleNet V1 g=3, Xception, and N=1),
+224x224 images (Xception 299x299).
 
   fastops   fastops.optimize(the torchvision model): the same weights, fused blocks
   fastops.models  fastops' own builder of the network, loaded with the torchvision weights
-  eager     the torchvision model, same layout
+  eager     the torchvision model, same layout. For the networks torchvision lacks: the fastops
+            builder's model run as plain PyTorch modules (its twin: the same children and
+            weights; each fused block's class swapped for one whose forward is plain conv / BN /
+            act / shuffle modules; Xception: timm's legacy_xception), and fastops = the builder
   compile   torch.compile of the torchvision model
   compile+freezing  the same with torch._inductor.config.freezing=True (inference only)
 
@@ -25,7 +29,41 @@ import torch
 from . import harness
 
 QUICK = ["mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x1_0"]
-FULL = QUICK + ["mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "resnext50_32x4d"]
+FULL = QUICK + ["mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "resnext50_32x4d",
+                "mobilenet_v1", "shufflenet_v1", "xception"]
+SIZES = {"xception": 299}
+TWINLESS = ("mobilenet_v1", "shufflenet_v1", "xception")  # not in torchvision
+
+
+class _PlainShuffleV1Block(torch.nn.Module):
+    """fastops.nn.ShuffleV1Block's computation from its children, as plain modules."""
+
+    def forward(self, x):
+        h = self.conv1(x)  # conv1 / conv2 / conv3: plain Sequentials of conv, BN [, ReLU]
+        if self.conv1[0].groups > 1:
+            h = torch.nn.functional.channel_shuffle(h, self.groups)
+        h = self.conv3(self.conv2(h))
+        if self.stride == 1:
+            return torch.relu(h + x)
+        return torch.cat([torch.nn.functional.avg_pool2d(x, 3, 2, 1), torch.relu(h)], 1)
+
+
+def plain_twin(name: str, model: torch.nn.Module) -> torch.nn.Module:
+    """The eager baseline of a network torchvision lacks: a copy of fastops' `model` computed by
+    plain PyTorch modules (the same children and weights). Xception: timm's legacy_xception with
+    the model's state_dict (the keys are timm's)."""
+    if name == "xception":
+        twin = importlib.import_module("timm").create_model("legacy_xception", pretrained=False)
+        twin.load_state_dict(model.state_dict())
+        return twin
+    fastops = importlib.import_module("fastops")
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, (fastops.nn.ConvBNAct, fastops.nn.DepthwiseSeparable)):
+            m.__class__ = torch.nn.Sequential
+        elif isinstance(m, fastops.nn.ShuffleV1Block):
+            m.__class__ = _PlainShuffleV1Block
+    return twin
 TRAIN_QUICK = ["mobilenet_v2"]  # training steps; full: every network
 
 
@@ -33,12 +71,18 @@ def _contenders(name: str, dtype, layout: str, mode: str, device: str, sample) -
     fmt = harness.memory_format(layout)
 
     def build_eager():
-        tv = importlib.import_module("torchvision")
         torch.manual_seed(0)
-        model = getattr(tv.models, name)()
+        if name in TWINLESS:  # the fastops builder's network as plain modules
+            model = plain_twin(name, importlib.import_module("fastops").models.create_model(name))
+        else:
+            model = getattr(importlib.import_module("torchvision").models, name)()
         return model.to(device=device, dtype=dtype, memory_format=fmt).train(mode != "fwd")
 
     def build_fastops():
+        if name in TWINLESS:
+            torch.manual_seed(0)
+            model = importlib.import_module("fastops").models.create_model(name)
+            return model.to(device=device, dtype=dtype, memory_format=fmt).train(mode != "fwd")
         return importlib.import_module("fastops").optimize(build_eager())
 
     def runner(model):
@@ -65,13 +109,17 @@ def _contenders(name: str, dtype, layout: str, mode: str, device: str, sample) -
         model.load_state_dict(eager.state_dict())
         return model.to(device=device, dtype=dtype, memory_format=fmt).train(mode != "fwd")
 
-    return {"fastops": lambda: runner(build_fastops()), "eager": lambda: runner(build_eager()),
-            **harness.compile_contenders(build_eager, runner, mode, sample),
-            "fastops.models": lambda: runner(build_builder())}
+    contenders = {"fastops": lambda: runner(build_fastops()), "eager": lambda: runner(build_eager()),
+                  **harness.compile_contenders(build_eager, runner, mode, sample),
+                  "fastops.models": lambda: runner(build_builder())}
+    if name in TWINLESS:
+        del contenders["fastops.models"]  # "fastops" is the builder's network already
+    return contenders
 
 
 def make_case(name, n, dtype, layout, mode, device) -> harness.Case:
-    x_shape = (n, 3, 224, 224)
+    size = SIZES.get(name, 224)
+    x_shape = (n, 3, size, size)
     gen = torch.Generator().manual_seed(0)
     base_x = torch.randn(x_shape, generator=gen).to(device=device, dtype=dtype)
     base_g = torch.randn((n, 1000), generator=gen).to(device=device, dtype=dtype)
@@ -105,8 +153,9 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
     out = []
     for dtype in dtypes:
         for layout in layouts:
-            for name in QUICK if quick else FULL:
+            names = QUICK if quick else [n for n in FULL if n != "xception" or importlib.util.find_spec("timm")]
+            for name in names:
                 out += [make_case(name, n, dtype, layout, "fwd", device) for n in batches]
-            for name in TRAIN_QUICK if quick else FULL:
+            for name in TRAIN_QUICK if quick else names:
                 out.append(make_case(name, batches[-1], dtype, layout, "fwd+bwd", device))
     return out

@@ -140,3 +140,33 @@ def test_layers_of_the_other_fused_ops():
     assert ("concat_shuffle", 116, 14, None, None) in got  # ShuffleNet V2 1.0, each half
     assert ("bn_act", 16, 112, None, None) in got  # the stem's BN + hardswish
     assert any(k[0] == "separable" and k[1] == 728 for k in got)  # Xception's middle flow
+
+
+@pytest.mark.parametrize("name", ("mobilenet_v1", "shufflenet_v1", "xception"))
+def test_plain_twins_of_the_networks_torchvision_lacks(name):
+    """The network bench's eager baseline for fastops-only networks computes what the fastops
+    model computes, without a fastops op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import fastops
+    from bench.bench_networks import plain_twin
+
+    if name == "xception":
+        pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = fastops.models.create_model(name).eval()
+    twin = plain_twin(name, model).eval()
+    calls = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            calls.append(func.name())
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x)
+        with Spy():
+            got = twin(x)
+    assert calls and not [c for c in calls if c.startswith("fastops::")]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
