@@ -69,9 +69,17 @@ def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.C
     if dtypes is None:
         dtypes = [torch.float16, torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
     shapes = SHAPES_N8 + [SHAPE_N1]
+    bn_act, se = harness.model_layers("bn_act"), harness.model_layers("squeeze_excite")
+    derived = None  # --model-layers: each op where the networks apply it
+    if bn_act is not None:
+        batches = harness.batch_sizes(quick, device)
+        derived = {"hardswish": [(n, d["C"], d["H"], d["W"]) for n in batches for d in bn_act if d["act"] == "hardswish"],
+                   "hardsigmoid": [(n, d["C"], 1, 1) for n in batches for d in se if d["gate"] == "hardsigmoid"]}
     out = []
     for op in OPS:
         op_shapes = shapes + ([SHAPE_SE_GATE] if op == "hardsigmoid" and not quick else [])
+        if derived is not None:  # the SE gate's N x C x 1 x 1, for hardsigmoid
+            op_shapes = list(dict.fromkeys(derived[op]))
         for shape in op_shapes:
             if layouts is not None:
                 shape_layouts = list(layouts)
