@@ -33,6 +33,7 @@ FULL = QUICK + ["mobilenet_v3_small", "shufflenet_v2_x0_5", "squeezenet1_1", "re
                 "mobilenet_v1", "shufflenet_v1", "xception"]
 SIZES = {"xception": 299}
 TWINLESS = ("mobilenet_v1", "shufflenet_v1", "xception")  # not in torchvision
+TRAIN_QUICK = ["mobilenet_v2"]  # training steps; full: every network
 
 
 class _PlainShuffleV1Block(torch.nn.Module):
@@ -64,7 +65,6 @@ def plain_twin(name: str, model: torch.nn.Module) -> torch.nn.Module:
         elif isinstance(m, fastops.nn.ShuffleV1Block):
             m.__class__ = _PlainShuffleV1Block
     return twin
-TRAIN_QUICK = ["mobilenet_v2"]  # training steps; full: every network
 
 
 def _contenders(name: str, dtype, layout: str, mode: str, device: str, sample) -> dict:
