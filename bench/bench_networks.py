@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 
 import torch
 
