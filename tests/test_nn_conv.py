@@ -184,6 +184,78 @@ def test_eval_fold_follows_every_change_of_the_folded_tensors(layout, depthwise)
     torch.testing.assert_close(ya, theirs(x.double()), rtol=1e-7, atol=1e-7)
 
 
+def test_kept_inference_plan_is_dropped_when_what_it_decided_on_changes(monkeypatch):
+    """Channels_last inference without autograd reruns the oneDNN call it made last time without
+    deciding afresh. Every input to that decision that can change between calls must send the
+    next call back through the full path: the layout, the dtype, a residual or none, the BN and
+    activation modules, the conv's parameters (replaced, not only updated) and geometry, the BN's
+    mode, and ONEDNN_CONVS (here emptied: the fastops kernel must then run)."""
+    from fastops.nn import conv as conv_mod
+
+    ours, theirs = _pair(DW_CASES[0], "relu6")
+    ours.eval(), theirs.eval()
+    x = randn((2, 24, 9, 11)).to(memory_format=torch.channels_last)
+
+    def check(x=x, rtol=1e-5):
+        with torch.no_grad():
+            for _ in range(2):  # the second call takes the kept plan when there is one
+                got = ours(x)
+                torch.testing.assert_close(got, theirs(x), rtol=rtol, atol=rtol * 10)
+        return got
+
+    check()
+    assert "_fastops_inference" in conv_mod._KEPT[ours[0]]
+    check(x.contiguous())  # NCHW: not the oneDNN path
+    got = check()
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    for m in (ours, theirs):  # the conv's weight replaced by another Parameter
+        m[0].weight = nn.Parameter(randn(m[0].weight.shape, scale=0.5))
+    ours[0].weight.data.copy_(theirs[0].weight)
+    check()
+    ours[2], theirs[2] = nn.Hardswish(), nn.Hardswish()  # another activation
+    check()
+    fresh = _randomise(nn.Sequential(nn.BatchNorm2d(24)))[0]  # another BatchNorm
+    ours[1], theirs[1] = copy.deepcopy(fresh), copy.deepcopy(fresh)
+    check()
+    for m in (ours, theirs):  # another stride
+        m[0].stride = (2, 2)
+    check()
+    for m in (ours, theirs):  # BN back to batch statistics (the conv alone stays in eval)
+        m[1].train()
+    check()
+    for m in (ours, theirs):
+        m[1].eval()
+    check()
+
+    calls = []
+    real = conv_mod.ops.dwconv_bn_act
+    monkeypatch.setattr(conv_mod.ops, "dwconv_bn_act", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(conv_mod, "ONEDNN_CONVS", set())
+    check()
+    assert len(calls) == 2, "with ONEDNN_CONVS emptied the kept oneDNN plan must not run"
+
+
+@pytest.mark.parametrize("act", ("none", "relu"))
+def test_kept_inference_plan_with_and_without_residual(act):
+    """conv_bn_act with a residual (oneDNN's binary post-op) and without, alternating on one conv:
+    each call gets its own answer, never the other's kept plan."""
+    from fastops.nn.conv import conv_bn_act
+
+    conv = nn.Conv2d(24, 16, 1, bias=False)
+    bn = _randomise(nn.Sequential(nn.BatchNorm2d(16)))[0]
+    conv.eval(), bn.eval()
+    act_mod = None if act == "none" else nn.ReLU()
+    x = randn((2, 24, 7, 9)).to(memory_format=torch.channels_last)
+    r = randn((2, 16, 7, 9)).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        plain = bn(conv(x))
+        for residual in (None, r, r, None, None, r.contiguous(), r):
+            got = conv_bn_act(x, conv, bn, act_mod, residual=residual)
+            expected = plain if residual is None else plain + residual
+            expected = expected if act_mod is None else act_mod(expected)
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("kwargs", [DW_CASES[0], dict(in_channels=24, out_channels=40, kernel_size=1),
                                     dict(in_channels=24, out_channels=16, kernel_size=3, stride=2, groups=2)], ids=str)
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
