@@ -46,6 +46,14 @@ def make_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         buf = torch.empty((N, C, H, 2 * W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
         buf[..., ::2] = x
         return buf[..., ::2]
+    if layout in ("channel_slice", "cl_channel_slice"):  # channels [3, 3 + C) of a dense tensor with
+        # C + 5 channels, NCHW or channels_last: what ShuffleNet V2's x.chunk(2, 1) hands on
+        N, C, H, W = x.shape
+        fmt = torch.channels_last if layout == "cl_channel_slice" else torch.contiguous_format
+        buf = torch.empty((N, C + 5, H, W), dtype=x.dtype, device=x.device, memory_format=fmt)
+        out = buf[:, 3:3 + C]
+        out.copy_(x)
+        return out
     if layout == "expanded":  # stride 0 along dim 0 (only valid for inputs, not in-place)
         return x[:1].expand(x.shape) if x.dim() > 0 else x
     raise ValueError(layout)
@@ -77,7 +85,7 @@ def triton_input(shape, dtype, layout="contiguous", scale=1.0, offset=0.0):
 
 def expects_channels_last(layout: str) -> bool:
     """Whether an op's output for an input in this layout (make_layout) is channels_last."""
-    return layout in ("channels_last", "permuted", "cl_sliced")
+    return layout in ("channels_last", "permuted", "cl_sliced", "cl_channel_slice")
 
 
 def check_close_to_f64(actual, expected, dtype, reduced=False, atol=None):

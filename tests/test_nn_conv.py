@@ -235,6 +235,26 @@ def test_kept_inference_plan_is_dropped_when_what_it_decided_on_changes(monkeypa
     assert len(calls) == 2, "with ONEDNN_CONVS emptied the kept oneDNN plan must not run"
 
 
+@pytest.mark.parametrize("kwargs", [DW_CASES[0], dict(in_channels=24, out_channels=16, kernel_size=1)], ids=str)
+@pytest.mark.parametrize("fmt", (torch.channels_last, torch.contiguous_format), ids=str)
+def test_inference_on_a_channel_slice(kwargs, fmt):
+    """A channel slice of a channels_last tensor (ShuffleNet V2's x.chunk(2, 1)) takes the oneDNN
+    path like a channels_last tensor, and gives a channels_last output; an NCHW slice takes the
+    fastops kernels. Both equal the unfused modules."""
+    from fastops.nn import conv as conv_mod
+
+    ours, theirs = _pair(kwargs, "relu")
+    ours.eval(), theirs.eval()
+    x = randn((2, 48, 9, 7)).contiguous(memory_format=fmt)
+    for half in x.chunk(2, dim=1):
+        with torch.no_grad():
+            for _ in range(2):
+                got, expected = ours(half), theirs(half.contiguous())
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+        assert got.is_contiguous(memory_format=fmt)
+        assert ("_fastops_inference" in conv_mod._KEPT.get(ours[0], {})) == (fmt == torch.channels_last)
+
+
 @pytest.mark.parametrize("act", ("none", "relu"))
 def test_kept_inference_plan_with_and_without_residual(act):
     """conv_bn_act with a residual (oneDNN's binary post-op) and without, alternating on one conv:

@@ -12,7 +12,7 @@ import fastops
 from fastops import reference
 from helpers import make_layout, poisoned_memory, randn
 
-LAYOUTS = ("contiguous", "channels_last", "strided", "permuted", "cl_sliced")
+LAYOUTS = ("contiguous", "channels_last", "strided", "permuted", "cl_sliced", "channel_slice", "cl_channel_slice")
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -59,6 +59,25 @@ def test_concat_shuffle(device, ca, cb, layout):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ("channel_slice", "cl_channel_slice"))
+def test_concat_shuffle_of_a_split(device, dtype, layout):
+    """ShuffleNet V2's unit: x.chunk(2, 1), the second half through a branch, then
+    concat_shuffle(first half, branch output). The first half is a channel slice of x (read in
+    place by the CPU kernel, with its own pixel / image stride) and the other a dense tensor; also
+    both halves slices of one tensor, and a slice at a storage offset of one element."""
+    fmt = torch.channels_last if layout == "cl_channel_slice" else torch.contiguous_format
+    for shape in ((2, 24, 5, 7), (1, 58, 1, 3), (3, 2, 4, 1)):
+        x = randn(shape, dtype, device).contiguous(memory_format=fmt)
+        x1, x2 = x.chunk(2, dim=1)
+        b = (x2 * 2).contiguous(memory_format=fmt)
+        for a, bb in ((x1, b), (x1, x2), (x2, x1), (make_layout(x1.contiguous(), layout), b)):
+            with poisoned_memory(x):
+                y = fastops.ops.concat_shuffle(a, bb)
+            assert y.is_contiguous(memory_format=fmt)
+            assert torch.equal(y, reference.concat_shuffle(a, bb))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_concat_shuffle_dtypes(device, dtype):
     a, b = randn((3, 10, 4, 4), dtype, device), randn((3, 10, 4, 4), dtype, device)
     for layout in ("contiguous", "channels_last"):
@@ -66,7 +85,7 @@ def test_concat_shuffle_dtypes(device, dtype):
         assert torch.equal(fastops.ops.concat_shuffle(a, b), reference.concat_shuffle(a, b))
 
 
-@pytest.mark.parametrize("layout", ("contiguous", "channels_last", "permuted"))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last", "permuted", "cl_channel_slice"))
 def test_gradients(device, layout):
     x = make_layout(randn((2, 12, 5, 3), device=device), layout).requires_grad_()
     g = randn((2, 12, 5, 3), device=device)

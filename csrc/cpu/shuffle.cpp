@@ -40,11 +40,14 @@ at::Tensor dense(const at::Tensor& t, bool channels_last) {
   return t.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
 }
 
-// One side of the transpose: row r of pixel/image p starts at base[r] + p * stride (bytes).
+// One side of the transpose: in row a of pixel/image p starts at in[a] + p * in_stride[a], out
+// row b at out[b] + p * out_stride (bytes; strides from one pixel (channels_last) / image (NCHW)
+// to the next; input rows may come from tensors of different strides).
 struct Rows {
   std::vector<const char*> in;
+  std::vector<int64_t> in_stride;
   std::vector<char*> out;
-  int64_t in_stride, out_stride;  // bytes from one pixel (channels_last) / image (NCHW) to the next
+  int64_t out_stride;
 };
 
 // o[b * A + a] = in[a][b] for b < B, A known at compile time.
@@ -122,7 +125,7 @@ FASTOPS_CPU_INLINE void transpose_pixel_range(const Rows& r, int64_t A, int64_t 
                                               bool out_dense, bool split) {
   std::vector<const T*> in(A);
   for (int64_t p = begin; p < end; ++p) {
-    const auto in_row = [&](int64_t a) { return reinterpret_cast<const T*>(r.in[a] + p * r.in_stride); };
+    const auto in_row = [&](int64_t a) { return reinterpret_cast<const T*>(r.in[a] + p * r.in_stride[a]); };
     const auto out_row = [&](int64_t b) { return reinterpret_cast<T*>(r.out[b] + p * r.out_stride); };
     if (A == 2 && out_dense) {
       const T *i0 = in_row(0), *i1 = in_row(1);
@@ -170,7 +173,7 @@ void transpose_pixels(const Rows& r, int64_t A, int64_t B, int64_t count) {
   bool out_dense = true;  // out row b at out row 0 + b * A: one run of A * B values
   for (int64_t b = 1; b < B; ++b) out_dense = out_dense && r.out[b] == r.out[0] + b * A * t;
   bool split = B == 2;  // in row a at in row 0 + 2 * a: pairs to split into two rows
-  for (int64_t a = 1; a < A; ++a) split = split && r.in[a] == r.in[0] + 2 * a * t;
+  for (int64_t a = 1; a < A; ++a) split = split && r.in[a] == r.in[0] + 2 * a * t && r.in_stride[a] == r.in_stride[0];
   at::parallel_for(0, count, std::max<int64_t>(1, kPointwiseGrain / (A * B)), [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<T, uint32_t>)
       transpose_pixel_range_u32(r, A, B, begin, end, out_dense, split);
@@ -186,20 +189,28 @@ void transpose_planes(const Rows& r, int64_t A, int64_t B, int64_t count, int64_
                      for (int64_t i = begin; i < end; ++i) {
                        const int64_t p = i / (A * B), b = (i / A) % B, a = i % A;
                        std::memcpy(r.out[b] + p * r.out_stride + a * plane,
-                                   r.in[a] + p * r.in_stride + b * plane, plane);
+                                   r.in[a] + p * r.in_stride[a] + b * plane, plane);
                      }
                    });
 }
 
-// Runs the transpose; rows' offsets are in units (values or planes), converted to bytes here.
-void transpose(const std::vector<std::pair<const char*, int64_t>>& in_rows, int64_t in_stride_units,
-               const std::vector<std::pair<char*, int64_t>>& out_rows, int64_t out_stride_units,
-               int64_t A, int64_t B, int64_t N, int64_t HW, int64_t esize, bool channels_last) {
+// An input row: base, offset of the row's first unit and units from one pixel / image to the next.
+struct InRow {
+  const char* base;
+  int64_t offset, stride;
+};
+
+// Runs the transpose; offsets and strides are in units (values or planes), converted to bytes here.
+void transpose(const std::vector<InRow>& in_rows, const std::vector<std::pair<char*, int64_t>>& out_rows,
+               int64_t out_stride_units, int64_t A, int64_t B, int64_t N, int64_t HW, int64_t esize,
+               bool channels_last) {
   const int64_t unit = channels_last ? esize : esize * HW;
   Rows r;
-  for (const auto& [p, off] : in_rows) r.in.push_back(p + off * unit);
+  for (const auto& row : in_rows) {
+    r.in.push_back(row.base + row.offset * unit);
+    r.in_stride.push_back(row.stride * unit);
+  }
   for (const auto& [p, off] : out_rows) r.out.push_back(p + off * unit);
-  r.in_stride = in_stride_units * unit;
   r.out_stride = out_stride_units * unit;
   if (N * HW * A * B == 0) return;
   if (!channels_last) return transpose_planes(r, A, B, N, unit);
@@ -213,6 +224,23 @@ void transpose(const std::vector<std::pair<const char*, int64_t>>& in_rows, int6
 }
 
 const char* bytes(const at::Tensor& t) { return static_cast<const char*>(t.data_ptr()); }
+
+// t (N, C, H, W) laid out as a dense tensor of the given layout with more channels of which it
+// is a slice: the units (channels_last: values; NCHW: H*W planes) from one pixel / image to the
+// next; 0 when t is laid out any other way.
+int64_t view_stride(const at::Tensor& t, bool channels_last) {
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  if (t.numel() == 0) return 0;
+  if (channels_last) {
+    const int64_t s = t.stride(3);
+    return t.stride(1) == 1 && s >= C && t.stride(2) == s * W && t.stride(0) == s * W * H ? s : 0;
+  }
+  const int64_t plane = H * W;
+  return t.stride(3) == 1 && t.stride(2) == W && t.stride(1) == plane && t.stride(0) % plane == 0 &&
+                 t.stride(0) >= C * plane
+             ? t.stride(0) / plane
+             : 0;
+}
 char* bytes(at::Tensor& t) { return static_cast<char*>(t.data_ptr()); }
 
 at::Tensor channel_shuffle(const at::Tensor& x_, int64_t groups) {
@@ -222,11 +250,11 @@ at::Tensor channel_shuffle(const at::Tensor& x_, int64_t groups) {
   at::Tensor y = empty_in_layout(x.sizes(), x, cl);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), G = groups, K = C / G;
   // in channels_last, channel c of pixel p is at p*C + c; in NCHW, plane c of image n at n*C + c
-  std::vector<std::pair<const char*, int64_t>> in;
+  std::vector<InRow> in;
   std::vector<std::pair<char*, int64_t>> out;
-  for (int64_t a = 0; a < G; ++a) in.emplace_back(bytes(x), a * K);
+  for (int64_t a = 0; a < G; ++a) in.push_back({bytes(x), a * K, C});
   for (int64_t b = 0; b < K; ++b) out.emplace_back(bytes(y), b * G);
-  transpose(in, C, out, C, G, K, N, HW, x.element_size(), cl);
+  transpose(in, out, C, G, K, N, HW, x.element_size(), cl);
   return y;
 }
 
@@ -235,12 +263,16 @@ at::Tensor concat_shuffle(const at::Tensor& a_, const at::Tensor& b_) {
   const int64_t Ca = a_.size(1), Cb = b_.size(1);
   const bool cl = output_channels_last(a_);
   if (Ca != Cb) return channel_shuffle(at::cat({dense(a_, cl), dense(b_, cl)}, 1), 2);
-  const at::Tensor a = dense(a_, cl), b = dense(b_, cl);
+  // A half that is a channel slice of a dense tensor (ShuffleNet V2's x.chunk(2, 1)) is read in
+  // place, with its own pixel / image stride; any other layout is made dense first.
+  int64_t sa = view_stride(a_, cl), sb = view_stride(b_, cl);
+  const at::Tensor a = sa > 0 ? a_ : dense(a_, cl), b = sb > 0 ? b_ : dense(b_, cl);
+  sa = sa > 0 ? sa : Ca, sb = sb > 0 ? sb : Cb;
   const int64_t N = a.size(0), HW = a.size(2) * a.size(3), C = 2 * Ca;
   at::Tensor y = empty_in_layout({N, C, a.size(2), a.size(3)}, a, cl);
   std::vector<std::pair<char*, int64_t>> out;
   for (int64_t k = 0; k < Ca; ++k) out.emplace_back(bytes(y), 2 * k);
-  transpose({{bytes(a), 0}, {bytes(b), 0}}, Ca, out, C, 2, Ca, N, HW, a.element_size(), cl);
+  transpose({{bytes(a), 0, sa}, {bytes(b), 0, sb}}, out, C, 2, Ca, N, HW, a.element_size(), cl);
   return y;
 }
 
@@ -256,9 +288,9 @@ std::tuple<at::Tensor, at::Tensor> concat_shuffle_backward(const at::Tensor& g_,
   const int64_t N = g.size(0), HW = g.size(2) * g.size(3);
   at::Tensor ga = empty_in_layout({N, K, g.size(2), g.size(3)}, g, cl);
   at::Tensor gb = empty_in_layout({N, K, g.size(2), g.size(3)}, g, cl);
-  std::vector<std::pair<const char*, int64_t>> in;
-  for (int64_t a = 0; a < K; ++a) in.emplace_back(bytes(g), 2 * a);
-  transpose(in, C, {{bytes(ga), 0}, {bytes(gb), 0}}, K, K, 2, N, HW, g.element_size(), cl);
+  std::vector<InRow> in;
+  for (int64_t a = 0; a < K; ++a) in.push_back({bytes(g), 2 * a, C});
+  transpose(in, {{bytes(ga), 0}, {bytes(gb), 0}}, K, K, 2, N, HW, g.element_size(), cl);
   return {ga, gb};
 }
 

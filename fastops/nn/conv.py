@@ -207,10 +207,22 @@ _ONEDNN_ACTS = {
 ONEDNN_CONVS = {"dense", "pointwise", "depthwise"}
 
 
+def _channels_last_view(x: torch.Tensor) -> bool:
+    """x (4-D) is channels_last contiguous, or a view into such a tensor that keeps its order:
+    channels innermost, then width, height, batch, with gaps allowed (ShuffleNet V2's channel
+    split `x.chunk(2, 1)` gives one). oneDNN's path takes it after one channels_last copy, where
+    the other paths would copy it as well."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return True
+    n, c, h, w = x.shape
+    sn, sc, sh, sw = x.stride()
+    return sc == 1 and sw >= c and sh >= sw * w and sn >= sh * h
+
+
 def _onednn_usable(x: torch.Tensor, conv: nn.Conv2d, bn, name: str, residual, shuffle_groups: int, kind: str) -> bool:
     if (
         kind not in ONEDNN_CONVS or shuffle_groups != 1 or x.device.type != "cpu"
-        or x.dtype not in (torch.float32, torch.bfloat16) or not x.is_contiguous(memory_format=torch.channels_last)
+        or x.dtype not in (torch.float32, torch.bfloat16) or x.dim() != 4 or not _channels_last_view(x)
         or torch.compiler.is_compiling() or not torch.backends.mkldnn.is_available()
     ):
         return False
@@ -250,7 +262,7 @@ def _kept_inference(x, conv, bn, act, residual):
     bn0, act0, has_residual, dtype, kind, state, run = plan
     if (bn0 is not bn or act0 is not act or (residual is not None) != has_residual or x.dtype != dtype
             or kind not in ONEDNN_CONVS or x.device.type != "cpu" or x.dim() != 4
-            or not x.is_contiguous(memory_format=torch.channels_last) or torch.compiler.is_compiling()
+            or not _channels_last_view(x) or torch.compiler.is_compiling()
             or _inference_state(conv, bn) != state):
         return None
     if residual is not None and not (residual.dtype == dtype and residual.shape[1:2] == (conv.out_channels,)
@@ -281,12 +293,14 @@ def _onednn_conv(x, conv, bn, name, residual, act=None, kind=None):
 
         def run(x, residual):
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, residual, packed, bias, *geometry, "add", 1.0, unary, [], None)
+                x.contiguous(memory_format=torch.channels_last), residual, packed, bias, *geometry, "add", 1.0,
+                unary, [], None)
     else:
         attr, scalars = _ONEDNN_ACTS[name]
 
         def run(x, residual):
-            return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *geometry, attr, scalars, None)
+            return torch.ops.mkldnn._convolution_pointwise(
+                x.contiguous(memory_format=torch.channels_last), packed, bias, *geometry, attr, scalars, None)
     if kind is not None and not torch.is_grad_enabled():
         _KEPT.setdefault(conv, {})["_fastops_inference"] = (
             bn, act, residual is not None, x.dtype, kind, _inference_state(conv, bn), run)
