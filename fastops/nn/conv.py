@@ -402,15 +402,20 @@ class ConvBNAct(nn.Sequential):
         self.out_channels = out_channels
 
     def parts(self):
-        """(conv, bn or None, act module or None), or None when the children are not that shape."""
-        mods = list(self)
-        if not mods or not isinstance(mods[0], nn.Conv2d):
-            return None
-        conv, rest = mods[0], mods[1:]
-        bn = rest.pop(0) if rest and isinstance(rest[0], nn.BatchNorm2d) else None
-        if len(rest) > 1:
-            return None
-        return conv, bn, (rest[0] if rest else None)
+        """(conv, bn or None, act module or None), or None when the children are not that shape.
+        Kept between calls while the children are the same modules."""
+        mods = tuple(self._modules.values())
+        kept = self.__dict__.get("_fastops_parts")
+        if kept is not None and kept[0] == mods:  # element-wise identity (modules compare by identity)
+            return kept[1]
+        parts = None
+        if mods and isinstance(mods[0], nn.Conv2d):
+            conv, rest = mods[0], list(mods[1:])
+            bn = rest.pop(0) if rest and isinstance(rest[0], nn.BatchNorm2d) else None
+            if len(rest) <= 1:
+                parts = conv, bn, (rest[0] if rest else None)
+        self.__dict__["_fastops_parts"] = (mods, parts)
+        return parts
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, shuffle_groups: int = 1) -> torch.Tensor:
         parts = self.parts()

@@ -42,7 +42,7 @@ class FusedSequential(nn.Sequential):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         mods = tuple(self._modules.values())
         cached = self.__dict__.get("_fastops_plan")
-        if cached is None or len(cached[0]) != len(mods) or any(a is not b for a, b in zip(cached[0], mods)):
+        if cached is None or cached[0] != mods:  # element-wise identity (modules compare by identity)
             cached = (mods, plan(list(mods)))  # made again whenever a child is added, removed or replaced
             self.__dict__["_fastops_plan"] = cached
         steps = cached[1]
