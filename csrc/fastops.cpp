@@ -73,6 +73,13 @@ TORCH_LIBRARY(fastops, m) {
       "separable_conv_bn_act_backward(Tensor grad_out, Tensor x, Tensor dw_weight, Tensor pw_weight, "
       "Tensor? scale, Tensor? shift, int[2] stride, int[2] padding, int[2] dilation, str act) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // --- MobileNet V2 / V3 inverted residual block without squeeze-excite, inference: expand 1x1 +
+  // affine + act, depthwise k x k (padding k // 2) + affine + act, project 1x1 + affine [+ x]
+  // (cpu/inverted_residual.cpp; other devices run the composition of the ops above) ---
+  m.def(
+      "inverted_residual(Tensor x, Tensor w1, Tensor s1, Tensor b1, Tensor w2, Tensor s2, Tensor b2, "
+      "Tensor w3, Tensor s3, Tensor b3, int stride, str act, bool residual) -> Tensor");
 }
 
 // `import fastops._C` loads this library, which runs the registrations above. The module itself

@@ -265,3 +265,43 @@ def check_separable(op, x, dw_weight, pw_weight, scale, shift, stride, padding, 
     _check_param_vector(op, "scale", scale, x, oc)
     _check_param_vector(op, "shift", shift, x, oc)
     return [n, oc, oh, ow]
+
+
+def _check_weight(op, arg, w, x, shape, what) -> None:
+    """w has the given shape (None entries: any size > 0), x's dtype and device."""
+    check_tensor(op, arg, w)
+    if w.dim() != len(shape) or any(e is not None and e != a for e, a in zip(shape, w.shape)) or 0 in w.shape:
+        want = ", ".join("*" if e is None else str(e) for e in shape)
+        raise ValueError(f"fastops.{op}: argument '{arg}' must have shape [{want}] ({what}), got {list(w.shape)}")
+    if w.dtype != x.dtype:
+        raise TypeError(f"fastops.{op}: argument '{arg}' has dtype {w.dtype} but 'x' has dtype {x.dtype}")
+    if w.device != x.device:
+        raise ValueError(f"fastops.{op}: argument '{arg}' is on {w.device} but 'x' is on {x.device}")
+
+
+def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual) -> list:
+    """The checks of csrc/cpu/inverted_residual.cpp, in Python; returns the output shape."""
+    check_floating(op, "x", x)
+    if x.dim() != 4:
+        raise ValueError(f"fastops.{op}: argument 'x' must be 4-D [N, C, H, W], got {x.dim()}-D shape {list(x.shape)}")
+    n, c, h, w = x.shape
+    _check_weight(op, "w1", w1, x, [None, c, 1, 1], "the expanding 1x1 conv")
+    e = w1.shape[0]
+    _check_weight(op, "w2", w2, x, [e, 1, None, None], "the depthwise conv")
+    k = w2.shape[2]
+    if w2.shape[3] != k or k % 2 == 0:
+        raise ValueError(f"fastops.{op}: argument 'w2' must be a square kernel of odd size, got {list(w2.shape)}")
+    _check_weight(op, "w3", w3, x, [None, e, 1, 1], "the projecting 1x1 conv")
+    o = w3.shape[0]
+    for arg, t, size in (("s1", s1, e), ("b1", b1, e), ("s2", s2, e), ("b2", b2, e), ("s3", s3, o), ("b3", b3, o)):
+        check_tensor(op, arg, t)
+        _check_param_vector(op, arg, t, x, size)
+    _check_int(op, "stride", stride, 1)
+    check_act(op, act)
+    if residual and (stride != 1 or o != c):
+        raise ValueError(f"fastops.{op}: residual=True needs stride 1 and as many output channels as input channels, "
+                         f"got stride {stride}, {c} -> {o} channels")
+    p = k // 2
+    if h + 2 * p < k or w + 2 * p < k:
+        raise ValueError(f"fastops.{op}: the kernel ({k}x{k}) is larger than the padded input ({h + 2 * p}x{w + 2 * p})")
+    return [n, o, (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1]

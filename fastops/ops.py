@@ -15,7 +15,7 @@ from . import _backend, _checks, _extension, _layout, reference
 __all__ = [
     "hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act", "bn_act_train",
     "bn_act_train_backward", "channel_shuffle", "concat_shuffle", "squeeze_excite", "pwconv_bn_act",
-    "separable_conv_bn_act",
+    "separable_conv_bn_act", "inverted_residual",
 ]
 
 
@@ -299,7 +299,50 @@ def register_separable(ns):
     torch.library.register_autograd(f"{ns}::separable_conv_bn_act", backward, setup_context=setup)
 
 
+def register_inverted_residual(ns):
+    """fake + autograd + CUDA for <ns>::inverted_residual. The backward recomputes the block's
+    expanded and depthwise tensors with the fused ops and chains their backward ops; on CUDA the
+    op is those fused ops in sequence (the one-kernel block is CPU only)."""
+    ops_ = getattr(torch.ops, ns)
+
+    @torch.library.register_fake(f"{ns}::inverted_residual")
+    def _fake(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual):
+        shape = _checks.check_inverted_residual("inverted_residual", x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride,
+                                                act, residual)
+        return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.impl(f"{ns}::inverted_residual", "CUDA")
+    def _cuda(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual):
+        # No block kernel on CUDA yet: the fused ops' CUDA kernels, one after the other.
+        k = w2.shape[-1]
+        e = ops_.pwconv_bn_act(x, w1, s1, b1, 1, act, None, 1)
+        d = ops_.dwconv_bn_act(e, w2, s2, b2, [stride, stride], [k // 2, k // 2], [1, 1], act)
+        y = ops_.pwconv_bn_act(d, w3, s3, b3, 1, "none", x if residual else None, 1)
+        return y.contiguous(memory_format=torch.channels_last)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:10])
+        ctx.conf = inputs[10:]
+
+    def backward(ctx, grad):
+        x, w1, s1, b1, w2, s2, b2, w3, s3, b3 = ctx.saved_tensors
+        stride, act, residual = ctx.conf
+        k = w2.shape[-1]
+        geometry = ([stride, stride], [k // 2, k // 2], [1, 1])
+        e = ops_.pwconv_bn_act(x, w1, s1, b1, 1, act, None, 1)
+        d = ops_.dwconv_bn_act(e, w2, s2, b2, *geometry, act)
+        gd, gw3, gs3, gb3, _ = ops_.pwconv_bn_act_backward(grad, d, w3, s3, b3, 1, "none", None, 1)
+        ge, gw2, gs2, gb2 = ops_.dwconv_bn_act_backward(gd, e, w2, s2, b2, *geometry, act)
+        gx, gw1, gs1, gb1, _ = ops_.pwconv_bn_act_backward(ge, x, w1, s1, b1, 1, act, None, 1)
+        if residual:
+            gx = gx + grad
+        return gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None, None, None
+
+    torch.library.register_autograd(f"{ns}::inverted_residual", backward, setup_context=setup)
+
+
 if _extension.has_extension():
+    register_inverted_residual("fastops")
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
     register_dwconv("fastops")
@@ -457,3 +500,23 @@ def separable_conv_bn_act(x, dw_weight, pw_weight, scale=None, shift=None, strid
     stride, padding, dilation = (_checks.pair(op, n, v) for n, v in (("stride", stride), ("padding", padding), ("dilation", dilation)))
     _checks.check_separable(op, x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act)
     return _pick(op, x, impl)(x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act)
+
+
+def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu6", residual=False):
+    """MobileNet V2's / V3's inverted residual block without squeeze-excite, BatchNorms folded into
+    (scale, shift) pairs: `act(conv1x1(x, w1) * s1 + b1)` (w1 [E, C, 1, 1]), then `act(dwconv(., w2,
+    stride, padding k // 2) * s2 + b2)` (w2 [E, 1, k, k], k odd), then `conv1x1(., w3) * s3 + b3`
+    (w3 [O, E, 1, 1]), plus x when residual. On CPU, for float32 input laid out channels_last (or a
+    channel slice of such a tensor), one kernel that never writes the E-channel tensors to memory
+    (csrc/cpu/inverted_residual.cpp); elsewhere the composition of pwconv_bn_act and dwconv_bn_act,
+    with the same answer. Differentiable in every tensor. Output channels_last on the kernel's
+    path, in x's layout otherwise."""
+    op = "inverted_residual"
+    _checks.check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and _extension.has_extension() \
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.ops.fastops.inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual)
+    k = w2.shape[-1]
+    e = pwconv_bn_act(x, w1, s1, b1, 1, act)
+    d = dwconv_bn_act(e, w2, s2, b2, stride, k // 2, 1, act)
+    return pwconv_bn_act(d, w3, s3, b3, 1, "none", x if residual else None)

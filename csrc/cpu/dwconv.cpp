@@ -30,6 +30,7 @@
 
 #include "../dwconv.h"
 #include "../pointwise.h"
+#include "kernels.h"
 #include "simd.h"
 
 namespace fastops {
@@ -737,6 +738,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
 }
 
 }  // namespace
+
+void dwconv_nhwc_rows_f32(const float* x, float* y, const float* wt, const float* sc, const float* sh,
+                          const DwConvShape& s, Act act, int64_t begin, int64_t end) {
+  nhwc_f32(x, y, wt, sc, sh, s, act, begin, end);
+}
 
 TORCH_LIBRARY_IMPL(fastops, CPU, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act);

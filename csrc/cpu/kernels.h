@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include "../dwconv.h"
 #include "../pwconv.h"
 
 namespace fastops {
@@ -14,6 +15,12 @@ namespace cpu {
 void pwconv_forward_into(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
                          const c10::optional<at::Tensor>& shift, const PwShape& s, Act act,
                          const c10::optional<at::Tensor>& residual, at::Tensor& y);
+
+// dwconv_bn_act's channels_last float32 kernel on output rows [begin, end) of r = n * OH + oh:
+// x dense [N, H, W, C], y dense [N, OH, OW, C], wt [KH * KW][C], sc / sh [C] (csrc/cpu/dwconv.cpp).
+// Multiplier 1 only (s.OC == s.C).
+void dwconv_nhwc_rows_f32(const float* x, float* y, const float* wt, const float* sc, const float* sh,
+                          const DwConvShape& s, Act act, int64_t begin, int64_t end);
 
 }  // namespace cpu
 }  // namespace fastops

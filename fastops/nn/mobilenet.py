@@ -8,8 +8,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .conv import ConvBNAct
-from .sequential import FusedSequential
+from .. import _extension
+from .conv import ConvBNAct, _fusable, _is_pointwise, act_name, folded_scale_shift
+from .sequential import FusedSequential, plan
 from .squeeze_excite import SqueezeExcite
 
 
@@ -19,6 +20,67 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) 
     min_value = divisor if min_value is None else min_value
     rounded = max(min_value, int(v + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * v else rounded
+
+
+# Whether inference without autograd runs a whole block (expand, depthwise, project; no SE) as
+# one `inverted_residual` kernel on CPU, the expanded tensors never written to memory. Measured on
+# torchvision's MobileNet V2 (2 cores, channels_last, the 16 expanding blocks, interleaved): N=8
+# 45.2 -> 38.7 ms, N=1 12.4 -> 7.4 ms against the three oneDNN convolutions it replaces.
+FUSED_BLOCKS = True
+
+
+def _block_steps(seq: FusedSequential):
+    """(expand, depthwise, project) as (conv, bn, act) triples when `seq` is an expanding block
+    the inverted_residual kernel covers: 1x1 conv + BN + act, depthwise k x k (k odd, padding
+    k // 2, square stride, no dilation) + BN + the same act, 1x1 conv + BN, plain modules (no
+    subclasses), activation relu / relu6 / hardswish; else None. Kept while the children are the
+    same modules."""
+    mods = tuple(seq._modules.values())
+    kept = seq.__dict__.get("_fastops_block_steps")
+    if kept is not None and kept[0] == mods:
+        return kept[1]
+    steps = []
+    for step in plan(list(mods)):
+        if step[0] == "conv":
+            steps.append(step[1:])
+        elif isinstance(step[1], ConvBNAct) and step[1].parts() is not None:
+            steps.append(step[1].parts())
+        else:
+            steps = None
+            break
+    found = None
+    if steps is not None and len(steps) == 3 and all(_fusable(c, bn) and bn is not None for c, bn, _ in steps):
+        (c1, _, a1), (c2, _, a2), (c3, _, a3) = steps
+        n1, n2 = act_name(a1), act_name(a2)
+        k = c2.kernel_size[0]
+        if (_is_pointwise(c1) and c1.groups == 1 and _is_pointwise(c3) and c3.groups == 1 and a3 is None
+                and c2.groups == c2.in_channels == c2.out_channels == c1.out_channels == c3.in_channels
+                and c2.kernel_size == (k, k) and k % 2 == 1 and c2.padding == (k // 2, k // 2)
+                and c2.dilation == (1, 1) and c2.stride[0] == c2.stride[1]
+                and n1 == n2 and n1 in ("relu", "relu6", "hardswish")):
+            found = (steps, n1)
+    seq.__dict__["_fastops_block_steps"] = (mods, found)
+    return found
+
+
+def _fused_block(seq: FusedSequential, x: torch.Tensor, residual: bool):
+    """The block as one `inverted_residual` kernel (CPU, float32, channels_last, BNs in eval
+    mode, no autograd, not under torch.compile), or None when that does not apply."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4
+            or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
+            or torch.compiler.is_compiling() or not _extension.has_extension()):
+        return None
+    found = _block_steps(seq)
+    if found is None:
+        return None
+    steps, act = found
+    if any(bn.training or bn.running_mean is None or c.weight.dtype != x.dtype for c, bn, _ in steps):
+        return None
+    (c1, _, _), (c2, _, _), (c3, _, _) = steps
+    (s1, b1), (s2, b2), (s3, b3) = (folded_scale_shift(c, bn) for c, bn, _ in steps)
+    # the structure was checked above; the kernel checks the shapes again
+    return torch.ops.fastops.inverted_residual(x, c1.weight, s1, b1, c2.weight, s2, b2, c3.weight, s3, b3,
+                                               c2.stride[0], act, residual)
 
 
 class InvertedResidual(nn.Module):
@@ -84,6 +146,10 @@ class InvertedResidual(nn.Module):
         seq = self._modules["block"] if "block" in self._modules else self._modules["conv"]
         residual = x if self.use_res_connect else None
         if isinstance(seq, FusedSequential):
+            if not torch.is_grad_enabled() and FUSED_BLOCKS:
+                y = _fused_block(seq, x, self.use_res_connect)
+                if y is not None:
+                    return y
             return seq(x, residual=residual)
         y = seq(x)
         return y if residual is None else y + residual

@@ -1,0 +1,197 @@
+// CPU kernel of fastops::inverted_residual: MobileNet V2's / V3's inverted residual block without
+// squeeze-excite, in inference (BatchNorms folded into scale / shift):
+//   e = act(expand(x) * s1 + b1)          1x1 conv, C -> E channels
+//   d = act(dwconv_k(e, stride) * s2 + b2) depthwise k x k, padding k // 2
+//   y = project(d) * s3 + b3 [+ x]         1x1 conv, E -> O channels, no activation
+// in one parallel region, float32 channels_last. Each task runs one image (or, when there are
+// fewer images than threads, part of one) band by band: a band's expanded rows (sgemm on the
+// band's pixels, then the affine + activation while the tile is hot) and its depthwise rows
+// (dwconv_bn_act's channels_last row kernel) live in per-thread buffers sized for the L2 cache,
+// and the projection (sgemm + affine [+ residual]) writes the band's output rows; images small
+// enough go several to a task, whole. The expanded
+// and depthwise tensors, 4-6x the block's input and output, are never written to memory.
+// Expanded rows the next band's depthwise needs again (k - stride of them) are kept, not
+// recomputed. Other dtypes, layouts and devices: the composition of fastops' ops (fastops/ops.py).
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../dwconv.h"
+#include "kernels.h"
+#include "simd.h"
+
+// Fortran BLAS sgemm, exported by libtorch_cpu (csrc/cpu/pwconv.cpp says more).
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc) __attribute__((weak));
+
+namespace fastops {
+namespace cpu {
+namespace {
+
+constexpr int L = kLanes;
+// Bytes of expanded rows one band may take: with the band's depthwise rows, well inside L2.
+constexpr int64_t kBandBytes = 384 << 10;
+
+// Row-major C[M, N] = A[M, K] @ B[N, K]^T (B a weight, [out, in]); sgemm is column-major.
+void gemm_abt(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C, int64_t ldc) {
+  const int m = int(N), n = int(M), k = int(K), lda = int(K), ldb = int(K), lc = int(ldc);
+  const float one = 1.f, zero = 0.f;
+  const char ta = 'T', tb = 'N';
+  sgemm_(&ta, &tb, &m, &n, &k, &one, B, &lda, A, &ldb, &zero, C, &lc);
+}
+
+template <Act A>
+FASTOPS_CPU_INLINE void epilogue_rows(float* y, int64_t M, int64_t C, const float* sc, const float* sh,
+                                      const float* res, int64_t res_ld) {
+  for (int64_t m = 0; m < M; ++m) {
+    float* row = y + m * C;
+    const float* r = res ? res + m * res_ld : nullptr;
+    int64_t c = 0;
+    for (; c + L <= C; c += L) {
+      f32x16 v = load16(row + c) * load16(sc + c) + load16(sh + c);
+      if (r) v += load16(r + c);
+      store16(row + c, act_fwd<A>(v));
+    }
+    for (; c < C; ++c) row[c] = act_fwd<A>(row[c] * sc[c] + sh[c] + (r ? r[c] : 0.f));
+  }
+}
+
+// y[m, c] = act(y[m, c] * sc[c] + sh[c] (+ res[m * res_ld + c])), rows of C values.
+FASTOPS_CPU_MULTIVERSION void epilogue(float* y, int64_t M, int64_t C, const float* sc, const float* sh, Act act,
+                                       const float* res, int64_t res_ld) {
+#define FASTOPS_EPI(A) epilogue_rows<A>(y, M, C, sc, sh, res, res_ld)
+  FASTOPS_ACT_CASES(FASTOPS_EPI)
+#undef FASTOPS_EPI
+}
+
+at::Tensor vec(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& s1, const at::Tensor& b1,
+                             const at::Tensor& w2, const at::Tensor& s2, const at::Tensor& b2, const at::Tensor& w3,
+                             const at::Tensor& s3, const at::Tensor& b3, int64_t stride, c10::string_view act_,
+                             bool residual) {
+  const char* op = "inverted_residual";
+  const Act act = parse_act(op, std::string_view(act_.data(), act_.size()));
+  TORCH_CHECK_VALUE(x.dim() == 4, "fastops.", op, ": argument 'x' must be 4-D [N, C, H, W], got ", x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "fastops.", op, ": argument 'x' must be float32 on CPU, got ",
+                   x.scalar_type());
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK_VALUE(w1.dim() == 4 && w1.size(1) == C && w1.size(2) == 1 && w1.size(3) == 1, "fastops.", op,
+                    ": argument 'w1' must have shape [E, ", C, ", 1, 1], got ", w1.sizes());
+  const int64_t E = w1.size(0);
+  TORCH_CHECK_VALUE(w2.dim() == 4 && w2.size(0) == E && w2.size(1) == 1 && w2.size(2) == w2.size(3) &&
+                        w2.size(2) % 2 == 1,
+                    "fastops.", op, ": argument 'w2' must have shape [", E, ", 1, k, k] with k odd, got ",
+                    w2.sizes());
+  TORCH_CHECK_VALUE(w3.dim() == 4 && w3.size(1) == E && w3.size(2) == 1 && w3.size(3) == 1, "fastops.", op,
+                    ": argument 'w3' must have shape [O, ", E, ", 1, 1], got ", w3.sizes());
+  const int64_t O = w3.size(0), K = w2.size(2), P = K / 2;
+  TORCH_CHECK_VALUE(stride >= 1, "fastops.", op, ": argument 'stride' must be >= 1, got ", stride);
+  const int64_t S = stride, OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
+  const struct { const at::Tensor* t; const char* name; int64_t n; } vecs[] = {
+      {&s1, "s1", E}, {&b1, "b1", E}, {&s2, "s2", E}, {&b2, "b2", E}, {&s3, "s3", O}, {&b3, "b3", O}};
+  for (const auto& v : vecs)
+    TORCH_CHECK_VALUE(v.t->dim() == 1 && v.t->size(0) == v.n, "fastops.", op, ": argument '", v.name,
+                      "' must have shape [", v.n, "], got ", v.t->sizes());
+  TORCH_CHECK_VALUE(!residual || (S == 1 && O == C), "fastops.", op,
+                    ": residual=True needs stride 1 and as many output channels as input channels, got stride ",
+                    S, ", ", C, " -> ", O, " channels");
+  TORCH_CHECK(sgemm_ != nullptr, "fastops.", op, ": this torch build exports no BLAS sgemm");
+
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor y = at::empty({N, O, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  const at::Tensor w1c = w1.to(at::kFloat).contiguous(), w3c = w3.to(at::kFloat).contiguous();
+  const at::Tensor w2t = w2.to(at::kFloat).reshape({E, K * K}).t().contiguous();  // [K*K][E]
+  const at::Tensor s1c = vec(s1), b1c = vec(b1), s2c = vec(s2), b2c = vec(b2), s3c = vec(s3), b3c = vec(b3);
+  const float* xp = xc.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+
+  // output rows per band: the band's expanded rows ((band - 1) * S + K of them) within kBandBytes
+  const int64_t row_bytes = W * E * int64_t(sizeof(float));
+  const int64_t band = std::clamp<int64_t>((kBandBytes / std::max<int64_t>(row_bytes, 1) - K) / S + 1, 1, OH);
+  const int64_t threads = at::get_num_threads();
+  // Small images (7x7 at the end of the network): several whole images per task, so that the
+  // GEMMs have more than a handful of rows, as long as every thread still gets a task. (14x14
+  // images ran faster one per task: MobileNet V2, N=8.)
+  const int64_t image_bytes = H * W * E * int64_t(sizeof(float));
+  const int64_t group = 2 * image_bytes > kBandBytes ? 1 : std::clamp<int64_t>(
+      2 * kBandBytes / std::max<int64_t>(image_bytes, 1), 1, (N + threads - 1) / threads);
+  if (group > 1) {
+    const float* sc1 = s1c.const_data_ptr<float>(), *sh1 = b1c.const_data_ptr<float>();
+    at::parallel_for(0, (N + group - 1) / group, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> ebuf(group * H * W * E), dbuf(group * OH * OW * E);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n0 = t * group, g = std::min(N, n0 + group) - n0;
+        gemm_abt(g * H * W, E, C, xp + n0 * H * W * C, w1c.const_data_ptr<float>(), ebuf.data(), E);
+        epilogue(ebuf.data(), g * H * W, E, sc1, sh1, act, nullptr, 0);
+        DwConvShape ds{};
+        ds.N = g, ds.C = E, ds.H = H, ds.W = W, ds.OC = E, ds.mult = 1, ds.KH = K, ds.KW = K;
+        ds.SH = S, ds.SW = S, ds.PH = P, ds.PW = P, ds.DH = 1, ds.DW = 1, ds.OH = OH, ds.OW = OW;
+        dwconv_nhwc_rows_f32(ebuf.data(), dbuf.data(), w2t.const_data_ptr<float>(), s2c.const_data_ptr<float>(),
+                             b2c.const_data_ptr<float>(), ds, act, 0, g * OH);
+        float* out = yp + n0 * OH * OW * O;
+        gemm_abt(g * OH * OW, O, E, dbuf.data(), w3c.const_data_ptr<float>(), out, O);
+        epilogue(out, g * OH * OW, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
+                 residual ? xp + n0 * H * W * C : nullptr, C);
+      }
+    });
+    return y;
+  }
+  // fewer images than threads: split each image's rows into parts (the part boundary's halo rows
+  // are computed twice)
+  const int64_t parts = std::min<int64_t>(OH, N >= threads ? 1 : (threads + N - 1) / N);
+  const int64_t rows_per_part = (OH + parts - 1) / parts;
+  const int64_t max_in_rows = std::min<int64_t>(H, (band - 1) * S + K);
+
+  at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> ebuf(max_in_rows * W * E), dbuf(band * OW * E);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / parts, part = t % parts;
+      const int64_t oa = part * rows_per_part, ob = std::min(OH, oa + rows_per_part);
+      int64_t e_lo = 0, e_hi = 0;  // expanded rows [e_lo, e_hi) of image n are in ebuf
+      for (int64_t o = oa; o < ob; o += band) {
+        const int64_t o1 = std::min(ob, o + band);
+        const int64_t lo = std::max<int64_t>(0, o * S - P), hi = std::min<int64_t>(H, (o1 - 1) * S - P + K);
+        int64_t keep = 0;
+        if (e_lo <= lo && lo < e_hi) {
+          keep = std::min(e_hi, hi) - lo;
+          std::memmove(ebuf.data(), ebuf.data() + (lo - e_lo) * W * E, keep * W * E * sizeof(float));
+        }
+        if (hi > lo + keep) {  // expand the rows not kept: [pixels, C] @ w1^T, affine, activation
+          float* e = ebuf.data() + keep * W * E;
+          const int64_t M = (hi - lo - keep) * W;
+          gemm_abt(M, E, C, xp + ((n * H + lo + keep) * W) * C, w1c.const_data_ptr<float>(), e, E);
+          epilogue(e, M, E, s1c.const_data_ptr<float>(), b1c.const_data_ptr<float>(), act, nullptr, 0);
+        }
+        e_lo = lo, e_hi = hi;
+        // the band's depthwise rows, from the expanded rows [lo, hi) as an image of their own
+        DwConvShape ds{};
+        ds.N = 1, ds.C = E, ds.H = hi - lo, ds.W = W, ds.OC = E, ds.mult = 1, ds.KH = K, ds.KW = K;
+        ds.SH = S, ds.SW = S, ds.PH = lo - (o * S - P), ds.PW = P, ds.DH = 1, ds.DW = 1;
+        ds.OH = o1 - o, ds.OW = OW;
+        dwconv_nhwc_rows_f32(ebuf.data(), dbuf.data(), w2t.const_data_ptr<float>(), s2c.const_data_ptr<float>(),
+                             b2c.const_data_ptr<float>(), ds, act, 0, ds.OH);
+        // project into the output rows, then affine [+ residual] in place
+        const int64_t M = (o1 - o) * OW;
+        float* out = yp + ((n * OH + o) * OW) * O;
+        gemm_abt(M, O, E, dbuf.data(), w3c.const_data_ptr<float>(), out, O);
+        epilogue(out, M, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
+                 residual ? xp + ((n * H + o) * W) * C : nullptr, C);
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) { m.impl("inverted_residual", &inverted_residual); }
+
+}  // namespace cpu
+}  // namespace fastops

@@ -1,0 +1,203 @@
+"""fastops.inverted_residual (MobileNet V2's / V3's block without squeeze-excite, BatchNorms
+folded) against its reference composition, and InvertedResidual's inference running it."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastops
+from fastops import reference
+from helpers import poisoned_memory
+
+torchvision = pytest.importorskip("torchvision")
+
+ACTS = ("relu6", "hardswish", "relu")
+
+
+def _args(n, c, e, o, h, w, k, stride, act, residual, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    x = (r(n, c, h, w) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+    w1, w2, w3 = r(e, c, 1, 1) * c ** -0.5, r(e, 1, k, k) / k, r(o, e, 1, 1) * e ** -0.5
+    vec = lambda m: (torch.rand(m, generator=gen) + 0.5, torch.randn(m, generator=gen) * 0.2)  # noqa: E731
+    (s1, b1), (s2, b2), (s3, b3) = vec(e), vec(e), vec(o)
+    tensors = [t.to(dtype) for t in (w1, s1, b1, w2, s2, b2, w3, s3, b3)]
+    return (x, *tensors, stride, act, residual)
+
+
+# (N, C, E, O, H, W, k, stride, residual): MobileNet shapes shrunk, odd sizes, N=1 (image split
+# across threads), 56-wide rows (several bands per image, halo rows kept), 7x7 maps with N=4
+# (several images per task), 1-pixel outputs
+CASES = [
+    (2, 24, 144, 24, 56, 56, 3, 1, True),
+    (1, 16, 96, 24, 57, 55, 3, 2, False),
+    (3, 40, 120, 40, 13, 14, 5, 1, True),
+    (2, 24, 72, 40, 27, 28, 5, 2, False),
+    (4, 160, 960, 160, 7, 7, 3, 1, True),
+    (5, 19, 37, 11, 7, 5, 3, 2, False),
+    (1, 8, 20, 8, 1, 1, 3, 1, True),
+    (2, 6, 33, 6, 2, 3, 5, 1, True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("threads", (1, 2))
+def test_matches_reference(case, act, threads):
+    n, c, e, o, h, w, k, stride, residual = case
+    args = _args(n, c, e, o, h, w, k, stride, act, residual, seed=hash((case, act)) % 1000)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with poisoned_memory(torch.empty(n, o, h, w)):
+            got = torch.ops.fastops.inverted_residual(*args)
+    finally:
+        torch.set_num_threads(old)
+    expected = reference.inverted_residual(*args)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last", "sliced"))
+def test_functional_any_layout_and_dtype(layout):
+    """fastops.ops.inverted_residual: the kernel for channels_last float32, the composition of
+    fastops' ops otherwise (NCHW keeps NCHW; float64), the same numbers."""
+    args = list(_args(2, 12, 40, 12, 9, 11, 3, 1, "hardswish", True))
+    x = args[0]
+    if layout == "nchw":
+        x = x.contiguous()
+    elif layout == "sliced":
+        x = torch.cat([x, x], 3)[..., ::2]
+    args[0] = x
+    got = fastops.ops.inverted_residual(*args)
+    torch.testing.assert_close(got, reference.inverted_residual(*args), rtol=1e-5, atol=1e-4)
+    if layout == "nchw":
+        assert got.is_contiguous()
+    args64 = [a.double() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.testing.assert_close(fastops.ops.inverted_residual(*args64), reference.inverted_residual(*args64))
+
+
+def test_gradients_of_the_kernel():
+    """The op's autograd formula (recompute with the fused ops, chain their backward ops) against
+    autograd through the reference, every input."""
+    args = _args(2, 10, 30, 10, 9, 8, 3, 1, "relu6", True)
+    ours = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    ref = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    y = torch.ops.fastops.inverted_residual(*ours)
+    g = torch.randn(y.shape).contiguous(memory_format=torch.channels_last)
+    tensors = lambda a: [t for t in a if isinstance(t, torch.Tensor)]  # noqa: E731
+    got = torch.autograd.grad(y, tensors(ours), g)
+    want = torch.autograd.grad(reference.inverted_residual(*ref), tensors(ref), g)
+    for i, (u, v) in enumerate(zip(got, want)):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * v.abs().max().item(), msg=f"input {i}")
+
+
+def test_gradcheck_float64():
+    args = _args(1, 3, 5, 3, 5, 4, 3, 2, "hardswish", False, dtype=torch.float64)
+    args = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    assert torch.autograd.gradcheck(lambda *t: fastops.ops.inverted_residual(*t, 2, "hardswish", False), args[:10])
+
+
+def test_opcheck():
+    args = list(_args(2, 8, 24, 8, 6, 5, 3, 1, "relu6", True))
+    args[:10] = [a.requires_grad_() for a in args[:10]]
+    torch.library.opcheck(torch.ops.fastops.inverted_residual.default, tuple(args))
+
+
+def test_compile_fullgraph():
+    torch._dynamo.reset()
+    args = _args(2, 8, 24, 8, 6, 5, 3, 2, "hardswish", False)
+    fn = torch.compile(lambda *a: torch.ops.fastops.inverted_residual(*a), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(*args), reference.inverted_residual(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_errors_name_the_op_and_argument():
+    good = list(_args(1, 8, 24, 8, 6, 6, 3, 1, "relu6", True))
+
+    def fails(i, value, exc, text):
+        bad = list(good)
+        bad[i] = value
+        for fn in (torch.ops.fastops.inverted_residual, fastops.ops.inverted_residual):
+            with pytest.raises(exc, match=text):
+                fn(*bad)
+
+    fails(1, torch.randn(24, 7, 1, 1), ValueError, "inverted_residual.*'w1'")
+    fails(4, torch.randn(24, 1, 4, 4), ValueError, "inverted_residual.*'w2'")
+    fails(7, torch.randn(8, 23, 1, 1), ValueError, "inverted_residual.*'w3'")
+    fails(8, torch.randn(9), ValueError, "inverted_residual.*'s3'")
+    fails(10, 2, ValueError, "inverted_residual.*residual")
+    fails(11, "gelu", ValueError, "inverted_residual.*'act'")
+    fails(0, torch.randn(1, 8, 6), ValueError, "inverted_residual.*'x'")
+    with pytest.raises(TypeError, match="inverted_residual.*'x'"):
+        torch.ops.fastops.inverted_residual(good[0].double(), *good[1:])
+
+
+def _tv_block(inp, oup, stride, expand):
+    block = torchvision.models.mobilenetv2.InvertedResidual(inp, oup, stride, expand)
+    gen = torch.Generator().manual_seed(inp * 100 + oup)
+    with torch.no_grad():
+        for m in block.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(generator=gen)
+                m.running_mean.normal_(generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+    return block.eval()
+
+
+@pytest.mark.parametrize("inp,oup,stride,expand", [(24, 24, 1, 6), (16, 24, 2, 6), (32, 32, 1, 4), (24, 40, 1, 3)])
+def test_module_inference_runs_the_block_kernel(inp, oup, stride, expand):
+    """fastops.optimize's (and the builders') InvertedResidual in eval mode without autograd runs
+    the block as one kernel (CPU, channels_last float32) with torchvision's answer; with autograd,
+    in NCHW, with FUSED_BLOCKS off or a BN in training mode it takes the per-conv path, same answer."""
+    from fastops.nn import mobilenet
+
+    theirs = _tv_block(inp, oup, stride, expand)
+    ours = fastops.optimize(copy.deepcopy(theirs))
+    assert isinstance(ours, fastops.nn.InvertedResidual)
+    x = (torch.randn(3, inp, 17, 15) * 2).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = theirs(x)
+        got = ours(x)
+    assert mobilenet._block_steps(ours.conv) is not None
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+    def kernel_calls(fn):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = fn()
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
+        return sum(e.name == "fastops::inverted_residual" for e in prof.events())
+
+    with torch.no_grad():
+        assert kernel_calls(lambda: ours(x)) == 1
+        assert kernel_calls(lambda: ours(x.contiguous())) == 0
+    assert kernel_calls(lambda: ours(x)) == 0  # autograd on
+    try:
+        mobilenet.FUSED_BLOCKS = False
+        with torch.no_grad():
+            assert kernel_calls(lambda: ours(x)) == 0
+    finally:
+        mobilenet.FUSED_BLOCKS = True
+    bn = ours.conv[-1]
+    bn.train()
+    with torch.no_grad():  # batch statistics: a different answer, and not the kernel's
+        assert not torch.equal(ours(x), expected)
+    bn.eval()
+
+
+def test_v3_block_without_se_runs_the_kernel_and_with_se_does_not():
+    from fastops.nn import mobilenet
+
+    tv = torchvision.models.mobilenet_v3_large().eval()
+    ours = fastops.optimize(copy.deepcopy(tv))
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), tv(x), rtol=1e-4, atol=1e-4)
+    kinds = [mobilenet._block_steps(b.block) is not None for b in ours.features if isinstance(b, fastops.nn.InvertedResidual)]
+    has_se = [any(isinstance(m, fastops.nn.SqueezeExcite) for m in b.block) for b in ours.features
+              if isinstance(b, fastops.nn.InvertedResidual)]
+    expands = [len(b.block) > 2 for b in ours.features if isinstance(b, fastops.nn.InvertedResidual)]
+    assert kinds == [e and not s for e, s in zip(expands, has_se)] and any(kinds)
