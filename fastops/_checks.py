@@ -279,7 +279,8 @@ def _check_weight(op, arg, w, x, shape, what) -> None:
         raise ValueError(f"fastops.{op}: argument '{arg}' is on {w.device} but 'x' is on {x.device}")
 
 
-def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual) -> list:
+def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual, se_w1=None,
+                            se_b1=None, se_w2=None, se_b2=None) -> list:
     """The checks of csrc/cpu/inverted_residual.cpp, in Python; returns the output shape."""
     check_floating(op, "x", x)
     if x.dim() != 4:
@@ -296,6 +297,15 @@ def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, a
     for arg, t, size in (("s1", s1, e), ("b1", b1, e), ("s2", s2, e), ("b2", b2, e), ("s3", s3, o), ("b3", b3, o)):
         check_tensor(op, arg, t)
         _check_param_vector(op, arg, t, x, size)
+    if se_w1 is not None or se_b1 is not None or se_w2 is not None or se_b2 is not None:
+        if se_w1 is None or se_b1 is None or se_w2 is None or se_b2 is None:
+            raise ValueError(f"fastops.{op}: arguments 'se_w1', 'se_b1', 'se_w2' and 'se_b2' go together")
+        check_tensor(op, "se_w1", se_w1)
+        sq = se_w1.shape[0] if se_w1.dim() in (2, 4) else 0
+        _check_weight(op, "se_w1", se_w1, x, [None, e] + [1, 1] * (se_w1.dim() == 4), "squeeze-excite's fc1")
+        _check_weight(op, "se_w2", se_w2, x, [e, sq] + [1, 1] * (se_w2.dim() == 4), "squeeze-excite's fc2")
+        _check_param_vector(op, "se_b1", se_b1, x, sq)
+        _check_param_vector(op, "se_b2", se_b2, x, e)
     _check_int(op, "stride", stride, 1)
     check_act(op, act)
     if residual and (stride != 1 or o != c):

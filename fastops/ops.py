@@ -306,37 +306,50 @@ def register_inverted_residual(ns):
     ops_ = getattr(torch.ops, ns)
 
     @torch.library.register_fake(f"{ns}::inverted_residual")
-    def _fake(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual):
+    def _fake(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual, se_w1=None, se_b1=None, se_w2=None,
+              se_b2=None):
         shape = _checks.check_inverted_residual("inverted_residual", x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride,
-                                                act, residual)
+                                                act, residual, se_w1, se_b1, se_w2, se_b2)
         return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
 
-    @torch.library.impl(f"{ns}::inverted_residual", "CUDA")
-    def _cuda(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual):
-        # No block kernel on CUDA yet: the fused ops' CUDA kernels, one after the other.
+    def _forward(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, se):
+        """The block's expanded and depthwise tensors, and the projection's input."""
         k = w2.shape[-1]
         e = ops_.pwconv_bn_act(x, w1, s1, b1, 1, act, None, 1)
         d = ops_.dwconv_bn_act(e, w2, s2, b2, [stride, stride], [k // 2, k // 2], [1, 1], act)
-        y = ops_.pwconv_bn_act(d, w3, s3, b3, 1, "none", x if residual else None, 1)
+        return e, d, (d if se[0] is None else ops_.squeeze_excite(d, *se, "relu", "hardsigmoid"))
+
+    @torch.library.impl(f"{ns}::inverted_residual", "CUDA")
+    def _cuda(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual, se_w1=None, se_b1=None, se_w2=None,
+              se_b2=None):
+        # No block kernel on CUDA yet: the fused ops' CUDA kernels, one after the other.
+        _, _, p = _forward(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, (se_w1, se_b1, se_w2, se_b2))
+        y = ops_.pwconv_bn_act(p, w3, s3, b3, 1, "none", x if residual else None, 1)
         return y.contiguous(memory_format=torch.channels_last)
 
     def setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:10])
-        ctx.conf = inputs[10:]
+        ctx.save_for_backward(*inputs[:10], *inputs[13:])
+        ctx.conf = inputs[10:13]
+        ctx.n_inputs = len(inputs)
 
     def backward(ctx, grad):
-        x, w1, s1, b1, w2, s2, b2, w3, s3, b3 = ctx.saved_tensors
+        x, w1, s1, b1, w2, s2, b2, w3, s3, b3, *se = ctx.saved_tensors
+        se = tuple(se) + (None,) * (4 - len(se))
         stride, act, residual = ctx.conf
         k = w2.shape[-1]
         geometry = ([stride, stride], [k // 2, k // 2], [1, 1])
-        e = ops_.pwconv_bn_act(x, w1, s1, b1, 1, act, None, 1)
-        d = ops_.dwconv_bn_act(e, w2, s2, b2, *geometry, act)
-        gd, gw3, gs3, gb3, _ = ops_.pwconv_bn_act_backward(grad, d, w3, s3, b3, 1, "none", None, 1)
+        e, d, p = _forward(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, se)
+        gp, gw3, gs3, gb3, _ = ops_.pwconv_bn_act_backward(grad, p, w3, s3, b3, 1, "none", None, 1)
+        gse = (None,) * 4
+        if se[0] is not None:
+            gd, *gse = ops_.squeeze_excite_backward(gp, d, *se, "relu", "hardsigmoid")
+        else:
+            gd = gp
         ge, gw2, gs2, gb2 = ops_.dwconv_bn_act_backward(gd, e, w2, s2, b2, *geometry, act)
         gx, gw1, gs1, gb1, _ = ops_.pwconv_bn_act_backward(ge, x, w1, s1, b1, 1, act, None, 1)
         if residual:
             gx = gx + grad
-        return gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None, None, None
+        return (gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None, None, None, *gse)[:ctx.n_inputs]
 
     torch.library.register_autograd(f"{ns}::inverted_residual", backward, setup_context=setup)
 
@@ -502,21 +515,26 @@ def separable_conv_bn_act(x, dw_weight, pw_weight, scale=None, shift=None, strid
     return _pick(op, x, impl)(x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act)
 
 
-def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu6", residual=False):
-    """MobileNet V2's / V3's inverted residual block without squeeze-excite, BatchNorms folded into
-    (scale, shift) pairs: `act(conv1x1(x, w1) * s1 + b1)` (w1 [E, C, 1, 1]), then `act(dwconv(., w2,
-    stride, padding k // 2) * s2 + b2)` (w2 [E, 1, k, k], k odd), then `conv1x1(., w3) * s3 + b3`
-    (w3 [O, E, 1, 1]), plus x when residual. On CPU, for float32 input laid out channels_last (or a
-    channel slice of such a tensor), one kernel that never writes the E-channel tensors to memory
-    (csrc/cpu/inverted_residual.cpp); elsewhere the composition of pwconv_bn_act and dwconv_bn_act,
-    with the same answer. Differentiable in every tensor. Output channels_last on the kernel's
-    path, in x's layout otherwise."""
+def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu6", residual=False, se_w1=None,
+                      se_b1=None, se_w2=None, se_b2=None):
+    """MobileNet V2's / V3's expanding inverted residual block, BatchNorms folded into (scale,
+    shift) pairs: `act(conv1x1(x, w1) * s1 + b1)` (w1 [E, C, 1, 1]), then `act(dwconv(., w2,
+    stride, padding k // 2) * s2 + b2)` (w2 [E, 1, k, k], k odd), then, with se_w1 given,
+    MobileNet V3's squeeze-excite (`squeeze_excite(., se_w1, se_b1, se_w2, se_b2, "relu",
+    "hardsigmoid")`), then `conv1x1(., w3) * s3 + b3` (w3 [O, E, 1, 1]), plus x when residual. On
+    CPU, for float32 input laid out channels_last, one kernel that never writes the E-channel
+    tensors to memory (csrc/cpu/inverted_residual.cpp); elsewhere the composition of
+    pwconv_bn_act, dwconv_bn_act and squeeze_excite, with the same answer. Differentiable in every
+    tensor. Output channels_last on the kernel's path, in x's layout otherwise."""
     op = "inverted_residual"
-    _checks.check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual)
+    se = (se_w1, se_b1, se_w2, se_b2)
+    _checks.check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual, *se)
     if x.device.type == "cpu" and x.dtype == torch.float32 and _extension.has_extension() \
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.ops.fastops.inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual)
+        return torch.ops.fastops.inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual, *se)
     k = w2.shape[-1]
     e = pwconv_bn_act(x, w1, s1, b1, 1, act)
     d = dwconv_bn_act(e, w2, s2, b2, stride, k // 2, 1, act)
+    if se_w1 is not None:
+        d = squeeze_excite(d, se_w1, se_b1, se_w2, se_b2, "relu", "hardsigmoid")
     return pwconv_bn_act(d, w3, s3, b3, 1, "none", x if residual else None)

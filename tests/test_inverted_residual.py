@@ -16,7 +16,8 @@ torchvision = pytest.importorskip("torchvision")
 ACTS = ("relu6", "hardswish", "relu")
 
 
-def _args(n, c, e, o, h, w, k, stride, act, residual, seed=0, dtype=torch.float32):
+def _args(n, c, e, o, h, w, k, stride, act, residual, seed=0, dtype=torch.float32, se=False):
+    """x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual [, se_w1, se_b1, se_w2, se_b2]"""
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     x = (r(n, c, h, w) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
@@ -24,7 +25,11 @@ def _args(n, c, e, o, h, w, k, stride, act, residual, seed=0, dtype=torch.float3
     vec = lambda m: (torch.rand(m, generator=gen) + 0.5, torch.randn(m, generator=gen) * 0.2)  # noqa: E731
     (s1, b1), (s2, b2), (s3, b3) = vec(e), vec(e), vec(o)
     tensors = [t.to(dtype) for t in (w1, s1, b1, w2, s2, b2, w3, s3, b3)]
-    return (x, *tensors, stride, act, residual)
+    se_tensors = []
+    if se:  # squeeze to a quarter (at least 2), fc1 4-D as torchvision's, fc2 2-D
+        sq = max(2, e // 4)
+        se_tensors = [t.to(dtype) for t in (r(sq, e, 1, 1) * e ** -0.5, r(sq) * 0.5, r(e, sq) * sq ** -0.5 * 3, r(e))]
+    return (x, *tensors, stride, act, residual, *se_tensors)
 
 
 # (N, C, E, O, H, W, k, stride, residual): MobileNet shapes shrunk, odd sizes, N=1 (image split
@@ -45,9 +50,10 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("threads", (1, 2))
-def test_matches_reference(case, act, threads):
+@pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
+def test_matches_reference(case, act, threads, se):
     n, c, e, o, h, w, k, stride, residual = case
-    args = _args(n, c, e, o, h, w, k, stride, act, residual, seed=hash((case, act)) % 1000)
+    args = _args(n, c, e, o, h, w, k, stride, act, residual, seed=hash((case, act)) % 1000, se=se)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -79,10 +85,11 @@ def test_functional_any_layout_and_dtype(layout):
     torch.testing.assert_close(fastops.ops.inverted_residual(*args64), reference.inverted_residual(*args64))
 
 
-def test_gradients_of_the_kernel():
+@pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
+def test_gradients_of_the_kernel(se):
     """The op's autograd formula (recompute with the fused ops, chain their backward ops) against
     autograd through the reference, every input."""
-    args = _args(2, 10, 30, 10, 9, 8, 3, 1, "relu6", True)
+    args = _args(2, 10, 30, 10, 9, 8, 3, 1, "relu6", True, se=se)
     ours = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
     ref = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
     y = torch.ops.fastops.inverted_residual(*ours)
@@ -94,15 +101,21 @@ def test_gradients_of_the_kernel():
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * v.abs().max().item(), msg=f"input {i}")
 
 
-def test_gradcheck_float64():
-    args = _args(1, 3, 5, 3, 5, 4, 3, 2, "hardswish", False, dtype=torch.float64)
-    args = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-    assert torch.autograd.gradcheck(lambda *t: fastops.ops.inverted_residual(*t, 2, "hardswish", False), args[:10])
+@pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
+def test_gradcheck_float64(se):
+    args = _args(1, 3, 5, 3, 5, 4, 3, 2, "hardswish", False, dtype=torch.float64, se=se)
+    tensors = [a.requires_grad_() for a in args if isinstance(a, torch.Tensor)]
+
+    def fn(*t):
+        return fastops.ops.inverted_residual(*t[:10], 2, "hardswish", False, *t[10:])
+
+    assert torch.autograd.gradcheck(fn, tensors)
 
 
-def test_opcheck():
-    args = list(_args(2, 8, 24, 8, 6, 5, 3, 1, "relu6", True))
-    args[:10] = [a.requires_grad_() for a in args[:10]]
+@pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
+def test_opcheck(se):
+    args = [a.requires_grad_() if isinstance(a, torch.Tensor) else a
+            for a in _args(2, 8, 24, 8, 6, 5, 3, 1, "relu6", True, se=se)]
     torch.library.opcheck(torch.ops.fastops.inverted_residual.default, tuple(args))
 
 
@@ -130,6 +143,12 @@ def test_errors_name_the_op_and_argument():
     fails(10, 2, ValueError, "inverted_residual.*residual")
     fails(11, "gelu", ValueError, "inverted_residual.*'act'")
     fails(0, torch.randn(1, 8, 6), ValueError, "inverted_residual.*'x'")
+    se = list(_args(1, 8, 24, 8, 6, 6, 3, 1, "relu6", True, se=True)[13:])
+    for fn in (torch.ops.fastops.inverted_residual, fastops.ops.inverted_residual):
+        with pytest.raises(ValueError, match="inverted_residual.*'se_w1', 'se_b1', 'se_w2' and 'se_b2' go together"):
+            fn(*good, se[0], None, se[2], se[3])
+        with pytest.raises(ValueError, match="inverted_residual.*'se_w2'"):
+            fn(*good, se[0], se[1], se[2][:, :-1], se[3])
     with pytest.raises(TypeError, match="inverted_residual.*'x'"):
         torch.ops.fastops.inverted_residual(good[0].double(), *good[1:])
 
@@ -188,16 +207,30 @@ def test_module_inference_runs_the_block_kernel(inp, oup, stride, expand):
     bn.eval()
 
 
-def test_v3_block_without_se_runs_the_kernel_and_with_se_does_not():
+@pytest.mark.parametrize("n", (1, 2))
+def test_v3_blocks_run_the_kernel(n):
+    """MobileNet V3-Large through fastops.optimize: every expanding block runs the block kernel,
+    those with squeeze-excite when there are at least as many images as threads; torchvision's
+    answer either way."""
     from fastops.nn import mobilenet
 
     tv = torchvision.models.mobilenet_v3_large().eval()
     ours = fastops.optimize(copy.deepcopy(tv))
-    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    blocks = [b for b in ours.features if isinstance(b, fastops.nn.InvertedResidual)]
+    found = [mobilenet._block_steps(b.block) for b in blocks]
+    expanding = [len(b.block) > 2 for b in blocks]
+    assert [f is not None for f in found] == expanding
+    with_se = sum(f is not None and f[2] is not None for f in found)
+    assert with_se == 8
+    x = torch.randn(n, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            got = ours(x)
+    finally:
+        torch.set_num_threads(old)
+    calls = sum(e.name == "fastops::inverted_residual" for e in prof.events())
+    assert calls == sum(expanding) - (with_se if n < 2 else 0)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), tv(x), rtol=1e-4, atol=1e-4)
-    kinds = [mobilenet._block_steps(b.block) is not None for b in ours.features if isinstance(b, fastops.nn.InvertedResidual)]
-    has_se = [any(isinstance(m, fastops.nn.SqueezeExcite) for m in b.block) for b in ours.features
-              if isinstance(b, fastops.nn.InvertedResidual)]
-    expands = [len(b.block) > 2 for b in ours.features if isinstance(b, fastops.nn.InvertedResidual)]
-    assert kinds == [e and not s for e, s in zip(expands, has_se)] and any(kinds)
+        torch.testing.assert_close(got, tv(x), rtol=1e-4, atol=1e-4)

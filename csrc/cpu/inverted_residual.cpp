@@ -1,7 +1,8 @@
-// CPU kernel of fastops::inverted_residual: MobileNet V2's / V3's inverted residual block without
-// squeeze-excite, in inference (BatchNorms folded into scale / shift):
+// CPU kernel of fastops::inverted_residual: MobileNet V2's / V3's expanding inverted residual
+// block, in inference (BatchNorms folded into scale / shift):
 //   e = act(expand(x) * s1 + b1)          1x1 conv, C -> E channels
 //   d = act(dwconv_k(e, stride) * s2 + b2) depthwise k x k, padding k // 2
+//   [d = d * hardsigmoid(fc2(relu(fc1(mean_hw(d)))))]  MobileNet V3's squeeze-excite, optional
 //   y = project(d) * s3 + b3 [+ x]         1x1 conv, E -> O channels, no activation
 // in one parallel region, float32 channels_last. Each task runs one image (or, when there are
 // fewer images than threads, part of one) band by band: a band's expanded rows (sgemm on the
@@ -11,7 +12,9 @@
 // enough go several to a task, whole. The expanded
 // and depthwise tensors, 4-6x the block's input and output, are never written to memory.
 // Expanded rows the next band's depthwise needs again (k - stride of them) are kept, not
-// recomputed. Other dtypes, layouts and devices: the composition of fastops' ops (fastops/ops.py).
+// recomputed. With squeeze-excite a task keeps its image's depthwise rows until they are pooled,
+// and folds the gate into the projection's weights. Other dtypes, layouts and devices: the
+// composition of fastops' ops (fastops/ops.py).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -74,7 +77,9 @@ at::Tensor vec(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& s1, const at::Tensor& b1,
                              const at::Tensor& w2, const at::Tensor& s2, const at::Tensor& b2, const at::Tensor& w3,
                              const at::Tensor& s3, const at::Tensor& b3, int64_t stride, c10::string_view act_,
-                             bool residual) {
+                             bool residual, const c10::optional<at::Tensor>& se_w1,
+                             const c10::optional<at::Tensor>& se_b1, const c10::optional<at::Tensor>& se_w2,
+                             const c10::optional<at::Tensor>& se_b2) {
   const char* op = "inverted_residual";
   const Act act = parse_act(op, std::string_view(act_.data(), act_.size()));
   TORCH_CHECK_VALUE(x.dim() == 4, "fastops.", op, ": argument 'x' must be 4-D [N, C, H, W], got ", x.sizes());
@@ -101,6 +106,23 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
   TORCH_CHECK_VALUE(!residual || (S == 1 && O == C), "fastops.", op,
                     ": residual=True needs stride 1 and as many output channels as input channels, got stride ",
                     S, ", ", C, " -> ", O, " channels");
+  const bool se = se_w1.has_value() && se_w1->defined();
+  int64_t SQ = 0;
+  if (se) {
+    TORCH_CHECK_VALUE(se_b1.has_value() && se_w2.has_value() && se_b2.has_value() && se_b1->defined() &&
+                          se_w2->defined() && se_b2->defined(),
+                      "fastops.", op, ": arguments 'se_w1', 'se_b1', 'se_w2' and 'se_b2' go together");
+    SQ = se_w1->size(0);
+    TORCH_CHECK_VALUE(se_w1->numel() == SQ * E && se_w1->size(1) == E, "fastops.", op,
+                      ": argument 'se_w1' must have shape [S, ", E, "] or [S, ", E, ", 1, 1], got ", se_w1->sizes());
+    TORCH_CHECK_VALUE(se_w2->size(0) == E && se_w2->numel() == E * SQ && se_w2->size(1) == SQ, "fastops.", op,
+                      ": argument 'se_w2' must have shape [", E, ", ", SQ, "] or [", E, ", ", SQ,
+                      ", 1, 1], got ", se_w2->sizes());
+    TORCH_CHECK_VALUE(se_b1->dim() == 1 && se_b1->size(0) == SQ, "fastops.", op, ": argument 'se_b1' must have shape [",
+                      SQ, "], got ", se_b1->sizes());
+    TORCH_CHECK_VALUE(se_b2->dim() == 1 && se_b2->size(0) == E, "fastops.", op, ": argument 'se_b2' must have shape [",
+                      E, "], got ", se_b2->sizes());
+  }
   TORCH_CHECK(sgemm_ != nullptr, "fastops.", op, ": this torch build exports no BLAS sgemm");
 
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -120,7 +142,7 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
   // GEMMs have more than a handful of rows, as long as every thread still gets a task. (14x14
   // images ran faster one per task: MobileNet V2, N=8.)
   const int64_t image_bytes = H * W * E * int64_t(sizeof(float));
-  const int64_t group = 2 * image_bytes > kBandBytes ? 1 : std::clamp<int64_t>(
+  const int64_t group = se || 2 * image_bytes > kBandBytes ? 1 : std::clamp<int64_t>(
       2 * kBandBytes / std::max<int64_t>(image_bytes, 1), 1, (N + threads - 1) / threads);
   if (group > 1) {
     const float* sc1 = s1c.const_data_ptr<float>(), *sh1 = b1c.const_data_ptr<float>();
@@ -144,13 +166,19 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
     return y;
   }
   // fewer images than threads: split each image's rows into parts (the part boundary's halo rows
-  // are computed twice)
-  const int64_t parts = std::min<int64_t>(OH, N >= threads ? 1 : (threads + N - 1) / N);
+  // are computed twice); not with squeeze-excite, which pools the whole image before projecting
+  const int64_t parts = se ? 1 : std::min<int64_t>(OH, N >= threads ? 1 : (threads + N - 1) / N);
+  const at::Tensor sw1 = se ? se_w1->to(at::kFloat).reshape({SQ, E}).contiguous() : at::Tensor();
+  const at::Tensor sw2 = se ? se_w2->to(at::kFloat).reshape({E, SQ}).contiguous() : at::Tensor();
+  const at::Tensor sb1 = se ? vec(*se_b1) : at::Tensor(), sb2 = se ? vec(*se_b2) : at::Tensor();
   const int64_t rows_per_part = (OH + parts - 1) / parts;
   const int64_t max_in_rows = std::min<int64_t>(H, (band - 1) * S + K);
 
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> ebuf(max_in_rows * W * E), dbuf(band * OW * E);
+    // squeeze-excite: the image's depthwise rows all kept (dbuf), pooled, the gate folded into
+    // the projection's weights (w3g), then one projection of the whole image
+    std::vector<float> ebuf(max_in_rows * W * E), dbuf((se ? OH : band) * OW * E);
+    std::vector<float> pooled(se ? E : 0), hidden(SQ), gate(se ? E : 0), w3g(se ? O * E : 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / parts, part = t % parts;
       const int64_t oa = part * rows_per_part, ob = std::min(OH, oa + rows_per_part);
@@ -175,8 +203,10 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
         ds.N = 1, ds.C = E, ds.H = hi - lo, ds.W = W, ds.OC = E, ds.mult = 1, ds.KH = K, ds.KW = K;
         ds.SH = S, ds.SW = S, ds.PH = lo - (o * S - P), ds.PW = P, ds.DH = 1, ds.DW = 1;
         ds.OH = o1 - o, ds.OW = OW;
-        dwconv_nhwc_rows_f32(ebuf.data(), dbuf.data(), w2t.const_data_ptr<float>(), s2c.const_data_ptr<float>(),
+        float* d = se ? dbuf.data() + o * OW * E : dbuf.data();
+        dwconv_nhwc_rows_f32(ebuf.data(), d, w2t.const_data_ptr<float>(), s2c.const_data_ptr<float>(),
                              b2c.const_data_ptr<float>(), ds, act, 0, ds.OH);
+        if (se) continue;
         // project into the output rows, then affine [+ residual] in place
         const int64_t M = (o1 - o) * OW;
         float* out = yp + ((n * OH + o) * OW) * O;
@@ -184,6 +214,23 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
         epilogue(out, M, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
                  residual ? xp + ((n * H + o) * W) * C : nullptr, C);
       }
+      if (!se) continue;
+      const int64_t pixels = OH * OW;
+      std::fill(pooled.begin(), pooled.end(), 0.f);
+      for (int64_t p = 0; p < pixels; ++p)
+        for (int64_t c = 0; c < E; ++c) pooled[c] += dbuf[p * E + c];
+      for (int64_t c = 0; c < E; ++c) pooled[c] /= float(pixels);
+      gemm_abt(1, SQ, E, pooled.data(), sw1.const_data_ptr<float>(), hidden.data(), SQ);
+      for (int64_t j = 0; j < SQ; ++j) hidden[j] = std::max(hidden[j] + sb1.const_data_ptr<float>()[j], 0.f);
+      gemm_abt(1, E, SQ, hidden.data(), sw2.const_data_ptr<float>(), gate.data(), E);
+      for (int64_t c = 0; c < E; ++c) gate[c] = act_fwd<Act::Hardsigmoid>(gate[c] + sb2.const_data_ptr<float>()[c]);
+      const float* w3p = w3c.const_data_ptr<float>();
+      for (int64_t o = 0; o < O; ++o)
+        for (int64_t c = 0; c < E; ++c) w3g[o * E + c] = w3p[o * E + c] * gate[c];
+      float* out = yp + n * pixels * O;
+      gemm_abt(pixels, O, E, dbuf.data(), w3g.data(), out, O);
+      epilogue(out, pixels, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
+               residual ? xp + n * H * W * C : nullptr, C);
     }
   });
   return y;

@@ -30,21 +30,26 @@ FUSED_BLOCKS = True
 
 
 def _block_steps(seq: FusedSequential):
-    """(expand, depthwise, project) as (conv, bn, act) triples when `seq` is an expanding block
-    the inverted_residual kernel covers: 1x1 conv + BN + act, depthwise k x k (k odd, padding
-    k // 2, square stride, no dilation) + BN + the same act, 1x1 conv + BN, plain modules (no
-    subclasses), activation relu / relu6 / hardswish; else None. Kept while the children are the
-    same modules."""
+    """(steps, act, se) when `seq` is an expanding block the inverted_residual kernel covers, else
+    None: steps are the (conv, bn, act) triples of 1x1 conv + BN + act, depthwise k x k (k odd,
+    padding k // 2, square stride, no dilation) + BN + the same act, and 1x1 conv + BN; between the
+    last two an optional SqueezeExcite (ReLU, Hardsigmoid gate, biases: MobileNet V3's), returned
+    as `se`. Plain modules only (no subclasses); activation relu / relu6 / hardswish. Kept while
+    the children are the same modules."""
     mods = tuple(seq._modules.values())
     kept = seq.__dict__.get("_fastops_block_steps")
     if kept is not None and kept[0] == mods:
         return kept[1]
-    steps = []
+    steps, se = [], None
     for step in plan(list(mods)):
         if step[0] == "conv":
             steps.append(step[1:])
         elif isinstance(step[1], ConvBNAct) and step[1].parts() is not None:
             steps.append(step[1].parts())
+        elif (type(step[1]) is SqueezeExcite and len(steps) == 2 and se is None
+              and act_name(step[1].activation) == "relu" and act_name(step[1].scale_activation) == "hardsigmoid"
+              and step[1].fc1.bias is not None and step[1].fc2.bias is not None):
+            se = step[1]
         else:
             steps = None
             break
@@ -58,14 +63,16 @@ def _block_steps(seq: FusedSequential):
                 and c2.kernel_size == (k, k) and k % 2 == 1 and c2.padding == (k // 2, k // 2)
                 and c2.dilation == (1, 1) and c2.stride[0] == c2.stride[1]
                 and n1 == n2 and n1 in ("relu", "relu6", "hardswish")):
-            found = (steps, n1)
+            found = (steps, n1, se)
     seq.__dict__["_fastops_block_steps"] = (mods, found)
     return found
 
 
 def _fused_block(seq: FusedSequential, x: torch.Tensor, residual: bool):
     """The block as one `inverted_residual` kernel (CPU, float32, channels_last, BNs in eval
-    mode, no autograd, not under torch.compile), or None when that does not apply."""
+    mode, no autograd, not under torch.compile), or None when that does not apply. Blocks with
+    squeeze-excite only when there are at least as many images as threads: the kernel then runs
+    one image per thread, where the per-conv path splits each conv across the threads."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4
             or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
             or torch.compiler.is_compiling() or not _extension.has_extension()):
@@ -73,14 +80,17 @@ def _fused_block(seq: FusedSequential, x: torch.Tensor, residual: bool):
     found = _block_steps(seq)
     if found is None:
         return None
-    steps, act = found
+    steps, act, se = found
     if any(bn.training or bn.running_mean is None or c.weight.dtype != x.dtype for c, bn, _ in steps):
+        return None
+    if se is not None and (x.shape[0] < torch.get_num_threads() or se.fc1.weight.dtype != x.dtype):
         return None
     (c1, _, _), (c2, _, _), (c3, _, _) = steps
     (s1, b1), (s2, b2), (s3, b3) = (folded_scale_shift(c, bn) for c, bn, _ in steps)
+    se_args = () if se is None else (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias)
     # the structure was checked above; the kernel checks the shapes again
     return torch.ops.fastops.inverted_residual(x, c1.weight, s1, b1, c2.weight, s2, b2, c3.weight, s3, b3,
-                                               c2.stride[0], act, residual)
+                                               c2.stride[0], act, residual, *se_args)
 
 
 class InvertedResidual(nn.Module):
