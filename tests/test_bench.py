@@ -170,3 +170,17 @@ def test_plain_twins_of_the_networks_torchvision_lacks(name):
             got = twin(x)
     assert calls and not [c for c in calls if c.startswith("fastops::")]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_inverted_residual_cases_agree_with_eager():
+    """Each block case's fastops contender (fastops.optimize of torchvision's block: the block
+    kernel) and eager contender build the same weights and agree on the case's own inputs."""
+    from bench import bench_inverted_residual, harness
+
+    cases = [bench_inverted_residual.make_case(2, layer, torch.float32, "channels_last", "cpu")
+             for layer in bench_inverted_residual.LAYERS]
+    for case in cases:
+        s = case.make_inputs(0)
+        ours, eager = case.contenders["fastops"](), case.contenders["eager"]()
+        assert harness._check(ours(s), eager(s))[0] == "ok", case.op
+        assert case.flops > 0 and case.bytes_moved > 0

@@ -38,6 +38,8 @@ namespace {
 
 constexpr int L = kLanes;
 // Bytes of expanded rows one band may take: with the band's depthwise rows, well inside L2.
+// (MobileNet V2 / V3-Large, N=8 and N=1, 2 cores: 384 KiB and 768 KiB within 1-4% of each other,
+// 192 KiB 3-10% slower at N=8, 1536 KiB 3-8% slower at N=1.)
 constexpr int64_t kBandBytes = 384 << 10;
 
 // Row-major C[M, N] = A[M, K] @ B[N, K]^T (B a weight, [out, in]); sgemm is column-major.
