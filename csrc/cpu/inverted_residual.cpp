@@ -17,6 +17,8 @@
 // composition of fastops' ops (fastops/ops.py).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -26,11 +28,6 @@
 #include "../dwconv.h"
 #include "kernels.h"
 #include "simd.h"
-
-// Fortran BLAS sgemm, exported by libtorch_cpu (csrc/cpu/pwconv.cpp says more).
-extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-                       const float* beta, float* c, const int* ldc) __attribute__((weak));
 
 namespace fastops {
 namespace cpu {
@@ -42,8 +39,16 @@ constexpr int L = kLanes;
 // 192 KiB 3-10% slower at N=8, 1536 KiB 3-8% slower at N=1.)
 constexpr int64_t kBandBytes = 384 << 10;
 
-// Row-major C[M, N] = A[M, K] @ B[N, K]^T (B a weight, [out, in]); sgemm is column-major.
+// Row-major C[M, N] = A[M, K] @ B[N, K]^T (B a weight, [out, in]); sgemm is column-major. A torch
+// without a BLAS sgemm (kernels.h) gets ATen's mm on the same memory instead.
 void gemm_abt(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C, int64_t ldc) {
+  if (!sgemm_) {
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, f32);
+    at::mm_out(c, at::from_blob(const_cast<float*>(A), {M, K}, f32),
+               at::from_blob(const_cast<float*>(B), {N, K}, f32).t());
+    return;
+  }
   const int m = int(N), n = int(M), k = int(K), lda = int(K), ldb = int(K), lc = int(ldc);
   const float one = 1.f, zero = 0.f;
   const char ta = 'T', tb = 'N';
@@ -125,7 +130,6 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
     TORCH_CHECK_VALUE(se_b2->dim() == 1 && se_b2->size(0) == E, "fastops.", op, ": argument 'se_b2' must have shape [",
                       E, "], got ", se_b2->sizes());
   }
-  TORCH_CHECK(sgemm_ != nullptr, "fastops.", op, ": this torch build exports no BLAS sgemm");
 
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor y = at::empty({N, O, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));

@@ -7,6 +7,13 @@
 #include "../dwconv.h"
 #include "../pwconv.h"
 
+// Fortran BLAS sgemm, exported by libtorch_cpu when it links MKL or OpenBLAS. Weak, so that a
+// torch without it still loads fastops (with a null sgemm_ pwconv_bn_act takes the ATen path and
+// inverted_residual multiplies with ATen's mm).
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc) __attribute__((weak));
+
 namespace fastops {
 namespace cpu {
 

@@ -33,12 +33,6 @@
 #include "kernels.h"
 #include "simd.h"
 
-// Fortran BLAS sgemm, exported by libtorch_cpu when it links MKL or OpenBLAS. Weak, so that a
-// torch without it still loads fastops (the forward then takes the ATen path).
-extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-                       const float* beta, float* c, const int* ldc) __attribute__((weak));
-
 namespace fastops {
 namespace cpu {
 namespace {
