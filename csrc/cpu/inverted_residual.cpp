@@ -17,8 +17,6 @@
 // composition of fastops' ops (fastops/ops.py).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -33,50 +31,19 @@ namespace fastops {
 namespace cpu {
 namespace {
 
-constexpr int L = kLanes;
 // Bytes of expanded rows one band may take: with the band's depthwise rows, well inside L2.
 // (MobileNet V2 / V3-Large, N=8 and N=1, 2 cores: 384 KiB and 768 KiB within 1-4% of each other,
 // 192 KiB 3-10% slower at N=8, 1536 KiB 3-8% slower at N=1.)
 constexpr int64_t kBandBytes = 384 << 10;
 
-// Row-major C[M, N] = A[M, K] @ B[N, K]^T (B a weight, [out, in]); sgemm is column-major. A torch
-// without a BLAS sgemm (kernels.h) gets ATen's mm on the same memory instead.
+// Row-major C[M, N] = A[M, K] @ B[N, K]^T (B a weight, [out, in]).
 void gemm_abt(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C, int64_t ldc) {
-  if (!sgemm_) {
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
-    at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, f32);
-    at::mm_out(c, at::from_blob(const_cast<float*>(A), {M, K}, f32),
-               at::from_blob(const_cast<float*>(B), {N, K}, f32).t());
-    return;
-  }
-  const int m = int(N), n = int(M), k = int(K), lda = int(K), ldb = int(K), lc = int(ldc);
-  const float one = 1.f, zero = 0.f;
-  const char ta = 'T', tb = 'N';
-  sgemm_(&ta, &tb, &m, &n, &k, &one, B, &lda, A, &ldb, &zero, C, &lc);
+  gemm_rowmajor(false, true, M, N, K, A, K, B, K, C, ldc);
 }
 
-template <Act A>
-FASTOPS_CPU_INLINE void epilogue_rows(float* y, int64_t M, int64_t C, const float* sc, const float* sh,
-                                      const float* res, int64_t res_ld) {
-  for (int64_t m = 0; m < M; ++m) {
-    float* row = y + m * C;
-    const float* r = res ? res + m * res_ld : nullptr;
-    int64_t c = 0;
-    for (; c + L <= C; c += L) {
-      f32x16 v = load16(row + c) * load16(sc + c) + load16(sh + c);
-      if (r) v += load16(r + c);
-      store16(row + c, act_fwd<A>(v));
-    }
-    for (; c < C; ++c) row[c] = act_fwd<A>(row[c] * sc[c] + sh[c] + (r ? r[c] : 0.f));
-  }
-}
-
-// y[m, c] = act(y[m, c] * sc[c] + sh[c] (+ res[m * res_ld + c])), rows of C values.
-FASTOPS_CPU_MULTIVERSION void epilogue(float* y, int64_t M, int64_t C, const float* sc, const float* sh, Act act,
-                                       const float* res, int64_t res_ld) {
-#define FASTOPS_EPI(A) epilogue_rows<A>(y, M, C, sc, sh, res, res_ld)
-  FASTOPS_ACT_CASES(FASTOPS_EPI)
-#undef FASTOPS_EPI
+// y[m, c] = act(y[m, c] * sc[c] + sh[c] (+ res[m * C + c])) in place, rows of C values.
+void epilogue(float* y, int64_t M, int64_t C, const float* sc, const float* sh, Act act, const float* res) {
+  pwconv_epilogue_cl_f32(y, C, res, y, M, C, sc, sh, act);
 }
 
 at::Tensor vec(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
@@ -157,7 +124,7 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n0 = t * group, g = std::min(N, n0 + group) - n0;
         gemm_abt(g * H * W, E, C, xp + n0 * H * W * C, w1c.const_data_ptr<float>(), ebuf.data(), E);
-        epilogue(ebuf.data(), g * H * W, E, sc1, sh1, act, nullptr, 0);
+        epilogue(ebuf.data(), g * H * W, E, sc1, sh1, act, nullptr);
         DwConvShape ds{};
         ds.N = g, ds.C = E, ds.H = H, ds.W = W, ds.OC = E, ds.mult = 1, ds.KH = K, ds.KW = K;
         ds.SH = S, ds.SW = S, ds.PH = P, ds.PW = P, ds.DH = 1, ds.DW = 1, ds.OH = OH, ds.OW = OW;
@@ -166,7 +133,7 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
         float* out = yp + n0 * OH * OW * O;
         gemm_abt(g * OH * OW, O, E, dbuf.data(), w3c.const_data_ptr<float>(), out, O);
         epilogue(out, g * OH * OW, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
-                 residual ? xp + n0 * H * W * C : nullptr, C);
+                 residual ? xp + n0 * H * W * C : nullptr);
       }
     });
     return y;
@@ -201,7 +168,7 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
           float* e = ebuf.data() + keep * W * E;
           const int64_t M = (hi - lo - keep) * W;
           gemm_abt(M, E, C, xp + ((n * H + lo + keep) * W) * C, w1c.const_data_ptr<float>(), e, E);
-          epilogue(e, M, E, s1c.const_data_ptr<float>(), b1c.const_data_ptr<float>(), act, nullptr, 0);
+          epilogue(e, M, E, s1c.const_data_ptr<float>(), b1c.const_data_ptr<float>(), act, nullptr);
         }
         e_lo = lo, e_hi = hi;
         // the band's depthwise rows, from the expanded rows [lo, hi) as an image of their own
@@ -218,7 +185,7 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
         float* out = yp + ((n * OH + o) * OW) * O;
         gemm_abt(M, O, E, dbuf.data(), w3c.const_data_ptr<float>(), out, O);
         epilogue(out, M, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
-                 residual ? xp + ((n * H + o) * W) * C : nullptr, C);
+                 residual ? xp + ((n * H + o) * W) * C : nullptr);
       }
       if (!se) continue;
       const int64_t pixels = OH * OW;
@@ -236,7 +203,7 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
       float* out = yp + n * pixels * O;
       gemm_abt(pixels, O, E, dbuf.data(), w3g.data(), out, O);
       epilogue(out, pixels, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
-               residual ? xp + n * H * W * C : nullptr, C);
+               residual ? xp + n * H * W * C : nullptr);
     }
   });
   return y;

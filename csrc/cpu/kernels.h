@@ -8,8 +8,8 @@
 #include "../pwconv.h"
 
 // Fortran BLAS sgemm, exported by libtorch_cpu when it links MKL or OpenBLAS. Weak, so that a
-// torch without it still loads fastops (with a null sgemm_ pwconv_bn_act takes the ATen path and
-// inverted_residual multiplies with ATen's mm).
+// torch without it still loads fastops (with a null sgemm_ pwconv_bn_act takes the ATen path, and
+// gemm_rowmajor multiplies with ATen's mm).
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc) __attribute__((weak));
@@ -22,6 +22,17 @@ namespace cpu {
 void pwconv_forward_into(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
                          const c10::optional<at::Tensor>& shift, const PwShape& s, Act act,
                          const c10::optional<at::Tensor>& residual, at::Tensor& y);
+
+// Row-major C[M, N] = A[M, K] @ B[K, N], A and B transposed as flagged (lda / ldb / ldc: row
+// strides of the matrices as stored), with sgemm (csrc/cpu/pwconv.cpp).
+void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                   const float* B, int64_t ldb, float* C, int64_t ldc);
+
+// pwconv_bn_act's channels_last float32 epilogue (no shuffle) over `rows` pixels:
+// y[r, o] = act(z[r * ldz + o] * scale[o] + shift[o] (+ res[r * OC + o])); y rows of OC values,
+// y may be z when ldz == OC (csrc/cpu/pwconv.cpp).
+void pwconv_epilogue_cl_f32(const float* z, int64_t ldz, const float* res, float* y, int64_t rows, int64_t OC,
+                            const float* scale, const float* shift, Act act);
 
 // dwconv_bn_act's channels_last float32 kernel on output rows [begin, end) of r = n * OH + oh:
 // x dense [N, H, W, C], y dense [N, OH, OW, C], wt [KH * KW][C], sc / sh [C] (csrc/cpu/dwconv.cpp).

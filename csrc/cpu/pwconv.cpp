@@ -21,7 +21,9 @@
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -38,15 +40,6 @@ namespace cpu {
 namespace {
 
 constexpr int L = kLanes;
-
-// Row-major C[M, N] = A[M, K] @ B[K, N] (transposes as flagged) with sgemm (column-major).
-void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                   const float* B, int64_t ldb, float* C, int64_t ldc) {
-  const int m = int(N), n = int(M), k = int(K), la = int(ldb), lb = int(lda), lc = int(ldc);
-  const float one = 1.f, zero = 0.f;
-  const char tA = tb ? 'T' : 'N', tB = ta ? 'T' : 'N';
-  sgemm_(&tA, &tB, &m, &n, &k, &one, B, &la, A, &lb, &zero, C, &lc);
-}
 
 // The epilogue's parameters, in the accumulation type: scale / shift per conv channel.
 template <typename T>
@@ -221,6 +214,29 @@ void forward_tiled(const at::Tensor& x, const at::Tensor& w, const float* res, f
 }
 
 }  // namespace
+
+void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                   const float* B, int64_t ldb, float* C, int64_t ldc) {
+  if (!sgemm_) {  // ATen's mm on the same memory
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    const auto view = [&](const float* p, int64_t rows, int64_t cols, int64_t ld, bool t) {
+      const at::Tensor v = at::from_blob(const_cast<float*>(p), {t ? cols : rows, t ? rows : cols}, {ld, 1}, f32);
+      return t ? v.t() : v;
+    };
+    at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, f32);
+    at::mm_out(c, view(A, M, K, lda, ta), view(B, K, N, ldb, tb));
+    return;
+  }
+  const int m = int(N), n = int(M), k = int(K), la = int(ldb), lb = int(lda), lc = int(ldc);
+  const float one = 1.f, zero = 0.f;
+  const char tA = tb ? 'T' : 'N', tB = ta ? 'T' : 'N';
+  sgemm_(&tA, &tB, &m, &n, &k, &one, B, &la, A, &lb, &zero, C, &lc);
+}
+
+void pwconv_epilogue_cl_f32(const float* z, int64_t ldz, const float* res, float* y, int64_t rows, int64_t OC,
+                            const float* scale, const float* shift, Act act) {
+  epi_cl_f32(z, ldz, res, y, rows, Epi<float>{scale, shift, OC, 1, OC, act}, nullptr);
+}
 
 // The forward into y ([N, OC, H, W], dense in the layout of output_channels_last(x)), arguments
 // already checked (csrc/cpu/kernels.h).
