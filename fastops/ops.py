@@ -8,6 +8,8 @@ This file
      back to `fastops.reference` for anything no kernel covers.
 """
 
+import sys
+
 import torch
 
 from . import _backend, _checks, _extension, _layout, reference
@@ -312,18 +314,12 @@ def register_inverted_residual(ns):
                                                 act, residual, se_w1, se_b1, se_w2, se_b2)
         return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
 
-    def _forward(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, se):
-        """The block's expanded and depthwise tensors, and the projection's input."""
-        k = w2.shape[-1]
-        e = ops_.pwconv_bn_act(x, w1, s1, b1, 1, act, None, 1)
-        d = ops_.dwconv_bn_act(e, w2, s2, b2, [stride, stride], [k // 2, k // 2], [1, 1], act)
-        return e, d, (d if se[0] is None else ops_.squeeze_excite(d, *se, "relu", "hardsigmoid"))
-
     @torch.library.impl(f"{ns}::inverted_residual", "CUDA")
     def _cuda(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual, se_w1=None, se_b1=None, se_w2=None,
               se_b2=None):
         # No block kernel on CUDA yet: the fused ops' CUDA kernels, one after the other.
-        _, _, p = _forward(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, (se_w1, se_b1, se_w2, se_b2))
+        _, _, p = reference.inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act,
+                                                    (se_w1, se_b1, se_w2, se_b2), ops_)
         y = ops_.pwconv_bn_act(p, w3, s3, b3, 1, "none", x if residual else None, 1)
         return y.contiguous(memory_format=torch.channels_last)
 
@@ -338,7 +334,7 @@ def register_inverted_residual(ns):
         stride, act, residual = ctx.conf
         k = w2.shape[-1]
         geometry = ([stride, stride], [k // 2, k // 2], [1, 1])
-        e, d, p = _forward(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, se)
+        e, d, p = reference.inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act, se, ops_)
         gp, gw3, gs3, gb3, _ = ops_.pwconv_bn_act_backward(grad, p, w3, s3, b3, 1, "none", None, 1)
         gse = (None,) * 4
         if se[0] is not None:
@@ -532,9 +528,5 @@ def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu
     if x.device.type == "cpu" and x.dtype == torch.float32 and _extension.has_extension() \
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.ops.fastops.inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual, *se)
-    k = w2.shape[-1]
-    e = pwconv_bn_act(x, w1, s1, b1, 1, act)
-    d = dwconv_bn_act(e, w2, s2, b2, stride, k // 2, 1, act)
-    if se_w1 is not None:
-        d = squeeze_excite(d, se_w1, se_b1, se_w2, se_b2, "relu", "hardsigmoid")
-    return pwconv_bn_act(d, w3, s3, b3, 1, "none", x if residual else None)
+    _, _, p = reference.inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act, se, sys.modules[__name__])
+    return pwconv_bn_act(p, w3, s3, b3, 1, "none", x if residual else None)

@@ -5,6 +5,8 @@ Nothing here is fast; everything here is obviously right, differentiable, and ru
 and dtype PyTorch supports.
 """
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -227,26 +229,26 @@ def separable_conv_bn_act_backward(grad_out, x, dw_weight, pw_weight, scale=None
     return gx.contiguous(memory_format=conv_output_format(x)), gd, gp, gs, gb
 
 
+def inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act, se=(None, None, None, None), ops=None):
+    """The tensors inverted_residual computes on the way to its projection: (e, d, p) with e the
+    expanded tensor, d the depthwise result and p the projection's input (d after the
+    squeeze-excite when se = (se_w1, se_b1, se_w2, se_b2) is given, else d). `ops`: a namespace
+    with pwconv_bn_act, dwconv_bn_act and squeeze_excite taking torch.ops.fastops' arguments
+    (this module by default; fastops.ops and torch.ops.fastops compose the fused ops the same way)."""
+    ops = ops if ops is not None else sys.modules[__name__]
+    k = w2.shape[-1]
+    e = ops.pwconv_bn_act(x, w1, s1, b1, 1, act, None, 1)
+    d = ops.dwconv_bn_act(e, w2, s2, b2, [stride, stride], [k // 2, k // 2], [1, 1], act)
+    p = d if se[0] is None else ops.squeeze_excite(d, *se, "relu", "hardsigmoid")
+    return e, d, p
+
+
 def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu6", residual=False, se_w1=None,
                       se_b1=None, se_w2=None, se_b2=None):
     """MobileNet V2's / V3's expanding inverted residual block, BatchNorms folded:
     `e = act(conv1x1(x, w1) * s1 + b1)`, `d = act(dwconv(e, w2, stride, padding k // 2) * s2 + b2)`,
     with se_w1 given `d = squeeze_excite(d, se_w1, se_b1, se_w2, se_b2, "relu", "hardsigmoid")`
     (MobileNet V3's), then `y = conv1x1(d, w3) * s3 + b3 (+ x when residual)`; in x's layout."""
-    k = w2.shape[-1]
-    e = pwconv_bn_act(x, w1, s1, b1, 1, act)
-    d = dwconv_bn_act(e, w2, s2, b2, stride, k // 2, 1, act)
-    if se_w1 is not None:
-        d = squeeze_excite(d, se_w1, se_b1, se_w2, se_b2, "relu", "hardsigmoid")
-    y = pwconv_bn_act(d, w3, s3, b3, 1, "none", x if residual else None)
+    _, _, p = inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act, (se_w1, se_b1, se_w2, se_b2))
+    y = pwconv_bn_act(p, w3, s3, b3, 1, "none", x if residual else None)
     return y.contiguous(memory_format=conv_output_format(x))
-
-
-def inverted_residual_backward(grad_out, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu6",
-                               residual=False, se_w1=None, se_b1=None, se_w2=None, se_b2=None):
-    """The gradients of every tensor input of inverted_residual, in order (x, w1, ..., b3, then
-    se_w1, se_b1, se_w2, se_b2 when given)."""
-    se = () if se_w1 is None else (se_w1, se_b1, se_w2, se_b2)
-    fn = lambda *t: inverted_residual(*t[:10], stride, act, residual, *t[10:])  # noqa: E731
-    grads = _grads(fn, (x, w1, s1, b1, w2, s2, b2, w3, s3, b3) + se, grad_out)
-    return (grads[0].contiguous(memory_format=conv_output_format(x)),) + tuple(grads[1:])
