@@ -227,12 +227,57 @@ def test_kept_inference_plan_is_dropped_when_what_it_decided_on_changes(monkeypa
         m[1].eval()
     check()
 
+    # this conv's plan is fastops' depthwise kernel (DWCONV_KERNEL); switched off, oneDNN's call
+    monkeypatch.setattr(conv_mod, "DWCONV_KERNEL", False)
+    with torch.no_grad():
+        assert _op_calls(lambda: ours(x), "fastops::dwconv_bn_act") == 0
+        assert _op_calls(lambda: ours(x), "mkldnn::_convolution_pointwise") == 1
     calls = []
     real = conv_mod.ops.dwconv_bn_act
     monkeypatch.setattr(conv_mod.ops, "dwconv_bn_act", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(conv_mod, "ONEDNN_CONVS", set())
     check()
     assert len(calls) == 2, "with ONEDNN_CONVS emptied the kept oneDNN plan must not run"
+
+
+def _op_calls(fn, name):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.name == name for e in prof.events())
+
+
+@pytest.mark.parametrize("kwargs,kernel", [
+    (dict(in_channels=24, out_channels=24, kernel_size=3, groups=24), True),
+    (dict(in_channels=40, out_channels=40, kernel_size=5, groups=40), True),
+    (dict(in_channels=19, out_channels=19, kernel_size=3, groups=19, norm_layer=None), True),
+    (dict(in_channels=24, out_channels=24, kernel_size=3, stride=2, groups=24), False),  # stride 2: oneDNN
+    (dict(in_channels=8, out_channels=8, kernel_size=3, groups=8), False),  # < 16 channels
+    (dict(in_channels=24, out_channels=24, kernel_size=7, groups=24), False),  # 7x7
+    (dict(in_channels=24, out_channels=24, kernel_size=3, groups=24, dilation=2), False),
+], ids=str)
+@pytest.mark.parametrize("act", ("relu6", "hardswish", None))
+def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act):
+    """Channels_last float32 inference: stride-1 3x3 / 5x5 depthwise convs with >= 16 channels
+    run fastops' kernel (once per call, the first call and the kept plan after it alike), the
+    other depthwise convs oneDNN's; bfloat16 goes to oneDNN, autograd to the differentiable op.
+    Every answer equals the unfused modules'."""
+    ours, theirs = _pair(kwargs, act)
+    ours.eval(), theirs.eval()
+    x = randn((2, kwargs["in_channels"], 11, 13)).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = theirs(x)
+        for _ in range(3):
+            out = []
+            assert _op_calls(lambda: out.append(ours(x)), "fastops::dwconv_bn_act") == (1 if kernel else 0)
+            torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+            assert out[0].is_contiguous(memory_format=torch.channels_last)
+        half = copy.deepcopy(ours).bfloat16()
+        assert _op_calls(lambda: half(x.bfloat16()), "mkldnn::_convolution_pointwise") == 1
+    xg = x.clone().requires_grad_()
+    y = ours(xg)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    y.sum().backward()
+    assert xg.grad is not None
 
 
 @pytest.mark.parametrize("kwargs", [DW_CASES[0], dict(in_channels=24, out_channels=16, kernel_size=1)], ids=str)

@@ -207,6 +207,40 @@ _ONEDNN_ACTS = {
 ONEDNN_CONVS = {"dense", "pointwise", "depthwise"}
 
 
+# Depthwise convs that, in inference, run fastops' kernel even where oneDNN could take them:
+# channels_last float32 on the CPU, stride 1, 3x3 or 5x5, unit dilation, multiplier 1, at least 16
+# channels. There dwconv_bn_act's block-of-rows kernel (csrc/cpu/dwconv.cpp, rowblock_s1) runs at
+# ~0.9 zmm FMAs per cycle where oneDNN's depthwise conv runs at ~0.5. False: oneDNN takes them
+# (when "depthwise" is in ONEDNN_CONVS).
+DWCONV_KERNEL = True
+
+
+def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_groups: int) -> bool:
+    k = conv.kernel_size
+    return (
+        DWCONV_KERNEL and residual is None and shuffle_groups == 1 and x.device.type == "cpu"
+        and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        and k[0] == k[1] and k[0] in (3, 5) and conv.stride == (1, 1) and conv.dilation == (1, 1)
+        and conv.groups == conv.in_channels == conv.out_channels and conv.in_channels >= 16
+        and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+    )
+
+
+def _dwconv_kernel(x, conv, bn, name, act):
+    """act(bn(conv(x))) by dwconv_bn_act's CPU kernel, the BN folded once (kept on the conv while
+    unchanged); kept as the conv's inference plan (`_kept_inference`) like a oneDNN call."""
+    scale, shift = folded_scale_shift(conv, bn)
+    weight, geometry = conv.weight, (list(conv.stride), list(conv.padding), list(conv.dilation))
+    op = torch.ops.fastops.dwconv_bn_act.default
+
+    def run(x, residual):
+        return op(x, weight, scale, shift, *geometry, name)
+
+    _KEPT.setdefault(conv, {})["_fastops_inference"] = (
+        bn, act, False, x.dtype, "dwconv_kernel", _inference_state(conv, bn), run)
+    return run(x, None)
+
+
 def _channels_last_view(x: torch.Tensor) -> bool:
     """x (4-D) is channels_last contiguous, or a view into such a tensor that keeps its order:
     channels innermost, then width, height, batch, with gaps allowed (ShuffleNet V2's channel
@@ -250,10 +284,11 @@ def _inference_state(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> tuple:
 
 
 def _kept_inference(x, conv, bn, act, residual):
-    """The oneDNN call `conv_bn_act` decided on the last time it ran this conv without autograd,
-    made again without deciding afresh, when nothing the decision read has changed: the same BN
-    and activation modules, a residual or not, the input's device, dtype, rank and layout, the
-    parameters and buffers (`_inference_state`), ONEDNN_CONVS. None otherwise (the caller then
+    """The oneDNN call (or fastops depthwise kernel call, `_dwconv_kernel`) `conv_bn_act` decided
+    on the last time it ran this conv without autograd, made again without deciding afresh, when
+    nothing the decision read has changed: the same BN and activation modules, a residual or not,
+    the input's device, dtype, rank and layout, the parameters and buffers (`_inference_state`),
+    ONEDNN_CONVS and DWCONV_KERNEL. None otherwise (the caller then
     takes the full path). Saves ~40 us of Python per call, which whole networks feel."""
     kept = _KEPT.get(conv)
     plan = None if kept is None else kept.get("_fastops_inference")
@@ -261,8 +296,10 @@ def _kept_inference(x, conv, bn, act, residual):
         return None
     bn0, act0, has_residual, dtype, kind, state, run = plan
     if (bn0 is not bn or act0 is not act or (residual is not None) != has_residual or x.dtype != dtype
-            or kind not in ONEDNN_CONVS or x.device.type != "cpu" or x.dim() != 4
-            or not _channels_last_view(x) or torch.compiler.is_compiling()
+            or (not DWCONV_KERNEL if kind == "dwconv_kernel" else kind not in ONEDNN_CONVS)
+            or x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling()
+            or not (x.is_contiguous(memory_format=torch.channels_last) if kind == "dwconv_kernel"
+                    else _channels_last_view(x))
             or _inference_state(conv, bn) != state):
         return None
     if residual is not None and not (residual.dtype == dtype and residual.shape[1:2] == (conv.out_channels,)
@@ -347,6 +384,8 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] =
         _update_running_stats(bn, mean, var, z)
         if residual is not None:
             y = reference.activation(y + residual, name)
+    elif _is_depthwise(conv) and _dwconv_kernel_usable(x, conv, residual, shuffle_groups):
+        return _dwconv_kernel(x, conv, bn, name, act)
     elif _onednn_usable(x, conv, bn, name, residual, shuffle_groups, kind := (
             "depthwise" if _is_depthwise(conv) else "pointwise" if _is_pointwise(conv) else "dense")):
         return _onednn_conv(x, conv, bn, name, residual, act, kind)
