@@ -248,7 +248,7 @@ def _op_calls(fn, name):
 
 @pytest.mark.parametrize("kwargs,kernel", [
     (dict(in_channels=24, out_channels=24, kernel_size=3, groups=24), True),
-    (dict(in_channels=40, out_channels=40, kernel_size=5, groups=40), True),
+    (dict(in_channels=40, out_channels=40, kernel_size=5, groups=40), False),  # 5x5: oneDNN
     (dict(in_channels=19, out_channels=19, kernel_size=3, groups=19, norm_layer=None), True),
     (dict(in_channels=24, out_channels=24, kernel_size=3, stride=2, groups=24), False),  # stride 2: oneDNN
     (dict(in_channels=8, out_channels=8, kernel_size=3, groups=8), False),  # < 16 channels
@@ -256,8 +256,8 @@ def _op_calls(fn, name):
     (dict(in_channels=24, out_channels=24, kernel_size=3, groups=24, dilation=2), False),
 ], ids=str)
 @pytest.mark.parametrize("act", ("relu6", "hardswish", None))
-def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act):
-    """Channels_last float32 inference: stride-1 3x3 / 5x5 depthwise convs with >= 16 channels
+def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act, monkeypatch):
+    """Channels_last float32 inference: stride-1 3x3 depthwise convs with >= 16 channels
     run fastops' kernel (once per call, the first call and the kept plan after it alike), the
     other depthwise convs oneDNN's; bfloat16 goes to oneDNN, autograd to the differentiable op.
     Every answer equals the unfused modules'."""
@@ -271,6 +271,13 @@ def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act):
             assert _op_calls(lambda: out.append(ours(x)), "fastops::dwconv_bn_act") == (1 if kernel else 0)
             torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
             assert out[0].is_contiguous(memory_format=torch.channels_last)
+        from fastops.nn import conv as conv_mod
+
+        for switch in (False, True, False, True):  # either kept plan gives way to the other
+            monkeypatch.setattr(conv_mod, "DWCONV_KERNEL", switch)
+            out = []
+            assert _op_calls(lambda: out.append(ours(x)), "fastops::dwconv_bn_act") == (1 if kernel and switch else 0)
+            torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
         half = copy.deepcopy(ours).bfloat16()
         assert _op_calls(lambda: half(x.bfloat16()), "mkldnn::_convolution_pointwise") == 1
     xg = x.clone().requires_grad_()

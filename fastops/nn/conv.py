@@ -24,6 +24,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import ops, reference
 from .activation import Hardsigmoid, Hardswish
@@ -207,11 +208,28 @@ _ONEDNN_ACTS = {
 ONEDNN_CONVS = {"dense", "pointwise", "depthwise"}
 
 
+_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+
+
+def inference_call(op, *args):
+    """op(*args) (a fastops op overload, CPU tensors) for the inference paths of the modules, which
+    run only without autograd: straight to the op's CPU kernel, past the Python layer that
+    torch.library's autograd registration puts in front of every call (~12 us of a ~20 us call
+    on small maps). The plain call instead while the profiler records (so the op shows in its
+    trace) or a Python dispatch or function mode is active (so the mode sees the op)."""
+    if (torch._C._autograd._profiler_enabled() or _get_current_dispatch_mode() is not None
+            or torch._C._is_torch_function_mode_enabled()):
+        return op(*args)
+    return op.redispatch(_CPU_KEYS, *args)
+
+
 # Depthwise convs that, in inference, run fastops' kernel even where oneDNN could take them:
-# channels_last float32 on the CPU, stride 1, 3x3 or 5x5, unit dilation, multiplier 1, at least 16
-# channels. There dwconv_bn_act's block-of-rows kernel (csrc/cpu/dwconv.cpp, rowblock_s1) runs at
-# ~0.9 zmm FMAs per cycle where oneDNN's depthwise conv runs at ~0.5. False: oneDNN takes them
-# (when "depthwise" is in ONEDNN_CONVS).
+# channels_last float32 on the CPU, 3x3, stride 1, unit dilation, multiplier 1, at least 16
+# channels: there dwconv_bn_act's block-of-rows kernel (csrc/cpu/dwconv.cpp, rowblock_s1) ran
+# 1.17-1.25x oneDNN's depthwise conv at N=8 and 1.4-1.56x at N=1 (C144 56x56, C384 14x14, C960
+# 7x7; ConvBNAct against itself with this switch off, interleaved). 5x5 was on par with oneDNN
+# (0.92-1.11x) and stays with it, as does stride 2. False: oneDNN takes them all (when
+# "depthwise" is in ONEDNN_CONVS).
 DWCONV_KERNEL = True
 
 
@@ -220,7 +238,7 @@ def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_gr
     return (
         DWCONV_KERNEL and residual is None and shuffle_groups == 1 and x.device.type == "cpu"
         and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-        and k[0] == k[1] and k[0] in (3, 5) and conv.stride == (1, 1) and conv.dilation == (1, 1)
+        and k == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1)
         and conv.groups == conv.in_channels == conv.out_channels and conv.in_channels >= 16
         and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
     )
@@ -234,10 +252,10 @@ def _dwconv_kernel(x, conv, bn, name, act):
     op = torch.ops.fastops.dwconv_bn_act.default
 
     def run(x, residual):
-        return op(x, weight, scale, shift, *geometry, name)
+        return inference_call(op, x, weight, scale, shift, *geometry, name)
 
     _KEPT.setdefault(conv, {})["_fastops_inference"] = (
-        bn, act, False, x.dtype, "dwconv_kernel", _inference_state(conv, bn), run)
+        bn, act, False, x.dtype, "dwconv_kernel", _inference_state(conv, bn), DWCONV_KERNEL, run)
     return run(x, None)
 
 
@@ -294,9 +312,9 @@ def _kept_inference(x, conv, bn, act, residual):
     plan = None if kept is None else kept.get("_fastops_inference")
     if plan is None:
         return None
-    bn0, act0, has_residual, dtype, kind, state, run = plan
+    bn0, act0, has_residual, dtype, kind, state, dw_kernel, run = plan
     if (bn0 is not bn or act0 is not act or (residual is not None) != has_residual or x.dtype != dtype
-            or (not DWCONV_KERNEL if kind == "dwconv_kernel" else kind not in ONEDNN_CONVS)
+            or kind not in ONEDNN_CONVS and kind != "dwconv_kernel" or dw_kernel != DWCONV_KERNEL
             or x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling()
             or not (x.is_contiguous(memory_format=torch.channels_last) if kind == "dwconv_kernel"
                     else _channels_last_view(x))
@@ -340,7 +358,7 @@ def _onednn_conv(x, conv, bn, name, residual, act=None, kind=None):
                 x.contiguous(memory_format=torch.channels_last), packed, bias, *geometry, attr, scalars, None)
     if kind is not None and not torch.is_grad_enabled():
         _KEPT.setdefault(conv, {})["_fastops_inference"] = (
-            bn, act, residual is not None, x.dtype, kind, _inference_state(conv, bn), run)
+            bn, act, residual is not None, x.dtype, kind, _inference_state(conv, bn), DWCONV_KERNEL, run)
     return run(x, residual)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import _extension
-from .conv import ConvBNAct, _fusable, _is_pointwise, act_name, folded_scale_shift
+from .conv import ConvBNAct, _fusable, _is_pointwise, act_name, folded_scale_shift, inference_call
 from .sequential import FusedSequential, plan
 from .squeeze_excite import SqueezeExcite
 
@@ -90,8 +90,8 @@ def _fused_block(seq: FusedSequential, x: torch.Tensor, residual: bool):
     (s1, b1), (s2, b2), (s3, b3) = (folded_scale_shift(c, bn) for c, bn, _ in steps)
     se_args = () if se is None else (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias)
     # the structure was checked above; the kernel checks the shapes again
-    return torch.ops.fastops.inverted_residual(x, c1.weight, s1, b1, c2.weight, s2, b2, c3.weight, s3, b3,
-                                               c2.stride[0], act, residual, *se_args)
+    return inference_call(torch.ops.fastops.inverted_residual.default, x, c1.weight, s1, b1, c2.weight, s2, b2,
+                          c3.weight, s3, b3, c2.stride[0], act, residual, *se_args)
 
 
 class InvertedResidual(nn.Module):
