@@ -250,14 +250,16 @@ def _op_calls(fn, name):
     (dict(in_channels=24, out_channels=24, kernel_size=3, groups=24), True),
     (dict(in_channels=40, out_channels=40, kernel_size=5, groups=40), False),  # 5x5: oneDNN
     (dict(in_channels=19, out_channels=19, kernel_size=3, groups=19, norm_layer=None), True),
-    (dict(in_channels=24, out_channels=24, kernel_size=3, stride=2, groups=24), False),  # stride 2: oneDNN
+    (dict(in_channels=24, out_channels=24, kernel_size=3, stride=2, groups=24), True),
+    (dict(in_channels=17, out_channels=17, kernel_size=5, stride=2, groups=17), True),
+    (dict(in_channels=24, out_channels=24, kernel_size=3, stride=3, groups=24), False),  # stride 3: oneDNN
     (dict(in_channels=8, out_channels=8, kernel_size=3, groups=8), False),  # < 16 channels
     (dict(in_channels=24, out_channels=24, kernel_size=7, groups=24), False),  # 7x7
     (dict(in_channels=24, out_channels=24, kernel_size=3, groups=24, dilation=2), False),
 ], ids=str)
 @pytest.mark.parametrize("act", ("relu6", "hardswish", None))
 def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act, monkeypatch):
-    """Channels_last float32 inference: stride-1 3x3 depthwise convs with >= 16 channels
+    """Channels_last float32 inference: 3x3 (stride 1 or 2) and 5x5 stride-2 depthwise convs with >= 16 channels
     run fastops' kernel (once per call, the first call and the kept plan after it alike), the
     other depthwise convs oneDNN's; bfloat16 goes to oneDNN, autograd to the differentiable op.
     Every answer equals the unfused modules'."""

@@ -224,12 +224,15 @@ def inference_call(op, *args):
 
 
 # Depthwise convs that, in inference, run fastops' kernel even where oneDNN could take them:
-# channels_last float32 on the CPU, 3x3, stride 1, unit dilation, multiplier 1, at least 16
-# channels: there dwconv_bn_act's block-of-rows kernel (csrc/cpu/dwconv.cpp, rowblock_s1) ran
-# 1.17-1.25x oneDNN's depthwise conv at N=8 and 1.4-1.56x at N=1 (C144 56x56, C384 14x14, C960
-# 7x7; ConvBNAct against itself with this switch off, interleaved). 5x5 was on par with oneDNN
-# (0.92-1.11x) and stays with it, as does stride 2. False: oneDNN takes them all (when
-# "depthwise" is in ONEDNN_CONVS).
+# channels_last float32 on the CPU, multiplier 1, unit dilation, at least 16 channels, and
+# 3x3 with stride 1 or 2, or 5x5 with stride 2. Measured as ConvBNAct against itself with this
+# switch off (oneDNN's depthwise conv with the BN folded and the activation as a post-op),
+# interleaved, 2 cores: 3x3 stride 1 (dwconv_bn_act's block-of-rows kernel, csrc/cpu/dwconv.cpp
+# rowblock_s1) 1.17-1.25x at N=8 and 1.4-1.56x at N=1 (C144 56x56, C384 14x14, C960 7x7);
+# stride 2 (the row kernel) 1.11-1.27x at N=8 and 1.35-1.74x at N=1 (C144 56x56, C240 28x28,
+# C576 14x14, 5x5 C72 56x56), except C96 112x112 at N=8 (0.89x, 1.35x at N=1). 5x5 stride 1
+# was 0.77-0.98x (C672 14x14, C960 7x7) and stays with oneDNN. False: oneDNN takes them all
+# (when "depthwise" is in ONEDNN_CONVS).
 DWCONV_KERNEL = True
 
 
@@ -238,7 +241,8 @@ def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_gr
     return (
         DWCONV_KERNEL and residual is None and shuffle_groups == 1 and x.device.type == "cpu"
         and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-        and k == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1)
+        and (k == (3, 3) and conv.stride in ((1, 1), (2, 2)) or k == (5, 5) and conv.stride == (2, 2))
+        and conv.dilation == (1, 1)
         and conv.groups == conv.in_channels == conv.out_channels and conv.in_channels >= 16
         and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
     )
