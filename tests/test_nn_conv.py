@@ -253,19 +253,23 @@ def _op_calls(fn, name):
     (dict(in_channels=24, out_channels=24, kernel_size=3, stride=2, groups=24), True),
     (dict(in_channels=17, out_channels=17, kernel_size=5, stride=2, groups=17), True),
     (dict(in_channels=24, out_channels=24, kernel_size=3, stride=3, groups=24), False),  # stride 3: oneDNN
+    (dict(in_channels=16, out_channels=16, kernel_size=3, stride=2, groups=16, hw=(192, 176)), False),  # > 2 MiB
     (dict(in_channels=8, out_channels=8, kernel_size=3, groups=8), False),  # < 16 channels
     (dict(in_channels=24, out_channels=24, kernel_size=7, groups=24), False),  # 7x7
     (dict(in_channels=24, out_channels=24, kernel_size=3, groups=24, dilation=2), False),
 ], ids=str)
 @pytest.mark.parametrize("act", ("relu6", "hardswish", None))
 def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act, monkeypatch):
-    """Channels_last float32 inference: 3x3 (stride 1 or 2) and 5x5 stride-2 depthwise convs with >= 16 channels
+    """Channels_last float32 inference: 3x3 stride-1 depthwise convs with >= 16 channels, and 3x3 / 5x5
+    stride-2 ones with at most DWCONV_S2_IMAGE_BYTES of input per image,
     run fastops' kernel (once per call, the first call and the kept plan after it alike), the
     other depthwise convs oneDNN's; bfloat16 goes to oneDNN, autograd to the differentiable op.
     Every answer equals the unfused modules'."""
+    kwargs = dict(kwargs)
+    hw = kwargs.pop("hw", (11, 13))
     ours, theirs = _pair(kwargs, act)
     ours.eval(), theirs.eval()
-    x = randn((2, kwargs["in_channels"], 11, 13)).to(memory_format=torch.channels_last)
+    x = randn((2, kwargs["in_channels"], *hw)).to(memory_format=torch.channels_last)
     with torch.no_grad():
         expected = theirs(x)
         for _ in range(3):

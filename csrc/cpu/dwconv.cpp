@@ -1,13 +1,14 @@
 // CPU kernels of fastops::dwconv_bn_act and its backward.
 //
 // Forward: one pass, the affine and the activation applied in registers before the single store.
-//   channels_last: vectorised across 16 channels. Each output row goes four pixels at a time
-//     from its first pixel (ceil(OW / 4) groups) and, for each group of four, through all
-//     channels in blocks of 16 (two blocks at a time: eight accumulators), so the input is read
-//     in address order. Interior groups of 3x3 / 5x5 kernels with stride 1 or 2 load each input
-//     column once for all the taps that use it; border groups read through a per-tap pointer
-//     table that points padding at zeros. The activation is switched per group (one kernel body
-//     for all seven). Parallel over (n, row).
+//   channels_last: vectorised across 16 channels, parallel over (n, row). 3x3 and 5x5 kernels
+//     with stride 1 or 2 go by tiles of a few output rows x pixels of one 16-channel block, the
+//     K*K weights in registers and each loaded input pixel feeding every tap of the tile that
+//     reads it, sweeping each row block one channel block at a time. Other kernels go row by
+//     row, four pixels at a time through all channels in blocks of 16 (two blocks at a time:
+//     eight accumulators), the input read in address order; border groups read through a
+//     per-tap pointer table that points padding at zeros. The activation is switched per tile
+//     or group (one kernel body for all seven).
 //   NCHW: vectorised along the output width. Each (n, channel) plane is first copied into a
 //     zero-padded scratch plane split into `stride` phases, so that every tap of every output
 //     vector is one contiguous 16-float load, for any stride and dilation. Parallel over planes.
@@ -98,53 +99,6 @@ struct InteriorCols {
 // two blocks of 16 channels at a time (NB): 4 x NB independent accumulators hide the FMA latency
 // and share the weight loads. acc[nb][j] accumulates pixel j, channels [c0 + 16 nb, +16).
 
-// Interior group, KxK kernel, stride S and unit dilation along the width known at compile time:
-// each input column of a kernel row is loaded once and feeds every (pixel, tap) pair that reads
-// it (pixel j, tap kw read column j*S + kw). r: the group's first input pixel of the first kernel
-// row, at channel c0; wr: the weights of that row, at c0; rows: the kernel rows inside the input.
-template <int K, int S, int NB, typename E>
-FASTOPS_CPU_INLINE void group_fixed(f32x16 (&acc)[NB][4], const E* r, const float* wr, int64_t C,
-                                    int64_t dh, int64_t rows) {
-  constexpr int kCols = 3 * S + K;
-  for (int64_t kh = 0; kh < rows; ++kh, r += dh, wr += K * C) {
-    unroll<NB>([&](auto nb) FASTOPS_CPU_INLINE_LAMBDA {
-      f32x16 w[K];
-      unroll<K>([&](auto kw) FASTOPS_CPU_INLINE_LAMBDA { w[kw] = load16(wr + kw * C + nb * L); });
-      unroll<kCols>([&](auto i) FASTOPS_CPU_INLINE_LAMBDA {
-        const f32x16 v = load16(r + i * C + nb * L);
-        unroll<4>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA {
-          constexpr int kw = decltype(i)::value - decltype(j)::value * S;
-          if constexpr (kw >= 0 && kw < K) acc[nb][j] += v * w[kw];
-        });
-      });
-    });
-  }
-}
-
-// Any group of the same fixed kernels (borders, small maps, a partial group at the end of a
-// row), with group_fixed's column reuse: cols[i] is input column i of the group's window in the
-// first kernel row inside the input, or a row of zeros where the column falls into the padding;
-// steps[i] moves it down one kernel row (0 for the zeros). wr: weights of that row, at c0.
-template <int K, int S, int NB, typename E>
-FASTOPS_CPU_INLINE void group_fixed_cols(f32x16 (&acc)[NB][4], const E* const* cols,
-                                         const int64_t* steps, int64_t c0, const float* wr,
-                                         int64_t C, int64_t rows) {
-  constexpr int kCols = 3 * S + K;
-  for (int64_t kh = 0; kh < rows; ++kh, wr += K * C) {
-    unroll<NB>([&](auto nb) FASTOPS_CPU_INLINE_LAMBDA {
-      f32x16 w[K];
-      unroll<K>([&](auto kw) FASTOPS_CPU_INLINE_LAMBDA { w[kw] = load16(wr + kw * C + nb * L); });
-      unroll<kCols>([&](auto i) FASTOPS_CPU_INLINE_LAMBDA {
-        const f32x16 v = load16(cols[i] + kh * steps[i] + c0 + nb * L);
-        unroll<4>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA {
-          constexpr int kw = decltype(i)::value - decltype(j)::value * S;
-          if constexpr (kw >= 0 && kw < K) acc[nb][j] += v * w[kw];
-        });
-      });
-    });
-  }
-}
-
 // Interior group, any kernel, stride and dilation (run time): one load per (pixel, tap).
 template <int NB, typename E>
 FASTOPS_CPU_INLINE void group_any(f32x16 (&acc)[NB][4], const E* r, const float* wr, int64_t C,
@@ -219,11 +173,10 @@ FASTOPS_CPU_INLINE void for_channel_blocks(int64_t C, F&& body) {
 // output pixels starting at pixel 0 (ceil(OW / 4) groups: a 7-wide row takes two), and for each
 // group through every channel block in turn: the input is read in address order (a pixel's C
 // channels are contiguous), which the prefetchers follow, and the kernel rows in use stay in L2
-// for the next output row. Weights [KH*KW][C] come from L1. K, S > 0: a KxK kernel with stride S
-// and unit width dilation, known at compile time (group_fixed); K == 0: anything (group_any).
-// A group with a pixel whose taps reach into the padding (or a partial group at the row's end)
-// reads through its column window (fixed kernels) or the tap table (anything else).
-template <int K, int S, typename E>
+// for the next output row. Weights [KH*KW][C] come from L1. Any kernel, stride and dilation (the
+// tiled kernel below takes 3x3 and 5x5 with stride 1 or 2). A group with a pixel whose taps reach
+// into the padding (or a partial group at the row's end) reads through the tap table.
+template <typename E>
 FASTOPS_CPU_INLINE void nhwc_row(const E* x, E* y, const float* wt, const float* sc,
                                  const float* sh, const DwConvShape& s, int64_t n, int64_t oh,
                                  Act act, const E* zeros, const E** table) {
@@ -244,28 +197,8 @@ FASTOPS_CPU_INLINE void nhwc_row(const E* x, E* y, const float* wt, const float*
     for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
       constexpr int NB = decltype(nb)::value;
       f32x16 acc[NB][4] = {};
-      if constexpr (K > 0)
-        group_fixed<K, S, NB>(acc, base + c0, wrow0 + c0, C, dh, kh_hi - kh_lo);
-      else
-        group_any<NB>(acc, base + c0, wrow0 + c0, C, dh, kh_hi - kh_lo, KW, step, dw);
+      group_any<NB>(acc, base + c0, wrow0 + c0, C, dh, kh_hi - kh_lo, KW, step, dw);
       store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, 4, act);
-    });
-  };
-  auto window_group = [&](int64_t ow, int n4) FASTOPS_CPU_INLINE_LAMBDA {
-    constexpr int kCols = 3 * S + K;
-    const E* window[kCols];
-    int64_t steps[kCols];
-    for (int i = 0; i < kCols; ++i) {
-      const int64_t iw = ow * S - s.PW + i;
-      const bool inside = iw >= 0 && iw < s.W;
-      window[i] = inside ? row0 + iw * C : zeros;
-      steps[i] = inside ? dh : 0;
-    }
-    for_channel_blocks(C, [&](int64_t c0, auto nb) FASTOPS_CPU_INLINE_LAMBDA {
-      constexpr int NB = decltype(nb)::value;
-      f32x16 acc[NB][4] = {};
-      group_fixed_cols<K, S, NB>(acc, window, steps, c0, wrow0 + c0, C, kh_hi - kh_lo);
-      store_group<NB>(acc, yrow + ow * C + c0, C, sc + c0, sh + c0, n4, act);
     });
   };
   auto table_group = [&](int64_t ow, int n4) FASTOPS_CPU_INLINE_LAMBDA {
@@ -293,10 +226,7 @@ FASTOPS_CPU_INLINE void nhwc_row(const E* x, E* y, const float* wt, const float*
     if (n4 == 4 && ow >= cols.lo && ow + 4 <= cols.hi) {
       interior_group(ow);
     } else {
-      if constexpr (K > 0)
-        window_group(ow, n4);
-      else
-        table_group(ow, n4);
+      table_group(ow, n4);
     }
   }
 }
@@ -324,23 +254,29 @@ FASTOPS_CPU_INLINE void nhwc_row_scalar(const E* x, E* y, const float* wt, const
   }
 }
 
-// ---- stride 1, 3x3 and 5x5: blocks of output rows
+// ---- 3x3 and 5x5, stride 1 or 2: tiles of output rows x pixels, weights in registers
 // The row kernel above reads each input row once per output row that uses it (K times), and
-// reloads the weights per group. For stride 1 this kernel computes kRB output rows at once for one
-// block of 16 channels: each input pixel it loads feeds every (row, pixel, tap) of the tile that
-// reads it, the 3x3 weights stay in registers for the whole sweep along the row, and the input
-// rows of one sweep (kRB + K - 1 rows x W pixels x 64 bytes) fit in L1. 1.3-1.8x the row kernel
-// on L2-resident data (C24-C960, 7x7 to 56x56 maps; ~0.9 zmm FMAs per cycle against ~0.5);
-// stride 2 gained nothing this way and keeps the row kernel.
-constexpr int kRB = 3, kG = 4;  // output rows x output pixels per tile
+// reloads the weights per group. This kernel computes a tile of RB output rows x G output pixels
+// of one block of 16 channels at a time: each input pixel it loads feeds every (row, pixel, tap)
+// of the tile that reads it, and the K*K weights stay in registers for the whole sweep along
+// the row (3x3 tiles 3 x 4: 9 weights + 12 accumulators; 5x5 tiles 2 x 2: 25 + 4 of the 32 zmm
+// registers). Against the row kernel, one thread, L2-resident layers, exact same results:
+// 3x3 stride 1 1.4-2.4x (C32-C960, 7x7 to 112-wide maps), 5x5 stride 1 1.15-2.3x, 3x3 stride 2
+// 1.1-1.6x and 5x5 stride 2 1.5x; a 3x3 stride-2 layer whose input is not in L2 (C96 56x112,
+// 2.4 MB) 0.9x: the sweeps read one 64-byte slice of each pixel at a time, which the hardware
+// prefetchers follow less well than the row kernel's address order.
+template <int K, int S> struct TileShape;
+template <> struct TileShape<3, 1> { static constexpr int RB = 3, G = 4; };
+template <> struct TileShape<3, 2> { static constexpr int RB = 2, G = 4; };
+template <int S> struct TileShape<5, S> { static constexpr int RB = 2, G = 2; };
 
 // acc[rb][j] += the taps of output (row rb, pixel j) of the tile. rows[r]: input row r of the
 // tile's window at the channel block (nullptr where the row is in the padding); iw0: the input
 // column of the tile's first tap; col_in: bit i set when column iw0 + i is inside the input.
-template <int K, typename E>
-FASTOPS_CPU_INLINE void tile_s1(f32x16 (&acc)[kRB][kG], const E* const* rows, int64_t iw0,
-                                uint32_t col_in, const f32x16* wreg, const float* wt, int64_t C) {
-  constexpr int kRows = kRB - 1 + K, kCols = kG - 1 + K;
+template <int K, int S, int RB, int G, typename E>
+FASTOPS_CPU_INLINE void tile_rows(f32x16 (&acc)[RB][G], const E* const* rows, int64_t iw0,
+                                  uint32_t col_in, const f32x16* w, int64_t C) {
+  constexpr int kRows = (RB - 1) * S + K, kCols = (G - 1) * S + K;
   unroll<kRows>([&](auto r) FASTOPS_CPU_INLINE_LAMBDA {
     constexpr int R = decltype(r)::value;
     const E* row = rows[R];
@@ -349,18 +285,12 @@ FASTOPS_CPU_INLINE void tile_s1(f32x16 (&acc)[kRB][kG], const E* const* rows, in
       constexpr int I = decltype(i)::value;
       if (!(col_in >> I & 1u)) return;
       const f32x16 v = load16(row + (iw0 + I) * C);
-      unroll<kRB>([&](auto rb) FASTOPS_CPU_INLINE_LAMBDA {
-        constexpr int kh = R - decltype(rb)::value;
+      unroll<RB>([&](auto rb) FASTOPS_CPU_INLINE_LAMBDA {
+        constexpr int kh = R - decltype(rb)::value * S;
         if constexpr (kh >= 0 && kh < K) {
-          unroll<kG>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA {
-            constexpr int kw = I - decltype(j)::value;
-            if constexpr (kw >= 0 && kw < K) {
-              // 3x3: weights in registers; 5x5 (25 of them) read from L1 by the FMA
-              if constexpr (K == 3)
-                acc[rb][j] += v * wreg[kh * K + kw];
-              else
-                acc[rb][j] += v * load16(wt + (kh * K + kw) * C);
-            }
+          unroll<G>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA {
+            constexpr int kw = I - decltype(j)::value * S;
+            if constexpr (kw >= 0 && kw < K) acc[rb][j] += v * w[kh * K + kw];
           });
         }
       });
@@ -368,62 +298,62 @@ FASTOPS_CPU_INLINE void tile_s1(f32x16 (&acc)[kRB][kG], const E* const* rows, in
   });
 }
 
-template <Act A, typename E>
-FASTOPS_CPU_INLINE void store_tile_act(const f32x16 (&acc)[kRB][kG], E* const* out, int64_t C,
+template <Act A, int RB, int G, typename E>
+FASTOPS_CPU_INLINE void store_tile_act(const f32x16 (&acc)[RB][G], E* const* out, int64_t C,
                                        f32x16 scale, f32x16 shift, int nrows, int npix) {
-  unroll<kRB>([&](auto rb) FASTOPS_CPU_INLINE_LAMBDA {
+  unroll<RB>([&](auto rb) FASTOPS_CPU_INLINE_LAMBDA {
     if (rb >= nrows) return;
-    unroll<kG>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA {
+    unroll<G>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA {
       if (j < npix) store16(out[rb] + j * C, act_fwd<A>(acc[rb][j] * scale + shift));
     });
   });
 }
 
-// Output rows [oh0, oh0 + nrows) (nrows <= kRB) of image n, channels [c0, c0 + 16).
-template <int K, typename E>
-FASTOPS_CPU_INLINE void rowblock_s1(const E* x, E* y, const float* wt, const float* sc,
-                                    const float* sh, const DwConvShape& s, int64_t n, int64_t oh0,
-                                    int nrows, int64_t c0, Act act) {
-  constexpr int kRows = kRB - 1 + K, kCols = kG - 1 + K;
+// Output rows [oh0, oh0 + nrows) (nrows <= RB) of image n, channels [c0, c0 + 16).
+template <int K, int S, typename E>
+FASTOPS_CPU_INLINE void rowblock(const E* x, E* y, const float* wt, const float* sc, const float* sh,
+                                 const DwConvShape& s, int64_t n, int64_t oh0, int nrows, int64_t c0,
+                                 Act act) {
+  constexpr int RB = TileShape<K, S>::RB, G = TileShape<K, S>::G;
+  constexpr int kRows = (RB - 1) * S + K;
   const int64_t C = s.C;
   const E* rows[kRows];
   for (int r = 0; r < kRows; ++r) {
-    const int64_t ih = oh0 - s.PH + r;
-    rows[r] = r < nrows - 1 + K && ih >= 0 && ih < s.H ? x + ((n * s.H + ih) * s.W) * C + c0 : nullptr;
+    const int64_t ih = oh0 * S - s.PH + r;
+    rows[r] = r < (nrows - 1) * S + K && ih >= 0 && ih < s.H ? x + ((n * s.H + ih) * s.W) * C + c0 : nullptr;
   }
-  E* out[kRB];
-  for (int rb = 0; rb < kRB; ++rb) out[rb] = y + ((n * s.OH + oh0 + std::min(rb, nrows - 1)) * s.OW) * C + c0;
-  f32x16 wreg[K == 3 ? 9 : 1];
-  if constexpr (K == 3)
-    unroll<9>([&](auto t) FASTOPS_CPU_INLINE_LAMBDA { wreg[t] = load16(wt + t * C + c0); });
+  E* out[RB];
+  for (int rb = 0; rb < RB; ++rb) out[rb] = y + ((n * s.OH + oh0 + std::min(rb, nrows - 1)) * s.OW) * C + c0;
+  f32x16 w[K * K];
+  unroll<K * K>([&](auto t) FASTOPS_CPU_INLINE_LAMBDA { w[t] = load16(wt + t * C + c0); });
   const f32x16 scale = load16(sc + c0), shift = load16(sh + c0);
-  for (int64_t ow = 0; ow < s.OW; ow += kG) {
-    const int npix = int(std::min<int64_t>(kG, s.OW - ow));
-    const int64_t iw0 = ow - s.PW;
+  for (int64_t ow = 0; ow < s.OW; ow += G) {
+    const int npix = int(std::min<int64_t>(G, s.OW - ow));
+    const int64_t iw0 = ow * S - s.PW;
     uint32_t col_in = 0;
-    for (int i = 0; i < npix - 1 + K; ++i)
+    for (int i = 0; i < (npix - 1) * S + K; ++i)
       if (iw0 + i >= 0 && iw0 + i < s.W) col_in |= 1u << i;
-    f32x16 acc[kRB][kG] = {};
-    tile_s1<K>(acc, rows, iw0, col_in, wreg, wt + c0, C);
-    E* o[kRB];
-    for (int rb = 0; rb < kRB; ++rb) o[rb] = out[rb] + ow * C;
-#define FASTOPS_STORE(A) store_tile_act<A>(acc, o, C, scale, shift, nrows, npix)
+    f32x16 acc[RB][G] = {};
+    tile_rows<K, S, RB, G>(acc, rows, iw0, col_in, w, C);
+    E* o[RB];
+    for (int rb = 0; rb < RB; ++rb) o[rb] = out[rb] + ow * C;
+#define FASTOPS_STORE(A) store_tile_act<A, RB, G>(acc, o, C, scale, shift, nrows, npix)
     FASTOPS_ACT_CASES(FASTOPS_STORE)
 #undef FASTOPS_STORE
   }
 }
 
-// Output rows [begin, end) (r = n * OH + oh) with rowblock_s1, kRB rows of one image at a time,
-// one 16-channel block after another (the last block overlaps the one before when C % 16 != 0).
-template <int K, typename E>
-FASTOPS_CPU_INLINE void nhwc_rows_s1(const E* x, E* y, const float* wt, const float* sc,
-                                     const float* sh, const DwConvShape& s, Act act, int64_t begin,
-                                     int64_t end) {
+// Output rows [begin, end) (r = n * OH + oh) with rowblock, RB rows of one image at a time, one
+// 16-channel block after another (the last block overlaps the one before when C % 16 != 0).
+template <int K, int S, typename E>
+FASTOPS_CPU_INLINE void nhwc_rows_tiled(const E* x, E* y, const float* wt, const float* sc,
+                                        const float* sh, const DwConvShape& s, Act act, int64_t begin,
+                                        int64_t end) {
   for (int64_t r = begin; r < end;) {
     const int64_t n = r / s.OH, oh = r % s.OH;
-    const int nrows = int(std::min<int64_t>({kRB, end - r, s.OH - oh}));
+    const int nrows = int(std::min<int64_t>({TileShape<K, S>::RB, end - r, s.OH - oh}));
     for (int64_t c = 0; c < s.C; c += L)
-      rowblock_s1<K>(x, y, wt, sc, sh, s, n, oh, nrows, std::min(c, s.C - L), act);
+      rowblock<K, S>(x, y, wt, sc, sh, s, n, oh, nrows, std::min(c, s.C - L), act);
     r += nrows;
   }
 }
@@ -435,32 +365,27 @@ FASTOPS_CPU_INLINE void nhwc_rows(const E* x, E* y, const float* wt, const float
                                   const float* sh, const DwConvShape& s, Act act, int64_t begin,
                                   int64_t end) {
   const bool k3 = s.KH == 3 && s.KW == 3, k5 = s.KH == 5 && s.KW == 5;
-  if (s.C >= L && (k3 || k5) && s.SH == 1 && s.SW == 1 && s.DH == 1 && s.DW == 1) {
-    if (k3)
-      nhwc_rows_s1<3>(x, y, wt, sc, sh, s, act, begin, end);
+  if (s.C >= L && (k3 || k5) && s.SH == s.SW && (s.SH == 1 || s.SH == 2) && s.DH == 1 && s.DW == 1) {
+    if (k3 && s.SH == 1)
+      nhwc_rows_tiled<3, 1>(x, y, wt, sc, sh, s, act, begin, end);
+    else if (k3)
+      nhwc_rows_tiled<3, 2>(x, y, wt, sc, sh, s, act, begin, end);
+    else if (s.SH == 1)
+      nhwc_rows_tiled<5, 1>(x, y, wt, sc, sh, s, act, begin, end);
     else
-      nhwc_rows_s1<5>(x, y, wt, sc, sh, s, act, begin, end);
+      nhwc_rows_tiled<5, 2>(x, y, wt, sc, sh, s, act, begin, end);
     return;
   }
   const std::vector<E> zeros(s.C >= L ? s.C : 0, E(0));  // bit pattern 0 is 0 in bf16 too
   std::vector<const E*> table(s.KH * s.KW * 4);
-  const bool unit_dw = s.DW == 1;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t n = r / s.OH, oh = r % s.OH;
     if (s.C < L)
 #define FASTOPS_SCALAR(A) nhwc_row_scalar<A>(x, y, wt, sc, sh, s, n, oh)
       FASTOPS_ACT_CASES(FASTOPS_SCALAR)
 #undef FASTOPS_SCALAR
-    else if (k3 && unit_dw && s.SW == 1)
-      nhwc_row<3, 1>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
-    else if (k3 && unit_dw && s.SW == 2)
-      nhwc_row<3, 2>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
-    else if (k5 && unit_dw && s.SW == 1)
-      nhwc_row<5, 1>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
-    else if (k5 && unit_dw && s.SW == 2)
-      nhwc_row<5, 2>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
     else
-      nhwc_row<0, 0>(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
+      nhwc_row(x, y, wt, sc, sh, s, n, oh, act, zeros.data(), table.data());
   }
 }
 

@@ -225,15 +225,17 @@ def inference_call(op, *args):
 
 # Depthwise convs that, in inference, run fastops' kernel even where oneDNN could take them:
 # channels_last float32 on the CPU, multiplier 1, unit dilation, at least 16 channels, and
-# 3x3 with stride 1 or 2, or 5x5 with stride 2. Measured as ConvBNAct against itself with this
-# switch off (oneDNN's depthwise conv with the BN folded and the activation as a post-op),
-# interleaved, 2 cores: 3x3 stride 1 (dwconv_bn_act's block-of-rows kernel, csrc/cpu/dwconv.cpp
-# rowblock_s1) 1.17-1.25x at N=8 and 1.4-1.56x at N=1 (C144 56x56, C384 14x14, C960 7x7);
-# stride 2 (the row kernel) 1.11-1.27x at N=8 and 1.35-1.74x at N=1 (C144 56x56, C240 28x28,
-# C576 14x14, 5x5 C72 56x56), except C96 112x112 at N=8 (0.89x, 1.35x at N=1). 5x5 stride 1
-# was 0.77-0.98x (C672 14x14, C960 7x7) and stays with oneDNN. False: oneDNN takes them all
-# (when "depthwise" is in ONEDNN_CONVS).
+# 3x3 with stride 1, or 3x3 / 5x5 with stride 2 and at most DWCONV_S2_IMAGE_BYTES of input per
+# image. Measured as ConvBNAct against itself with this switch off (oneDNN's depthwise conv with
+# the BN folded and the activation as a post-op), interleaved, 2 cores, dwconv_bn_act's tiled
+# kernel (csrc/cpu/dwconv.cpp): 3x3 stride 1 1.17-1.25x at N=8 and 1.4-1.56x at N=1 (C144 56x56,
+# C384 14x14, C960 7x7); stride 2 1.04-1.32x at N=8 and 1.41-1.55x at N=1 (C144 56x56, C240
+# 28x28, C576 14x14, 5x5 C72 56x56), but C96 112x112 (4.8 MB an image) 0.81x at N=8: there
+# oneDNN's reading order streams better than the kernel's sweeps, one 16-channel block at a
+# time, over rows that are not in L2. 5x5 stride 1 was 0.91-1.12x and stays with oneDNN.
+# False: oneDNN takes them all (when "depthwise" is in ONEDNN_CONVS).
 DWCONV_KERNEL = True
+DWCONV_S2_IMAGE_BYTES = 2 << 20  # this machine's L2 per core
 
 
 def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_groups: int) -> bool:
@@ -241,7 +243,8 @@ def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_gr
     return (
         DWCONV_KERNEL and residual is None and shuffle_groups == 1 and x.device.type == "cpu"
         and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-        and (k == (3, 3) and conv.stride in ((1, 1), (2, 2)) or k == (5, 5) and conv.stride == (2, 2))
+        and (k == (3, 3) and conv.stride == (1, 1) or k in ((3, 3), (5, 5)) and conv.stride == (2, 2)
+             and x.shape[1] * x.shape[2] * x.shape[3] * 4 <= DWCONV_S2_IMAGE_BYTES)
         and conv.dilation == (1, 1)
         and conv.groups == conv.in_channels == conv.out_channels and conv.in_channels >= 16
         and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
