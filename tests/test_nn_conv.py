@@ -293,6 +293,32 @@ def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act, monkeypatch):
     assert xg.grad is not None
 
 
+def test_inference_plan_is_seen_by_dispatch_modes():
+    """The kept kernel plan calls the op past its autograd layer (inference_call), but a Python
+    dispatch mode active around the call still sees the op, and gets the same answer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    ours, theirs = _pair(DW_CASES[0], "relu6")
+    ours.eval(), theirs.eval()
+    x = randn((2, 24, 9, 11)).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = theirs(x)
+        ours(x), ours(x)  # the second call runs the kept plan
+        with Record() as mode:
+            got = ours(x)
+    assert "fastops.dwconv_bn_act.default" in mode.ops
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
 @pytest.mark.parametrize("kwargs", [DW_CASES[0], dict(in_channels=24, out_channels=16, kernel_size=1)], ids=str)
 @pytest.mark.parametrize("fmt", (torch.channels_last, torch.contiguous_format), ids=str)
 def test_inference_on_a_channel_slice(kwargs, fmt):

@@ -7,7 +7,7 @@
 // in one parallel region, float32 channels_last. Each task runs one image (or, when there are
 // fewer images than threads, part of one) band by band: a band's expanded rows (sgemm on the
 // band's pixels, then the affine + activation while the tile is hot) and its depthwise rows
-// (dwconv_bn_act's channels_last row kernel) live in per-thread buffers sized for the L2 cache,
+// (dwconv_bn_act's channels_last kernel) live in per-thread buffers sized for the L2 cache,
 // and the projection (sgemm + affine [+ residual]) writes the band's output rows; images small
 // enough go several to a task, whole. The expanded
 // and depthwise tensors, 4-6x the block's input and output, are never written to memory.

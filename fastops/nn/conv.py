@@ -253,7 +253,8 @@ def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_gr
 
 def _dwconv_kernel(x, conv, bn, name, act):
     """act(bn(conv(x))) by dwconv_bn_act's CPU kernel, the BN folded once (kept on the conv while
-    unchanged); kept as the conv's inference plan (`_kept_inference`) like a oneDNN call."""
+    unchanged); kept as the conv's inference plan (`_kept_inference`) like a oneDNN call, for
+    inputs of any size (DWCONV_S2_IMAGE_BYTES only picks the faster path for the first one)."""
     scale, shift = folded_scale_shift(conv, bn)
     weight, geometry = conv.weight, (list(conv.stride), list(conv.padding), list(conv.dilation))
     op = torch.ops.fastops.dwconv_bn_act.default
