@@ -102,17 +102,19 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
   at::Tensor y = at::empty({N, O, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;
   const at::Tensor w1c = w1.to(at::kFloat).contiguous(), w3c = w3.to(at::kFloat).contiguous();
-  std::vector<float> w2t(K * K * E);  // [K*K][E], transposed with a loop: through ATen it cost ~25 us a call
-  {
-    const at::Tensor w2c = w2.to(at::kFloat).contiguous();
-    const float* p = w2c.const_data_ptr<float>();
-    for (int64_t e = 0; e < E; ++e)
-      for (int64_t t = 0; t < K * K; ++t) w2t[t * E + e] = p[e * K * K + t];
-  }
+  const std::vector<float> w2t = dwconv_weights_by_tap_f32(w2);  // [K*K][E]
   const at::Tensor s1c = vec(s1), b1c = vec(b1), s2c = vec(s2), b2c = vec(b2), s3c = vec(s3), b3c = vec(b3);
   const float* xp = xc.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
 
+  // The depthwise step's shape for `images` images of `rows` expanded rows each (a whole image,
+  // or the band's rows as an image of their own, its top padding `pad_top`), `out_rows` rows out.
+  const auto dw_shape = [&](int64_t images, int64_t rows, int64_t pad_top, int64_t out_rows) {
+    DwConvShape ds{};
+    ds.N = images, ds.C = E, ds.H = rows, ds.W = W, ds.OC = E, ds.mult = 1, ds.KH = K, ds.KW = K;
+    ds.SH = S, ds.SW = S, ds.PH = pad_top, ds.PW = P, ds.DH = 1, ds.DW = 1, ds.OH = out_rows, ds.OW = OW;
+    return ds;
+  };
   // output rows per band: the band's expanded rows ((band - 1) * S + K of them) within kBandBytes
   const int64_t row_bytes = W * E * int64_t(sizeof(float));
   const int64_t band = std::clamp<int64_t>((kBandBytes / std::max<int64_t>(row_bytes, 1) - K) / S + 1, 1, OH);
@@ -131,9 +133,7 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
         const int64_t n0 = t * group, g = std::min(N, n0 + group) - n0;
         gemm_abt(g * H * W, E, C, xp + n0 * H * W * C, w1c.const_data_ptr<float>(), ebuf.data(), E);
         epilogue(ebuf.data(), g * H * W, E, sc1, sh1, act, nullptr);
-        DwConvShape ds{};
-        ds.N = g, ds.C = E, ds.H = H, ds.W = W, ds.OC = E, ds.mult = 1, ds.KH = K, ds.KW = K;
-        ds.SH = S, ds.SW = S, ds.PH = P, ds.PW = P, ds.DH = 1, ds.DW = 1, ds.OH = OH, ds.OW = OW;
+        const DwConvShape ds = dw_shape(g, H, P, OH);
         dwconv_nhwc_rows_f32(ebuf.data(), dbuf.data(), w2t.data(), s2c.const_data_ptr<float>(),
                              b2c.const_data_ptr<float>(), ds, act, 0, g * OH);
         float* out = yp + n0 * OH * OW * O;
@@ -178,10 +178,7 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
         }
         e_lo = lo, e_hi = hi;
         // the band's depthwise rows, from the expanded rows [lo, hi) as an image of their own
-        DwConvShape ds{};
-        ds.N = 1, ds.C = E, ds.H = hi - lo, ds.W = W, ds.OC = E, ds.mult = 1, ds.KH = K, ds.KW = K;
-        ds.SH = S, ds.SW = S, ds.PH = lo - (o * S - P), ds.PW = P, ds.DH = 1, ds.DW = 1;
-        ds.OH = o1 - o, ds.OW = OW;
+        const DwConvShape ds = dw_shape(1, hi - lo, lo - (o * S - P), o1 - o);
         float* d = se ? dbuf.data() + o * OW * E : dbuf.data();
         dwconv_nhwc_rows_f32(ebuf.data(), d, w2t.data(), s2c.const_data_ptr<float>(),
                              b2c.const_data_ptr<float>(), ds, act, 0, ds.OH);

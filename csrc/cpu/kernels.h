@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <vector>
+
 #include "../dwconv.h"
 #include "../pwconv.h"
 
@@ -33,6 +35,10 @@ void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const floa
 // y may be z when ldz == OC (csrc/cpu/pwconv.cpp).
 void pwconv_epilogue_cl_f32(const float* z, int64_t ldz, const float* res, float* y, int64_t rows, int64_t OC,
                             const float* scale, const float* shift, Act act);
+
+// A depthwise weight [C, 1, KH, KW] as float32 [KH * KW][C], the layout dwconv_nhwc_rows_f32 reads
+// (csrc/cpu/dwconv.cpp).
+std::vector<float> dwconv_weights_by_tap_f32(const at::Tensor& weight);
 
 // dwconv_bn_act's channels_last float32 kernel on output rows [begin, end) of r = n * OH + oh:
 // x dense [N, H, W, C], y dense [N, OH, OW, C], wt [KH * KW][C], sc / sh [C] (csrc/cpu/dwconv.cpp).
