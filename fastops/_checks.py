@@ -273,18 +273,13 @@ def _check_weight(op, arg, w, x, shape, what) -> None:
     if w.dim() != len(shape) or any(e is not None and e != a for e, a in zip(shape, w.shape)) or 0 in w.shape:
         want = ", ".join("*" if e is None else str(e) for e in shape)
         raise ValueError(f"fastops.{op}: argument '{arg}' must have shape [{want}] ({what}), got {list(w.shape)}")
-    if w.dtype != x.dtype:
-        raise TypeError(f"fastops.{op}: argument '{arg}' has dtype {w.dtype} but 'x' has dtype {x.dtype}")
-    if w.device != x.device:
-        raise ValueError(f"fastops.{op}: argument '{arg}' is on {w.device} but 'x' is on {x.device}")
+    check_same_kind(op, arg, w, "x", x)
 
 
 def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual, se_w1=None,
                             se_b1=None, se_w2=None, se_b2=None) -> list:
     """The checks of csrc/cpu/inverted_residual.cpp, in Python; returns the output shape."""
-    check_floating(op, "x", x)
-    if x.dim() != 4:
-        raise ValueError(f"fastops.{op}: argument 'x' must be 4-D [N, C, H, W], got {x.dim()}-D shape {list(x.shape)}")
+    check_nchw(op, "x", x)
     n, c, h, w = x.shape
     _check_weight(op, "w1", w1, x, [None, c, 1, 1], "the expanding 1x1 conv")
     e = w1.shape[0]
@@ -300,10 +295,11 @@ def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, a
     if se_w1 is not None or se_b1 is not None or se_w2 is not None or se_b2 is not None:
         if se_w1 is None or se_b1 is None or se_w2 is None or se_b2 is None:
             raise ValueError(f"fastops.{op}: arguments 'se_w1', 'se_b1', 'se_w2' and 'se_b2' go together")
-        check_tensor(op, "se_w1", se_w1)
-        sq = se_w1.shape[0] if se_w1.dim() in (2, 4) else 0
-        _check_weight(op, "se_w1", se_w1, x, [None, e] + [1, 1] * (se_w1.dim() == 4), "squeeze-excite's fc1")
-        _check_weight(op, "se_w2", se_w2, x, [e, sq] + [1, 1] * (se_w2.dim() == 4), "squeeze-excite's fc2")
+        _check_fc_weight(op, "se_w1", se_w1, x, None, e)
+        sq = se_w1.shape[0]
+        if sq == 0:
+            raise ValueError(f"fastops.{op}: argument 'se_w1' has no squeeze channels")
+        _check_fc_weight(op, "se_w2", se_w2, x, e, sq)
         _check_param_vector(op, "se_b1", se_b1, x, sq)
         _check_param_vector(op, "se_b2", se_b2, x, e)
     _check_int(op, "stride", stride, 1)
