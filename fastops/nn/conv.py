@@ -410,7 +410,7 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] =
         _update_running_stats(bn, mean, var, z)
         if residual is not None:
             y = reference.activation(y + residual, name)
-    elif _is_depthwise(conv) and _dwconv_kernel_usable(x, conv, residual, shuffle_groups):
+    elif _dwconv_kernel_usable(x, conv, residual, shuffle_groups):  # (checks the conv is depthwise)
         return _dwconv_kernel(x, conv, bn, name, act)
     elif _onednn_usable(x, conv, bn, name, residual, shuffle_groups, kind := (
             "depthwise" if _is_depthwise(conv) else "pointwise" if _is_pointwise(conv) else "dense")):

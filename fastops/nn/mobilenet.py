@@ -26,7 +26,9 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) 
 # project) as one `inverted_residual` kernel on CPU, the expanded tensors never written to memory.
 # Measured on torchvision's MobileNet V2 (2 cores, channels_last, its 16 expanding blocks,
 # interleaved, against the per-conv oneDNN path): N=8 40.9 -> 35.2 ms, N=1 9.2 -> 7.6 ms; the
-# blocks alone 1.45-1.98x eager and 1.02-1.07x torch.compile with freezing (bench/, N=8).
+# blocks alone 1.45-1.98x eager and 1.02-1.07x torch.compile with freezing (bench/, N=8), and
+# 1.80-2.27x / 1.22-1.38x since the depthwise step became dwconv_bn_act's tiled kernel
+# (bench/results/cpu-2026-11-30-001946).
 FUSED_BLOCKS = True
 
 
