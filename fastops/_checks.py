@@ -203,6 +203,18 @@ def _check_fc_weight(op, arg, w, x, rows, cols) -> None:
         raise ValueError(f"fastops.{op}: argument '{arg}' must have shape [{r}, {cols}] or [{r}, {cols}, 1, 1], got {list(w.shape)}")
 
 
+def _check_se_fcs(op, x, c, w1, b1, w2, b2, prefix="") -> None:
+    """Squeeze-excite's two fully connected layers on c channels: w1 [S, c] and w2 [c, S] (or
+    [., ., 1, 1]), S > 0, biases [S] and [c]; arguments named prefix + "w1", ..."""
+    _check_fc_weight(op, f"{prefix}w1", w1, x, None, c)
+    s = w1.shape[0]
+    if s == 0:
+        raise ValueError(f"fastops.{op}: argument '{prefix}w1' has no squeeze channels")
+    _check_fc_weight(op, f"{prefix}w2", w2, x, c, s)
+    _check_param_vector(op, f"{prefix}b1", b1, x, s)
+    _check_param_vector(op, f"{prefix}b2", b2, x, c)
+
+
 def check_squeeze_excite(op, x, w1, b1, w2, b2, act, gate) -> None:
     """The checks of csrc/squeeze_excite.h, in Python (same errors)."""
     check_nchw(op, "x", x)
@@ -211,13 +223,7 @@ def check_squeeze_excite(op, x, w1, b1, w2, b2, act, gate) -> None:
         raise ValueError(f"fastops.{op}: argument 'x' has no channels")
     if h * w == 0:
         raise ValueError(f"fastops.{op}: argument 'x' has an empty plane (shape {list(x.shape)}); the mean over H, W is undefined")
-    _check_fc_weight(op, "w1", w1, x, None, c)
-    s = w1.shape[0]
-    if s == 0:
-        raise ValueError(f"fastops.{op}: argument 'w1' has no squeeze channels")
-    _check_fc_weight(op, "w2", w2, x, c, s)
-    _check_param_vector(op, "b1", b1, x, s)
-    _check_param_vector(op, "b2", b2, x, c)
+    _check_se_fcs(op, x, c, w1, b1, w2, b2)
     check_act(op, act)
     if gate not in ACTIVATIONS:
         raise ValueError(f"fastops.{op}: argument 'gate' must be one of {', '.join(ACTIVATIONS)}; got {gate!r}")
@@ -295,13 +301,7 @@ def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, a
     if se_w1 is not None or se_b1 is not None or se_w2 is not None or se_b2 is not None:
         if se_w1 is None or se_b1 is None or se_w2 is None or se_b2 is None:
             raise ValueError(f"fastops.{op}: arguments 'se_w1', 'se_b1', 'se_w2' and 'se_b2' go together")
-        _check_fc_weight(op, "se_w1", se_w1, x, None, e)
-        sq = se_w1.shape[0]
-        if sq == 0:
-            raise ValueError(f"fastops.{op}: argument 'se_w1' has no squeeze channels")
-        _check_fc_weight(op, "se_w2", se_w2, x, e, sq)
-        _check_param_vector(op, "se_b1", se_b1, x, sq)
-        _check_param_vector(op, "se_b2", se_b2, x, e)
+        _check_se_fcs(op, x, e, se_w1, se_b1, se_w2, se_b2, prefix="se_")
     _check_int(op, "stride", stride, 1)
     check_act(op, act)
     if residual and (stride != 1 or o != c):
