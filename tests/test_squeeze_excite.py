@@ -80,6 +80,37 @@ def test_dtypes(device, dtype, layout):
     _close(y, reference.squeeze_excite(x.double(), *map(_d, params), "relu", "hardsigmoid"), dtype)
 
 
+@pytest.mark.parametrize("threads", (1, 2, 3))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_cpu_paths_over_threads(device, layout, dtype, threads):
+    """The CPU kernel's two forward paths: one image per thread from pool to scale when every
+    thread has an image and S <= H*W, the two passes over the batch otherwise (N below the
+    threads, or S above H*W); channels_last rows walked flat against a channel period of
+    lcm(C, 16) values (C = 72: 144, 120: 240, 20: 80; 24 and 48 whole vectors) or row by row
+    (C = 17, or 6 whose period is 8 rows); the backward's scale pass (row_scale with its
+    additive term) over the same layouts."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, c, s, h, w in ((5, 72, 24, 6, 5), (3, 120, 8, 3, 3), (4, 20, 5, 5, 3), (2, 17, 30, 4, 4),
+                              (1, 48, 12, 5, 5), (6, 6, 2, 7, 2), (3, 24, 40, 2, 3)):
+            x = make_layout(randn((n, c, h, w), dtype, device), layout)
+            params = _params(c, s, dtype, device, conv_shaped=(c % 2 == 0), bias=(c != 20))
+            with poisoned_memory(x):
+                y = fastops.ops.squeeze_excite(x, *params, "relu", "hardsigmoid")
+            _close(y, reference.squeeze_excite(x.double(), *map(_d, params), "relu", "hardsigmoid"), dtype)
+            if dtype == torch.float32:
+                g = randn(y.shape, dtype, device)
+                got = torch.ops.fastops.squeeze_excite_backward(g, x, *params, "hardswish", "sigmoid")
+                want = reference.squeeze_excite_backward(g.double(), x.double(), *map(_d, params), "hardswish",
+                                                         "sigmoid")
+                for a, b in zip(got, want):
+                    _close(a, b, dtype)
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_large_mean_plane(device):
     # sums over a large plane with a large mean: the pooled value must stay accurate
     x = (randn((1, 3, 150, 150), device=device, scale=1.0) + 100.0).to(memory_format=torch.channels_last)
@@ -152,6 +183,28 @@ def test_module_matches_torchvision(device, scale_activation, layout):
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-5)
     for (name, p), q in zip(m.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_module_inference_matches_torchvision(device, layout, monkeypatch):
+    """Without autograd the module calls the kernel directly (on the CPU, past fastops.ops'
+    Python checks, which must not run: they are made to fail here); the same outputs as
+    torchvision's module, and the kernel's own argument errors."""
+    torchvision = pytest.importorskip("torchvision")
+    ref = torchvision.ops.SqueezeExcitation(40, 16, scale_activation=nn.Hardsigmoid).to(device).eval()
+    m = fastops.nn.SqueezeExcite(40, 16).to(device).eval()
+    m.load_state_dict(ref.state_dict())
+    x = make_layout(randn((4, 40, 9, 10), device=device), layout)
+    if device == "cpu":
+        def fail(*args, **kwargs):
+            raise AssertionError("fastops.ops.squeeze_excite called in CPU inference")
+        monkeypatch.setattr(fastops.ops, "squeeze_excite", fail)
+    with torch.no_grad():
+        y = m(x)
+        torch.testing.assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
+        assert y.is_contiguous(memory_format=fastops._layout.conv_output_format(x))
+        with pytest.raises(ValueError, match=r"fastops.squeeze_excite: argument 'w1' must have shape \[S, 39\]"):
+            m(x[:, 1:])
 
 
 def test_module_unsupported_activation_falls_back(device):

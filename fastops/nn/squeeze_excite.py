@@ -6,8 +6,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .. import ops, reference
-from .conv import act_name
+from .. import _extension, ops, reference
+from .conv import act_name, inference_call
 
 
 class SqueezeExcite(nn.Module):
@@ -33,4 +33,10 @@ class SqueezeExcite(nn.Module):
         if x.dim() != 4 or act is None or gate is None:
             s = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
             return s * x
-        return ops.squeeze_excite(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, act, gate)
+        args = (x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, act, gate)
+        if (x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and _extension.has_extension()):
+            # inference: straight to the CPU kernel, which checks the arguments itself (the same
+            # errors as fastops.ops'), past ~80 us of Python checks and autograd wrapping
+            return inference_call(torch.ops.fastops.squeeze_excite.default, *args)
+        return ops.squeeze_excite(*args)
