@@ -98,17 +98,20 @@ def test_forward_channel_blocks_channels_last(device, c, k, s, w):
 @pytest.mark.parametrize("k,p,h", ((3, 1, 7), (3, 0, 4), (3, 2, 1), (5, 2, 5), (5, 1, 8), (5, 4, 2), (3, 1, 3)),
                          ids=str)
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
-def test_forward_row_blocks_channels_last(device, k, p, h, stride, threads, dtype):
-    """channels_last 3x3 and 5x5 with stride 1 or 2 go through tiles of output rows x pixels of
-    16 channels (3x3 stride 1: 3 x 4; 3x3 stride 2: 2 x 4; 5x5: 2 x 2): heights and widths that
-    leave partial tiles, paddings below, at and above k//2 (rows and columns wholly in the
-    padding), a remainder channel block, and the rows of a batch split between threads mid-image
-    and mid-tile."""
+@pytest.mark.parametrize("layout", ("channels_last", "contiguous"))
+def test_forward_row_blocks(device, layout, k, p, h, stride, threads, dtype):
+    """3x3 and 5x5 with stride 1 or 2 go through tiles of output rows x pixels of 16 channels
+    (3x3 stride 1: 3 x 4; 3x3 stride 2: 2 x 4; 5x5: 2 x 2), NCHW by blocks of 16 planes
+    transposed into a channels_last scratch and back: heights and widths that leave partial tiles
+    and planes of fewer or not a multiple of 16 pixels (the transposes' tails), paddings below,
+    at and above k//2 (rows and columns wholly in the padding), a remainder channel block (NCHW:
+    written only where the last block is new), and the rows (NCHW: blocks) of a batch split
+    between threads."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for c, w in ((19, 9), (35, 6), (16, 3)):
-            x, weight, scale, shift = _case(device, dtype, 3, c, h, w, k, layout="channels_last")
+        for c, w in ((19, 9), (35, 6), (16, 3), (48, 16)):
+            x, weight, scale, shift = _case(device, dtype, 3, c, h, w, k, layout=layout)
             with poisoned_memory(x):
                 y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, stride, p, 1, "hardswish")
             _assert_matches(y, _ref(x, weight, scale, shift, stride, p, 1, "hardswish"), dtype)
