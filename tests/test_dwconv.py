@@ -201,6 +201,26 @@ def test_backward_matches_reference(device, geom, act, layout, affine):
     assert grads[0].is_contiguous(memory_format=_expected_format(x))
 
 
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("geom", ((3, 1, 1, 1, 1), (5, 2, 1, 2, 1), (3, 1, 2, 2, 2)), ids=str)
+def test_backward_op_without_affine_or_activation(device, geom, layout):
+    """The backward op itself for the plain convolution (no scale, shift or activation:
+    `dwconv_bn_act(x, w)`, where the CPU kernel skips recomputing the conv): all four outputs,
+    the scale's and shift's gradients being those at scale = 1, shift = 0 (sums of g * z and g)."""
+    k, s, d, p, m = geom
+    x, weight, _, _ = _case(device, torch.float32, 2, 5, 9, 10, k, m, False, layout)
+    y = fastops.ops.dwconv_bn_act(x, weight, None, None, s, p, d, "none")
+    g = randn(y.shape, torch.float32, device)
+    got = torch.ops.fastops.dwconv_bn_act_backward(g, x, weight, None, None, [s, s], [p, p], [d, d], "none")
+    leaves = [x.double().requires_grad_(), weight.double().requires_grad_(),
+              torch.ones(5 * m, dtype=torch.float64, device=device, requires_grad=True),
+              torch.zeros(5 * m, dtype=torch.float64, device=device, requires_grad=True)]
+    yr = reference.dwconv_bn_act(*leaves, stride=s, padding=p, dilation=d, act="none")
+    want = torch.autograd.grad(yr, leaves, g.double())
+    for name, a, b in zip(("x", "weight", "scale", "shift"), got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()), msg=name)
+
+
 def test_backward_bfloat16(device):
     x, weight, scale, shift = _case(device, torch.bfloat16, 2, 16, 10, 10, 3, layout="channels_last")
     xr, wr = x.detach().requires_grad_(), weight.detach().requires_grad_()

@@ -71,15 +71,19 @@ def test_eval_matches_unfused(kwargs, act, layout):
 
 @pytest.mark.parametrize("kwargs", DW_CASES[:3], ids=str)
 @pytest.mark.parametrize("momentum", (0.1, None))
-def test_train_matches_unfused_including_running_stats(kwargs, momentum):
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_train_matches_unfused_including_running_stats(kwargs, momentum, layout):
+    """Training mode: batch statistics, running stats, gradients and SGD steps as the unfused
+    module's, in both layouts."""
     ours, theirs = _pair(kwargs, "hardswish")
     for m in (ours, theirs):
         m[1].momentum = momentum
     ours.train(), theirs.train()
     opt_a = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9)
     opt_b = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     for step in range(3):
-        x = randn((4, kwargs["in_channels"], 11, 12)).to(memory_format=torch.channels_last)
+        x = randn((4, kwargs["in_channels"], 11, 12)).to(memory_format=fmt)
         ya, yb = ours(x), theirs(x)
         torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
         g = randn(ya.shape) / ya.numel() ** 0.5  # a well-conditioned loss: parameter steps stay small
@@ -116,6 +120,31 @@ def test_depthwise_separable_is_the_mobilenet_v1_block():
         getattr(block, mode)(), getattr(reference, mode)()
         x = randn((2, 32, 16, 16)).to(memory_format=torch.channels_last)
         torch.testing.assert_close(block(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_depthwise_separable_training_step(layout):
+    """A DepthwiseSeparable training step equals the unfused block's: output, the gradients of
+    the input and of every parameter, the BN running stats."""
+    block = fastops.nn.DepthwiseSeparable(24, 40, kernel_size=3, stride=1, act="relu6").train()
+    reference = nn.Sequential(
+        nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1, groups=24, bias=False), nn.BatchNorm2d(24), nn.ReLU6()),
+        nn.Sequential(nn.Conv2d(24, 40, 1, bias=False), nn.BatchNorm2d(40), nn.ReLU6()),
+    ).train()
+    _randomise(reference)
+    block.load_state_dict(reference.state_dict())
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = randn((3, 24, 13, 11)).to(memory_format=fmt)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = block(xa), reference(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+    g = randn(ya.shape).to(memory_format=fmt)
+    ya.backward(g), yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    for (name, pa), (_, pb) in zip(block.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for (name, ba), (_, bb) in zip(block.named_buffers(), reference.named_buffers()):
+        torch.testing.assert_close(ba, bb, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("mode", ("train", "eval"))

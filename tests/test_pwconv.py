@@ -77,6 +77,27 @@ def test_activations(device, act, residual, affine):
         _close(a, b, torch.float32)
 
 
+@pytest.mark.parametrize("plain", (True, False))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last", "permuted"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_backward_ungrouped(device, plain, layout, dtype):
+    """Ungrouped float32 / float64 backward: grad_x and grad_weight as GEMMs on the CPU (per image
+    in NCHW, one each in channels_last); without scale, shift, residual, activation or shuffle
+    (`pwconv_bn_act(x, w)`) grad_out is the conv's gradient directly. All five outputs
+    against the reference's, the residual's gradient (= grad of the pre-activation) included."""
+    affine, residual, act, shuffle = (False, False, "none", 1) if plain else (True, True, "hardswish", 2)
+    x, w, sc, sh, res = _case(device, dtype, 3, 19, 22, 7, 5, 1, affine, residual, layout)
+    g = make_layout(randn((3, 22, 7, 5), dtype, device), layout)
+    got = torch.ops.fastops.pwconv_bn_act_backward(g, x, w, sc, sh, 1, act, res, shuffle)
+    want = reference.pwconv_bn_act_backward(g.double(), x.double(), w.double(), _d(sc), _d(sh), 1, act, _d(res),
+                                            shuffle)
+    for name, a, b in zip(("x", "weight", "scale", "shift", "residual"), got, want):
+        _close(a, b, dtype)
+        given = {"scale": sc, "shift": sh}.get(name)
+        assert a.dtype == (given.dtype if given is not None else dtype), name
+    assert got[0].is_contiguous(memory_format=fastops._layout.conv_output_format(x))
+
+
 @pytest.mark.parametrize("shape", ((1, 16, 1, 1), (3, 5, 1, 7), (1, 64, 56, 56), (2, 96, 14, 14), (1, 6, 72, 72)))
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
 def test_shapes_spanning_tiles(device, shape, layout):

@@ -889,10 +889,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   const at::Tensor ga = grad_out.to(acc_type).contiguous(fmt);
   const Affine af = affine_of(scale, shift, s.OC);
   const Affine identity = affine_of(c10::nullopt, c10::nullopt, s.OC);
-  const at::Tensor z = forward_impl(xa, wa, identity, s, Act::None).contiguous(fmt);
-  at::Tensor gz = at::empty_like(z);
+  // the plain convolution (no scale, shift or activation: `dwconv_bn_act(x, w)`) needs
+  // neither the recomputed z nor the pass over it: the conv's gradient is grad_out's
+  const bool plain = a == Act::None && !(scale.has_value() && scale->defined()) &&
+                     !(shift.has_value() && shift->defined());
+  const at::Tensor z = plain ? at::Tensor() : forward_impl(xa, wa, identity, s, Act::None).contiguous(fmt);
+  at::Tensor gz = plain ? ga : at::empty_like(z);
   std::vector<double> sum_gu, sum_guz;
-  if (z.numel() > 0) {
+  if (!plain && z.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(acc_type, "dwconv_bn_act_backward", [&] {
       dispatch_act(a, [&](auto tag) {
         affine_act_backward<decltype(tag)::value, scalar_t>(
@@ -914,6 +918,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   } else {
     grad_x = at::zeros_like(xa);
     grad_w = at::zeros_like(wa);
+  }
+  if (plain && gz.numel() > 0 && x.numel() > 0) {
+    // the scale's and shift's gradients (returned whether or not they were given) are the sums
+    // of g * z and of g per channel, and sum_p g[c, p] z[c, p] = sum_taps w[c, t] grad_w[c, t]
+    const at::Tensor gzw = wa.to(at::kDouble).mul(grad_w.to(at::kDouble)).reshape({s.OC, -1}).sum(1);
+    const at::Tensor gs = ga.sum({0, 2, 3}).to(at::kDouble);  // (double sums converted ga first)
+    std::copy_n(gzw.const_data_ptr<double>(), s.OC, sum_guz.begin());
+    std::copy_n(gs.const_data_ptr<double>(), s.OC, sum_gu.begin());
   }
   return {grad_x.to(x.scalar_type()).contiguous(fmt), grad_w.to(weight.scalar_type()).contiguous(),
           param_grad(sum_guz, scale, x), param_grad(sum_gu, shift, x)};
