@@ -363,22 +363,37 @@ FASTOPS_CPU_INLINE void nhwc_rows_tiled(const E* x, E* y, const float* wt, const
   }
 }
 
+// The shapes the tiles take: 3x3 or 5x5, stride 1 or 2 (the same both ways), unit dilation, at
+// least one 16-channel block (channels_last; the NCHW blocks also need multiplier 1).
+inline bool tiled_shape(const DwConvShape& s) {
+  const bool k3 = s.KH == 3 && s.KW == 3, k5 = s.KH == 5 && s.KW == 5;
+  return s.C >= L && (k3 || k5) && s.SH == s.SW && (s.SH == 1 || s.SH == 2) && s.DH == 1 && s.DW == 1;
+}
+
+// f(K, S) with the tiled shape's kernel size and stride as compile-time constants.
+template <typename F>
+FASTOPS_CPU_INLINE void with_tile(const DwConvShape& s, F&& f) {
+  using std::integral_constant;
+  if (s.KH == 3 && s.SH == 1)
+    f(integral_constant<int, 3>{}, integral_constant<int, 1>{});
+  else if (s.KH == 3)
+    f(integral_constant<int, 3>{}, integral_constant<int, 2>{});
+  else if (s.SH == 1)
+    f(integral_constant<int, 5>{}, integral_constant<int, 1>{});
+  else
+    f(integral_constant<int, 5>{}, integral_constant<int, 2>{});
+}
+
 // Output rows [begin, end) of the channels_last kernel (r = n * OH + oh); m == 1 here (a
 // multiplier runs the NCHW kernel).
 template <typename E>
 FASTOPS_CPU_INLINE void nhwc_rows(const E* x, E* y, const float* wt, const float* sc,
                                   const float* sh, const DwConvShape& s, Act act, int64_t begin,
                                   int64_t end) {
-  const bool k3 = s.KH == 3 && s.KW == 3, k5 = s.KH == 5 && s.KW == 5;
-  if (s.C >= L && (k3 || k5) && s.SH == s.SW && (s.SH == 1 || s.SH == 2) && s.DH == 1 && s.DW == 1) {
-    if (k3 && s.SH == 1)
-      nhwc_rows_tiled<3, 1>(x, y, wt, sc, sh, s, act, begin, end);
-    else if (k3)
-      nhwc_rows_tiled<3, 2>(x, y, wt, sc, sh, s, act, begin, end);
-    else if (s.SH == 1)
-      nhwc_rows_tiled<5, 1>(x, y, wt, sc, sh, s, act, begin, end);
-    else
-      nhwc_rows_tiled<5, 2>(x, y, wt, sc, sh, s, act, begin, end);
+  if (tiled_shape(s)) {
+    with_tile(s, [&](auto k, auto st) FASTOPS_CPU_INLINE_LAMBDA {
+      nhwc_rows_tiled<decltype(k)::value, decltype(st)::value>(x, y, wt, sc, sh, s, act, begin, end);
+    });
     return;
   }
   const std::vector<E> zeros(s.C >= L ? s.C : 0, E(0));  // bit pattern 0 is 0 in bf16 too
@@ -626,22 +641,13 @@ FASTOPS_CPU_INLINE void nchw_blocks(const E* x, E* y, const float* wt, const flo
 template <typename E>
 FASTOPS_CPU_INLINE void nchw_blocks_any(const E* x, E* y, const float* wt, const float* sc, const float* sh,
                                         const DwConvShape& s, Act act, int64_t begin, int64_t end) {
-  if (s.KH == 3 && s.SH == 1)
-    nchw_blocks<3, 1>(x, y, wt, sc, sh, s, act, begin, end);
-  else if (s.KH == 3)
-    nchw_blocks<3, 2>(x, y, wt, sc, sh, s, act, begin, end);
-  else if (s.SH == 1)
-    nchw_blocks<5, 1>(x, y, wt, sc, sh, s, act, begin, end);
-  else
-    nchw_blocks<5, 2>(x, y, wt, sc, sh, s, act, begin, end);
+  with_tile(s, [&](auto k, auto st) FASTOPS_CPU_INLINE_LAMBDA {
+    nchw_blocks<decltype(k)::value, decltype(st)::value>(x, y, wt, sc, sh, s, act, begin, end);
+  });
 }
 
-// The shapes the blocked NCHW kernel takes (those of the channels_last tiles).
-bool nchw_by_blocks(const DwConvShape& s) {
-  const bool k3 = s.KH == 3 && s.KW == 3, k5 = s.KH == 5 && s.KW == 5;
-  return s.mult == 1 && s.C >= L && (k3 || k5) && s.SH == s.SW && (s.SH == 1 || s.SH == 2) && s.DH == 1 &&
-         s.DW == 1;
-}
+// The shapes the blocked NCHW kernel takes: those of the channels_last tiles, multiplier 1.
+bool nchw_by_blocks(const DwConvShape& s) { return s.mult == 1 && tiled_shape(s); }
 
 // ---------------------------------------------------------------------------- entry points
 // One multi-versioned function per layout and storage type, with the activation switched inside,
