@@ -476,10 +476,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
   const bool has_res = residual.has_value() && residual->defined();
   const at::Tensor res = has_res ? residual->contiguous(layout_of(cl)) : at::Tensor();
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  // a scale / shift gradient in the dtype of that parameter (of x where it was not given)
+  const auto like = [&](const at::Tensor& t, const c10::optional<at::Tensor>& p) {
+    return t.to(p.has_value() && p->defined() ? p->scalar_type() : x.scalar_type());
+  };
   const auto vec = [&](const std::vector<double>& v, const c10::optional<at::Tensor>& p) {
     at::Tensor t = at::empty({s.OC}, at::TensorOptions().dtype(at::kDouble));
     std::copy(v.begin(), v.end(), t.data_ptr<double>());
-    return t.to(p.has_value() && p->defined() ? p->scalar_type() : x.scalar_type());
+    return like(t, p);
   };
   const bool gemm_grads = groups == 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
   // The plain convolution (`pwconv_bn_act(x, w)`: no scale, shift, residual, activation or
@@ -492,9 +496,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
     const at::Tensor sum_gz =
         weight.to(at::kDouble).reshape({s.OC, s.C}).mul(gw.to(at::kDouble).reshape({s.OC, s.C})).sum(1);
     const at::Tensor sum_g = g.sum({0, 2, 3});  // (asking ATen for double sums converted g first)
-    const auto like = [&](const at::Tensor& t, const c10::optional<at::Tensor>& p) {
-      return t.to(p.has_value() && p->defined() ? p->scalar_type() : x.scalar_type());
-    };
     return {gx.contiguous(layout_of(cl)), gw.contiguous(), like(sum_gz, scale), like(sum_g, shift),
             g.clone(layout_of(cl))};
   }

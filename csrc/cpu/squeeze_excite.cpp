@@ -4,8 +4,8 @@
 //   sums:   per (n, c), sum x (forward) or sum x and sum g * x (backward), in float over chunks
 //           of at most kChunk values per lane, added up in double;
 //   scale:  out = in * s[n, c] + t[n, c]: y = x * s (t = 0), or grad_x = g * s + gp / HW.
-// Between them the small [N, C] / [N, S] math: the two fully connected layers with fc_f32 /
-// fc_f64 (their gradients with ATen's GEMMs), the activations with csrc/activation.h's formulas.
+// Between them the small [N, C] / [N, S] math: the two fully connected layers with fc_layer
+// (their gradients with ATen's GEMMs), the activations with csrc/activation.h's formulas.
 // The forward goes one image at a time per thread when it can (forward_by_image: the scale pass
 // then reads the image from cache), else over the whole batch per pass (then each thread scales
 // its part backwards, the last read first).
@@ -249,12 +249,13 @@ FASTOPS_SE_ENTRIES(uint16_t, float, bf16)
 FASTOPS_SE_ENTRIES(at::Half, float, f16)
 FASTOPS_SE_ENTRIES(double, double, f64)
 #undef FASTOPS_SE_ENTRIES
-FASTOPS_CPU_MULTIVERSION void fc_f32(const float* in, int64_t N, int64_t K, const float* w, const float* b, int64_t j0,
-                                     int64_t j1, int64_t J, float* out) {
+// run_fc per accumulation type: float compiled per instruction set, double plain.
+FASTOPS_CPU_MULTIVERSION void fc_layer(const float* in, int64_t N, int64_t K, const float* w, const float* b, int64_t j0,
+                                       int64_t j1, int64_t J, float* out) {
   run_fc<float>(in, N, K, w, b, j0, j1, J, out);
 }
-void fc_f64(const double* in, int64_t N, int64_t K, const double* w, const double* b, int64_t j0, int64_t j1,
-            int64_t J, double* out) {
+void fc_layer(const double* in, int64_t N, int64_t K, const double* w, const double* b, int64_t j0, int64_t j1,
+              int64_t J, double* out) {
   run_fc<double>(in, N, K, w, b, j0, j1, J, out);
 }
 
@@ -354,23 +355,18 @@ struct FC {
     if (b1_.has_value() && b1_->defined()) b1 = b1_->to(acc).contiguous();
     if (b2_.has_value() && b2_->defined()) b2 = b2_->to(acc).contiguous();
   }
-  // t @ w^T + b for contiguous t [N, K] (fc_f32 / fc_f64: ATen's addmm cost 40-90 us on these
+  // t @ w^T + b for contiguous t [N, K] (fc_layer: ATen's addmm cost 40-90 us on these
   // small operands, more than a pass over x), split over the output columns when large.
   static at::Tensor linear(const at::Tensor& t, const at::Tensor& w, const at::Tensor& b) {
     const int64_t N = t.size(0), K = t.size(1), J = w.size(0);
     at::Tensor out = at::empty({N, J}, t.options());
     const int64_t grain = std::max<int64_t>(1, kPointwiseGrain / std::max<int64_t>(1, N * K));
-    if (t.scalar_type() == at::kDouble) {
-      const double* bp = b.defined() ? b.data_ptr<double>() : nullptr;
+    AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "squeeze_excite", [&] {
+      const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, J, grain, [&](int64_t j0, int64_t j1) {
-        fc_f64(t.data_ptr<double>(), N, K, w.data_ptr<double>(), bp, j0, j1, J, out.data_ptr<double>());
+        fc_layer(t.data_ptr<scalar_t>(), N, K, w.data_ptr<scalar_t>(), bp, j0, j1, J, out.data_ptr<scalar_t>());
       });
-    } else {
-      const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-      at::parallel_for(0, J, grain, [&](int64_t j0, int64_t j1) {
-        fc_f32(t.data_ptr<float>(), N, K, w.data_ptr<float>(), bp, j0, j1, J, out.data_ptr<float>());
-      });
-    }
+    });
     return out;
   }
 };
@@ -406,7 +402,7 @@ void act_in_place(acc_t* v, int64_t n, Act act) {
 }
 
 // The forward one image at a time, each image by one thread from start to end: pool it, its
-// two fully connected layers (one row of fc_f32), scale it. The scale pass then reads the image
+// two fully connected layers (one row of fc_layer), scale it. The scale pass then reads the image
 // from that core's cache (an image of ~400 KB here; the two-pass path reads all of x back from
 // memory) and no thread waits for another. Used when every thread has an image and the layers
 // are small beside the image (image_at_a_time).
@@ -433,15 +429,9 @@ void forward_by_image(const at::Tensor& x, at::Tensor& y, bool cl, const SEShape
         for (int64_t c = 0; c < C; ++c) FASTOPS_SE_CALL(sums, E, xn + c * HW, nullptr, HW, &sx[c], &unused[c]);
       }
       for (int64_t c = 0; c < C; ++c) p[c] = acc_t(sx[c] / double(HW));
-      if constexpr (std::is_same_v<acc_t, float>) {
-        fc_f32(p.data(), 1, C, w1, b1, 0, S, S, h.data());
-        act_in_place(h.data(), S, a);
-        fc_f32(h.data(), 1, S, w2, b2, 0, C, C, sc.data());
-      } else {
-        fc_f64(p.data(), 1, C, w1, b1, 0, S, S, h.data());
-        act_in_place(h.data(), S, a);
-        fc_f64(h.data(), 1, S, w2, b2, 0, C, C, sc.data());
-      }
+      fc_layer(p.data(), 1, C, w1, b1, 0, S, S, h.data());
+      act_in_place(h.data(), S, a);
+      fc_layer(h.data(), 1, S, w2, b2, 0, C, C, sc.data());
       act_in_place(sc.data(), C, g);
       if (cl) {
         FASTOPS_SE_CALL(row_scale, E, xn, yn, HW, C, sc.data(), static_cast<const acc_t*>(nullptr));
