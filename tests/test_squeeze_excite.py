@@ -88,13 +88,14 @@ def test_cpu_paths_over_threads(device, layout, dtype, threads):
     thread has an image and S <= H*W, the two passes over the batch otherwise (N below the
     threads, or S above H*W); channels_last rows walked flat against a channel period of
     lcm(C, 16) values (C = 72: 144, 120: 240, 20: 80; 24 and 48 whole vectors) or row by row
-    (C = 17, or 6 whose period is 8 rows); the backward's scale pass (row_scale with its
-    additive term) over the same layouts."""
+    (C = 17, or 6 whose period is 8 rows); the fully connected layers over the batch in blocks
+    of 8 rows and the rest (N = 9, S > H*W), or one row at a time; the backward's scale pass
+    (row_scale with its additive term) over the same layouts."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for n, c, s, h, w in ((5, 72, 24, 6, 5), (3, 120, 8, 3, 3), (4, 20, 5, 5, 3), (2, 17, 30, 4, 4),
-                              (1, 48, 12, 5, 5), (6, 6, 2, 7, 2), (3, 24, 40, 2, 3)):
+                              (1, 48, 12, 5, 5), (6, 6, 2, 7, 2), (3, 24, 40, 2, 3), (9, 20, 12, 2, 2)):
             x = make_layout(randn((n, c, h, w), dtype, device), layout)
             params = _params(c, s, dtype, device, conv_shaped=(c % 2 == 0), bias=(c != 20))
             with poisoned_memory(x):
