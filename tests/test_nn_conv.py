@@ -322,6 +322,50 @@ def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act, monkeypatch):
     assert xg.grad is not None
 
 
+@pytest.mark.parametrize("kwargs", DW_CASES, ids=str)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_depthwise_nchw_inference_keeps_its_kernel_plan(kwargs, dtype, monkeypatch):
+    """NCHW depthwise inference (no oneDNN path takes it) runs dwconv_bn_act's kernel as a kept
+    plan, like the channels_last one: after the first call, neither the checked Python op nor
+    the BN fold is called again, and the answers stay the unfused modules'. A channels_last
+    input, another dtype or a parameter update sends the next call back through the full path."""
+    from fastops.nn import conv as conv_mod
+
+    ours, theirs = _pair(kwargs, "hardswish")
+    ours.eval(), theirs.eval()
+    x = randn((2, kwargs["in_channels"], 13, 10), scale=1.0).to(dtype)
+
+    ours.to(dtype)
+
+    def check(x, dtype=dtype, module=ours):
+        got = module(x.to(dtype))  # against theirs with the same (rounded) parameters, in float32
+        expected = copy.deepcopy(theirs).to(ours[0].weight.dtype).float()(x.to(dtype).float())
+        assert got.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(got.float(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+        return got
+
+    with torch.no_grad():
+        check(x)
+        calls = []
+        for name in ("folded_scale_shift", "folded_conv"):
+            monkeypatch.setattr(conv_mod, name, lambda *a, _n=name: calls.append(_n))
+        monkeypatch.setattr(conv_mod.ops, "dwconv_bn_act", lambda *a, **k: calls.append("op"))
+        for _ in range(2):
+            assert _op_calls(lambda: check(x), "fastops::dwconv_bn_act") == 1
+            assert check(x).is_contiguous()  # (outside the profiler: the redispatched call)
+        assert calls == []
+        monkeypatch.undo()
+        check(x.to(memory_format=torch.channels_last))  # another layout: the plan gives way
+        check(x)
+        other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16  # another dtype (a copy: bf16
+        check(x, other, copy.deepcopy(ours).to(other))                       # rounds the parameters)
+        check(x)
+        for m in (ours, theirs):  # a buffer or parameter updated in place
+            m[1].running_mean.add_(0.25) if isinstance(m[1], nn.BatchNorm2d) else m[0].bias.data.add_(0.25)
+        check(x)
+
+
 def test_inference_plan_is_seen_by_dispatch_modes():
     """The kept kernel plan calls the op past its autograd layer (inference_call), but a Python
     dispatch mode active around the call still sees the op, and gets the same answer."""

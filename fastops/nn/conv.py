@@ -238,23 +238,37 @@ DWCONV_KERNEL = True
 DWCONV_S2_IMAGE_BYTES = 2 << 20  # this machine's L2 per core
 
 
-def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_groups: int) -> bool:
+def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_groups: int):
+    """The memory format in which `_dwconv_kernel` runs this depthwise conv without autograd, or
+    None: channels_last by the rules of DWCONV_KERNEL above; NCHW (contiguous, float32 or
+    bfloat16, any depthwise geometry), which no oneDNN call takes, whatever DWCONV_KERNEL says:
+    there the kept plan only saves the checks and the autograd layer (~80 us a call)."""
+    if not (residual is None and shuffle_groups == 1 and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype in (torch.float32, torch.bfloat16) and _is_depthwise(conv)
+            and not torch.compiler.is_compiling() and not torch.is_grad_enabled()):
+        return None
+    if x.is_contiguous():
+        return torch.contiguous_format
     k = conv.kernel_size
-    return (
-        DWCONV_KERNEL and residual is None and shuffle_groups == 1 and x.device.type == "cpu"
-        and x.dtype == torch.float32 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    usable = (
+        DWCONV_KERNEL and x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
         and (k == (3, 3) and conv.stride == (1, 1) or k in ((3, 3), (5, 5)) and conv.stride == (2, 2)
              and x.shape[1] * x.shape[2] * x.shape[3] * 4 <= DWCONV_S2_IMAGE_BYTES)
-        and conv.dilation == (1, 1)
-        and conv.groups == conv.in_channels == conv.out_channels and conv.in_channels >= 16
-        and not torch.compiler.is_compiling() and not torch.is_grad_enabled()
+        and conv.dilation == (1, 1) and conv.in_channels == conv.out_channels and conv.in_channels >= 16
     )
+    return torch.channels_last if usable else None
 
 
-def _dwconv_kernel(x, conv, bn, name, act):
+# the kind a `_dwconv_kernel` plan is kept under, by the memory format it takes, and back
+_DW_PLANS = {torch.channels_last: "dwconv_kernel", torch.contiguous_format: "dwconv_kernel_nchw"}
+_DW_FORMATS = {kind: fmt for fmt, kind in _DW_PLANS.items()}
+
+
+def _dwconv_kernel(x, conv, bn, name, act, fmt):
     """act(bn(conv(x))) by dwconv_bn_act's CPU kernel, the BN folded once (kept on the conv while
     unchanged); kept as the conv's inference plan (`_kept_inference`) like a oneDNN call, for
-    inputs of any size (DWCONV_S2_IMAGE_BYTES only picks the faster path for the first one)."""
+    inputs of memory format `fmt` and any size (DWCONV_S2_IMAGE_BYTES only picks the faster path
+    for the first one)."""
     scale, shift = folded_scale_shift(conv, bn)
     weight, geometry = conv.weight, (list(conv.stride), list(conv.padding), list(conv.dilation))
     op = torch.ops.fastops.dwconv_bn_act.default
@@ -263,7 +277,7 @@ def _dwconv_kernel(x, conv, bn, name, act):
         return inference_call(op, x, weight, scale, shift, *geometry, name)
 
     _KEPT.setdefault(conv, {})["_fastops_inference"] = (
-        bn, act, False, x.dtype, "dwconv_kernel", _inference_state(conv, bn), DWCONV_KERNEL, run)
+        bn, act, False, x.dtype, _DW_PLANS[fmt], _inference_state(conv, bn), DWCONV_KERNEL, run)
     return run(x, None)
 
 
@@ -322,9 +336,9 @@ def _kept_inference(x, conv, bn, act, residual):
         return None
     bn0, act0, has_residual, dtype, kind, state, dw_kernel, run = plan
     if (bn0 is not bn or act0 is not act or (residual is not None) != has_residual or x.dtype != dtype
-            or kind not in ONEDNN_CONVS and kind != "dwconv_kernel" or dw_kernel != DWCONV_KERNEL
+            or kind not in ONEDNN_CONVS and kind not in _DW_FORMATS or dw_kernel != DWCONV_KERNEL
             or x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling()
-            or not (x.is_contiguous(memory_format=torch.channels_last) if kind == "dwconv_kernel"
+            or not (x.is_contiguous(memory_format=_DW_FORMATS[kind]) if kind in _DW_FORMATS
                     else _channels_last_view(x))
             or _inference_state(conv, bn) != state):
         return None
@@ -410,8 +424,8 @@ def conv_bn_act(x: torch.Tensor, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] =
         _update_running_stats(bn, mean, var, z)
         if residual is not None:
             y = reference.activation(y + residual, name)
-    elif _dwconv_kernel_usable(x, conv, residual, shuffle_groups):  # (checks the conv is depthwise)
-        return _dwconv_kernel(x, conv, bn, name, act)
+    elif (fmt := _dwconv_kernel_usable(x, conv, residual, shuffle_groups)) is not None:
+        return _dwconv_kernel(x, conv, bn, name, act, fmt)
     elif _onednn_usable(x, conv, bn, name, residual, shuffle_groups, kind := (
             "depthwise" if _is_depthwise(conv) else "pointwise" if _is_pointwise(conv) else "dense")):
         return _onednn_conv(x, conv, bn, name, residual, act, kind)
