@@ -95,14 +95,15 @@ def test_forward_channel_blocks_channels_last(device, c, k, s, w):
 
 @pytest.mark.parametrize("threads", (1, 2, 3))
 @pytest.mark.parametrize("stride", (1, 2))
-@pytest.mark.parametrize("k,p,h", ((3, 1, 7), (3, 0, 4), (3, 2, 1), (5, 2, 5), (5, 1, 8), (5, 4, 2), (3, 1, 3)),
-                         ids=str)
+@pytest.mark.parametrize("k,p,h", ((3, 1, 7), (3, 0, 4), (3, 2, 1), (5, 2, 5), (5, 1, 8), (5, 4, 2), (3, 1, 3),
+                                   (3, 1, 13), (5, 2, 11)), ids=str)
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("layout", ("channels_last", "contiguous"))
 def test_forward_row_blocks(device, layout, k, p, h, stride, threads, dtype):
     """3x3 and 5x5 with stride 1 or 2 go through tiles of output rows x pixels of 16 channels
-    (3x3 stride 1: 3 x 4; 3x3 stride 2: 2 x 4; 5x5: 2 x 2), NCHW by blocks of 16 planes
-    transposed into a channels_last scratch and back: heights and widths that leave partial tiles
+    (3x3 stride 1: 3 x 4; 3x3 stride 2 and 5x5: 4 x 2), NCHW by blocks of 16 planes transposed
+    into a channels_last scratch and back: heights and widths that leave partial tiles (after
+    whole ones too)
     and planes of fewer or not a multiple of 16 pixels (the transposes' tails), paddings below,
     at and above k//2 (rows and columns wholly in the padding), a remainder channel block (NCHW:
     written only where the last block is new), and the rows (NCHW: blocks) of a batch split
@@ -117,6 +118,32 @@ def test_forward_row_blocks(device, layout, k, p, h, stride, threads, dtype):
             _assert_matches(y, _ref(x, weight, scale, shift, stride, p, 1, "hardswish"), dtype)
     finally:
         torch.set_num_threads(saved)
+
+
+# rows x stride x width x channels between 512 Ki and 768 Ki: over 1 MiB of input rows in bf16 on
+# one thread, under it in fp32 on three
+@pytest.mark.parametrize("k,s,c,hw", ((3, 1, 35, (95, 95)), (5, 2, 19, (160, 97)), (3, 2, 48, (112, 61)), (5, 1, 16, (230, 88))),
+                         ids=str)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_forward_address_order_channels_last(k, s, c, hw, dtype):
+    """channels_last tiles whose input rows per thread exceed 1 MiB go in address order (every
+    channel block at each tile position) instead of one channel block's sweep along the rows:
+    on one thread these maps take that path, on three threads (a third of the rows each, fp32 and
+    bf16 alike under 1 MiB) the sweeps. Both equal the reference, and each other bit for bit (the
+    same sums in the same order)."""
+    x, weight, scale, shift = _case("cpu", dtype, 2, c, *hw, k, layout="channels_last")
+    expected = _ref(x, weight, scale, shift, s, k // 2, 1, "relu6")
+    saved = torch.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            with poisoned_memory(x):
+                got.append(fastops.ops.dwconv_bn_act(x, weight, scale, shift, s, k // 2, 1, "relu6"))
+            _assert_matches(got[-1], expected, dtype)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(got[0], got[1])
 
 
 @pytest.mark.parametrize("k,d,p,hw", ((3, 1, 1, (7, 7)), (5, 1, 2, (7, 7)), (3, 2, 2, (7, 9)), (3, 1, 3, (4, 5)),

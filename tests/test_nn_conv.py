@@ -277,21 +277,21 @@ def _op_calls(fn, name):
 
 @pytest.mark.parametrize("kwargs,kernel", [
     (dict(in_channels=24, out_channels=24, kernel_size=3, groups=24), True),
-    (dict(in_channels=40, out_channels=40, kernel_size=5, groups=40), False),  # 5x5: oneDNN
+    (dict(in_channels=40, out_channels=40, kernel_size=5, groups=40), True),
     (dict(in_channels=19, out_channels=19, kernel_size=3, groups=19, norm_layer=None), True),
     (dict(in_channels=24, out_channels=24, kernel_size=3, stride=2, groups=24), True),
     (dict(in_channels=17, out_channels=17, kernel_size=5, stride=2, groups=17), True),
     (dict(in_channels=24, out_channels=24, kernel_size=3, stride=3, groups=24), False),  # stride 3: oneDNN
-    (dict(in_channels=16, out_channels=16, kernel_size=3, stride=2, groups=16, hw=(192, 176)), False),  # > 2 MiB
+    (dict(in_channels=16, out_channels=16, kernel_size=3, stride=2, groups=16, hw=(192, 176)), True),  # > 2 MiB
+    (dict(in_channels=24, out_channels=48, kernel_size=3, groups=24), False),  # multiplier 2
     (dict(in_channels=8, out_channels=8, kernel_size=3, groups=8), False),  # < 16 channels
     (dict(in_channels=24, out_channels=24, kernel_size=7, groups=24), False),  # 7x7
     (dict(in_channels=24, out_channels=24, kernel_size=3, groups=24, dilation=2), False),
 ], ids=str)
 @pytest.mark.parametrize("act", ("relu6", "hardswish", None))
 def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act, monkeypatch):
-    """Channels_last float32 inference: 3x3 stride-1 depthwise convs with >= 16 channels, and 3x3 / 5x5
-    stride-2 ones with at most DWCONV_S2_IMAGE_BYTES of input per image,
-    run fastops' kernel (once per call, the first call and the kept plan after it alike), the
+    """Channels_last float32 inference: 3x3 and 5x5 depthwise convs with stride 1 or 2, >= 16
+    channels, no multiplier and no dilation, of any size, run fastops' kernel (once per call, the first call and the kept plan after it alike), the
     other depthwise convs oneDNN's; bfloat16 goes to oneDNN, autograd to the differentiable op.
     Every answer equals the unfused modules'."""
     kwargs = dict(kwargs)

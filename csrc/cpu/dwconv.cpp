@@ -264,16 +264,21 @@ FASTOPS_CPU_INLINE void nhwc_row_scalar(const E* x, E* y, const float* wt, const
 // reloads the weights per group. This kernel computes a tile of RB output rows x G output pixels
 // of one block of 16 channels at a time: each input pixel it loads feeds every (row, pixel, tap)
 // of the tile that reads it, and the K*K weights stay in registers for the whole sweep along
-// the row (3x3 tiles 3 x 4: 9 weights + 12 accumulators; 5x5 tiles 2 x 2: 25 + 4 of the 32 zmm
-// registers). Against the row kernel, one thread, L2-resident layers, exact same results:
+// the row (3x3 stride 1 tiles 3 x 4: 9 weights + 12 accumulators; 5x5 tiles 4 x 2: 25 + 8, one or two
+// weights re-read from L1). Against the row kernel, one thread, L2-resident layers, exact same results:
 // 3x3 stride 1 1.4-2.4x (C32-C960, 7x7 to 112-wide maps), 5x5 stride 1 1.15-2.3x, 3x3 stride 2
 // 1.1-1.6x and 5x5 stride 2 1.5x; a 3x3 stride-2 layer whose input is not in L2 (C96 56x112,
 // 2.4 MB) 0.9x: the sweeps read one 64-byte slice of each pixel at a time, which the hardware
 // prefetchers follow less well than the row kernel's address order.
+// Tile sizes (RB x G), from a standalone harness (one thread, one image in L2, interleaved
+// medians): 3x3 stride 1 3 x 4 (4x4, 3x5, 4x5, 5x4 and 6x3 were within 0.95-1.04x of it);
+// 3x3 stride 2 4 x 2, 1.16-1.2x the former 2 x 4 on C240 28x28 and C576 14x14 (0.95-1.08x on the
+// memory-bound C96 112x112 and C144 56x56); 5x5 4 x 2, 1.06-1.39x the former 2 x 2 on MobileNet
+// V3's 5x5 layers (8 accumulators instead of 4; the compiler re-reads a weight or two from L1).
 template <int K, int S> struct TileShape;
 template <> struct TileShape<3, 1> { static constexpr int RB = 3, G = 4; };
-template <> struct TileShape<3, 2> { static constexpr int RB = 2, G = 4; };
-template <int S> struct TileShape<5, S> { static constexpr int RB = 2, G = 2; };
+template <> struct TileShape<3, 2> { static constexpr int RB = 4, G = 2; };
+template <int S> struct TileShape<5, S> { static constexpr int RB = 4, G = 2; };
 
 // acc[rb][j] += the taps of output (row rb, pixel j) of the tile. rows[r]: input row r of the
 // tile's window at the channel block (nullptr where the row is in the padding); iw0: the input
@@ -314,51 +319,108 @@ FASTOPS_CPU_INLINE void store_tile_act(const f32x16 (&acc)[RB][G], E* const* out
   });
 }
 
-// Output rows [oh0, oh0 + nrows) (nrows <= RB) of image n, channels [c0, c0 + 16).
+// The input rows a tile window of output rows [oh0, oh0 + nrows) of image n reads, at channel 0
+// (nullptr where a row is in the padding or past the window), and the output rows it writes.
 template <int K, int S, typename E>
-FASTOPS_CPU_INLINE void rowblock(const E* x, E* y, const float* wt, const float* sc, const float* sh,
-                                 const DwConvShape& s, int64_t n, int64_t oh0, int nrows, int64_t c0,
-                                 Act act) {
-  constexpr int RB = TileShape<K, S>::RB, G = TileShape<K, S>::G;
-  constexpr int kRows = (RB - 1) * S + K;
-  const int64_t C = s.C;
+struct TileWindow {
+  static constexpr int RB = TileShape<K, S>::RB, G = TileShape<K, S>::G, kRows = (RB - 1) * S + K;
   const E* rows[kRows];
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t ih = oh0 * S - s.PH + r;
-    rows[r] = r < (nrows - 1) * S + K && ih >= 0 && ih < s.H ? x + ((n * s.H + ih) * s.W) * C + c0 : nullptr;
-  }
   E* out[RB];
-  for (int rb = 0; rb < RB; ++rb) out[rb] = y + ((n * s.OH + oh0 + std::min(rb, nrows - 1)) * s.OW) * C + c0;
-  f32x16 w[K * K];
-  unroll<K * K>([&](auto t) FASTOPS_CPU_INLINE_LAMBDA { w[t] = load16(wt + t * C + c0); });
-  const f32x16 scale = load16(sc + c0), shift = load16(sh + c0);
-  for (int64_t ow = 0; ow < s.OW; ow += G) {
+  int nrows;
+  FASTOPS_CPU_INLINE TileWindow(const E* x, E* y, const DwConvShape& s, int64_t n, int64_t oh0, int nrows_)
+      : nrows(nrows_) {
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t ih = oh0 * S - s.PH + r;
+      rows[r] = r < (nrows - 1) * S + K && ih >= 0 && ih < s.H ? x + ((n * s.H + ih) * s.W) * s.C : nullptr;
+    }
+    for (int rb = 0; rb < RB; ++rb) out[rb] = y + ((n * s.OH + oh0 + std::min(rb, nrows - 1)) * s.OW) * s.C;
+  }
+
+  // The tile at output column ow, channels [c0, c0 + 16), with that block's weights w (by tap).
+  FASTOPS_CPU_INLINE void tile(const DwConvShape& s, int64_t ow, int64_t c0, const f32x16* w, f32x16 scale,
+                               f32x16 shift, Act act) const {
+    const int64_t C = s.C;
     const int npix = int(std::min<int64_t>(G, s.OW - ow));
     const int64_t iw0 = ow * S - s.PW;
     uint32_t col_in = 0;
     for (int i = 0; i < (npix - 1) * S + K; ++i)
       if (iw0 + i >= 0 && iw0 + i < s.W) col_in |= 1u << i;
+    const E* r[kRows];
+    for (int i = 0; i < kRows; ++i) r[i] = rows[i] == nullptr ? nullptr : rows[i] + c0;
     f32x16 acc[RB][G] = {};
-    tile_rows<K, S, RB, G>(acc, rows, iw0, col_in, w, C);
+    tile_rows<K, S, RB, G>(acc, r, iw0, col_in, w, C);
     E* o[RB];
-    for (int rb = 0; rb < RB; ++rb) o[rb] = out[rb] + ow * C;
+    for (int rb = 0; rb < RB; ++rb) o[rb] = out[rb] + ow * C + c0;
 #define FASTOPS_STORE(A) store_tile_act<A, RB, G>(acc, o, C, scale, shift, nrows, npix)
     FASTOPS_ACT_CASES(FASTOPS_STORE)
 #undef FASTOPS_STORE
   }
+};
+
+template <int K>
+FASTOPS_CPU_INLINE void load_block_weights(f32x16 (&w)[K * K], const float* wt, int64_t C, int64_t c0) {
+  unroll<K * K>([&](auto t) FASTOPS_CPU_INLINE_LAMBDA { w[t] = load16(wt + t * C + c0); });
 }
 
-// Output rows [begin, end) (r = n * OH + oh) with rowblock, RB rows of one image at a time, one
-// 16-channel block after another (the last block overlaps the one before when C % 16 != 0).
+// Output rows [oh0, oh0 + nrows) (nrows <= RB) of image n, channels [c0, c0 + 16): the block's
+// weights loaded once, the tiles swept along the row.
+template <int K, int S, typename E>
+FASTOPS_CPU_INLINE void rowblock(const E* x, E* y, const float* wt, const float* sc, const float* sh,
+                                 const DwConvShape& s, int64_t n, int64_t oh0, int nrows, int64_t c0,
+                                 Act act) {
+  const TileWindow<K, S, E> win(x, y, s, n, oh0, nrows);
+  f32x16 w[K * K];
+  load_block_weights<K>(w, wt, s.C, c0);
+  const f32x16 scale = load16(sc + c0), shift = load16(sh + c0);
+  for (int64_t ow = 0; ow < s.OW; ow += win.G) win.tile(s, ow, c0, w, scale, shift, act);
+}
+
+// Output rows [oh0, oh0 + nrows) (nrows <= RB) of image n, all channels, in address order: at
+// each tile position every 16-channel block in turn, its weights reloaded (from L1 or L2). The
+// rows are then read the way they lie in memory, which the hardware prefetchers follow; the
+// sweeps of `rowblock` read one 64-byte slice of each pixel at a time and wait on memory when
+// the rows are not in L2. From a standalone harness, one thread, the input streamed from memory:
+// 1.07-1.75x rowblock's sweeps on MobileNet's layers (C96 112x112 s2 1.37-1.45x, C672 14x14 5x5
+// 1.48-1.75x); with the rows in L2 0.72-0.87x on 5x5 and small stride-2 maps (C672 5x5: 67 KB of
+// weights, more than L1), 1.13-1.43x on the large maps. Taken when the rows a thread reads do
+// not fit in its L2 (`by_pixels`).
+template <int K, int S, typename E>
+FASTOPS_CPU_INLINE void rowblock_by_pixels(const E* x, E* y, const float* wt, const float* sc, const float* sh,
+                                           const DwConvShape& s, int64_t n, int64_t oh0, int nrows, Act act) {
+  const TileWindow<K, S, E> win(x, y, s, n, oh0, nrows);
+  for (int64_t ow = 0; ow < s.OW; ow += win.G)
+    for (int64_t c = 0; c < s.C; c += L) {
+      const int64_t c0 = std::min(c, s.C - L);
+      f32x16 w[K * K];
+      load_block_weights<K>(w, wt, s.C, c0);
+      win.tile(s, ow, c0, w, load16(sc + c0), load16(sh + c0), act);
+    }
+}
+
+// Whether the channels_last tiles of output rows [begin, end) go in address order
+// (rowblock_by_pixels): the input rows they read, over 1 MiB, will not be in this core's L2 (2 MiB
+// here; a tensor written just before by another op is in part still there below that).
+template <int S, typename E>
+FASTOPS_CPU_INLINE bool by_pixels(const DwConvShape& s, int64_t begin, int64_t end) {
+  return (end - begin) * S * s.W * s.C * int64_t(sizeof(E)) > (int64_t(1) << 20);
+}
+
+// Output rows [begin, end) (r = n * OH + oh), RB rows of one image at a time: each 16-channel
+// block after another with rowblock (the last block overlaps the one before when C % 16 != 0),
+// or all blocks at each tile position with rowblock_by_pixels.
 template <int K, int S, typename E>
 FASTOPS_CPU_INLINE void nhwc_rows_tiled(const E* x, E* y, const float* wt, const float* sc,
                                         const float* sh, const DwConvShape& s, Act act, int64_t begin,
                                         int64_t end) {
+  const bool pixels = by_pixels<S, E>(s, begin, end);
   for (int64_t r = begin; r < end;) {
     const int64_t n = r / s.OH, oh = r % s.OH;
     const int nrows = int(std::min<int64_t>({TileShape<K, S>::RB, end - r, s.OH - oh}));
-    for (int64_t c = 0; c < s.C; c += L)
-      rowblock<K, S>(x, y, wt, sc, sh, s, n, oh, nrows, std::min(c, s.C - L), act);
+    if (pixels)
+      rowblock_by_pixels<K, S>(x, y, wt, sc, sh, s, n, oh, nrows, act);
+    else
+      for (int64_t c = 0; c < s.C; c += L)
+        rowblock<K, S>(x, y, wt, sc, sh, s, n, oh, nrows, std::min(c, s.C - L), act);
     r += nrows;
   }
 }

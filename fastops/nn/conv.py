@@ -224,18 +224,15 @@ def inference_call(op, *args):
 
 
 # Depthwise convs that, in inference, run fastops' kernel even where oneDNN could take them:
-# channels_last float32 on the CPU, multiplier 1, unit dilation, at least 16 channels, and
-# 3x3 with stride 1, or 3x3 / 5x5 with stride 2 and at most DWCONV_S2_IMAGE_BYTES of input per
-# image. Measured as ConvBNAct against itself with this switch off (oneDNN's depthwise conv with
-# the BN folded and the activation as a post-op), interleaved, 2 cores, dwconv_bn_act's tiled
-# kernel (csrc/cpu/dwconv.cpp): 3x3 stride 1 1.17-1.25x at N=8 and 1.4-1.56x at N=1 (C144 56x56,
-# C384 14x14, C960 7x7); stride 2 1.04-1.32x at N=8 and 1.41-1.55x at N=1 (C144 56x56, C240
-# 28x28, C576 14x14, 5x5 C72 56x56), but C96 112x112 (4.8 MB an image) 0.81x at N=8: there
-# oneDNN's reading order streams better than the kernel's sweeps, one 16-channel block at a
-# time, over rows that are not in L2. 5x5 stride 1 was 0.91-1.12x and stays with oneDNN.
+# channels_last float32 on the CPU, multiplier 1, unit dilation, at least 16 channels, 3x3 or 5x5
+# with stride 1 or 2 (the shapes of dwconv_bn_act's tiled kernel, csrc/cpu/dwconv.cpp). Measured
+# as the op against ConvBNAct with this switch off (oneDNN's depthwise conv with the BN folded and
+# the activation as a post-op), interleaved, 2 cores, inputs streamed from memory: N=8 0.98-1.51x
+# over 12 MobileNet V2/V3 layers (C96 112x112 s2 1.20x, C672 14x14 5x5 1.38x, C960 7x7 5x5
+# 0.98x), N=1 0.91-1.73x (5x5 stride 1 on 14x14 maps of 480-672 channels 0.91-0.98x). Whole
+# networks (N=8 and N=1, MobileNet V2 / V3-Large / ShuffleNet V2) moved within noise (+-5%).
 # False: oneDNN takes them all (when "depthwise" is in ONEDNN_CONVS).
 DWCONV_KERNEL = True
-DWCONV_S2_IMAGE_BYTES = 2 << 20  # this machine's L2 per core
 
 
 def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_groups: int):
@@ -249,12 +246,9 @@ def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_gr
         return None
     if x.is_contiguous():
         return torch.contiguous_format
-    k = conv.kernel_size
     usable = (
         DWCONV_KERNEL and x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
-        and (k == (3, 3) and conv.stride == (1, 1) or k in ((3, 3), (5, 5)) and conv.stride == (2, 2)
-             and x.shape[1] * x.shape[2] * x.shape[3] * 4 <= DWCONV_S2_IMAGE_BYTES)
-        and conv.dilation == (1, 1) and conv.in_channels == conv.out_channels and conv.in_channels >= 16
+        and conv.kernel_size in ((3, 3), (5, 5)) and conv.stride in ((1, 1), (2, 2)) and conv.dilation == (1, 1) and conv.in_channels == conv.out_channels and conv.in_channels >= 16
     )
     return torch.channels_last if usable else None
 
@@ -267,8 +261,7 @@ _DW_FORMATS = {kind: fmt for fmt, kind in _DW_PLANS.items()}
 def _dwconv_kernel(x, conv, bn, name, act, fmt):
     """act(bn(conv(x))) by dwconv_bn_act's CPU kernel, the BN folded once (kept on the conv while
     unchanged); kept as the conv's inference plan (`_kept_inference`) like a oneDNN call, for
-    inputs of memory format `fmt` and any size (DWCONV_S2_IMAGE_BYTES only picks the faster path
-    for the first one)."""
+    inputs of memory format `fmt`."""
     scale, shift = folded_scale_shift(conv, bn)
     weight, geometry = conv.weight, (list(conv.stride), list(conv.padding), list(conv.dilation))
     op = torch.ops.fastops.dwconv_bn_act.default
