@@ -228,6 +228,30 @@ def test_backward_matches_reference(device, geom, act, layout, affine):
     assert grads[0].is_contiguous(memory_format=_expected_format(x))
 
 
+@pytest.mark.parametrize("k,p,d,c", ((3, 1, 1, 19), (5, 2, 1, 33), (3, 2, 2, 16), ((3, 5), (1, 2), 1, 20),
+                                     (3, 0, 1, 17), (3, 3, 1, 18), (1, 0, 1, 16)), ids=str)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_backward_stride1_input_gradient_by_the_forward_kernel(k, p, d, c, dtype, layout):
+    """Stride 1: the input's gradient is computed as the depthwise convolution of the output's
+    gradient with the kernels turned half a turn, padded by d*(k-1) - p, through the forward
+    kernels (the tiled ones from 16 channels on; the padding below, at and above k//2, a
+    rectangular kernel, dilation); a padding beyond d*(k-1) (the (3, 3) case) goes to ATen. Both
+    gradients against the float64 reference, both layouts, bf16 at its tolerance."""
+    x, weight, scale, shift = _case("cpu", dtype, 2, c, 13, 11, k, layout=layout)
+    xr, wr = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    y = fastops.ops.dwconv_bn_act(xr, wr, scale, shift, 1, p, d, "relu6")
+    g = randn(y.shape, dtype, "cpu")
+    gx, gw = torch.autograd.grad(y, (xr, wr), g)
+    xd, wd = x.double().requires_grad_(), weight.double().requires_grad_()
+    yd = reference.dwconv_bn_act(xd, wd, scale.double(), shift.double(), 1, p, d, "relu6")
+    ex, ew = torch.autograd.grad(yd, (xd, wd), g.double())
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert gx.dtype == dtype and gx.is_contiguous(memory_format=_expected_format(x))
+    torch.testing.assert_close(gx.double(), ex, rtol=tol, atol=tol * ex.abs().max().item())
+    torch.testing.assert_close(gw.double(), ew, rtol=tol, atol=tol * ew.abs().max().item())
+
+
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
 @pytest.mark.parametrize("geom", ((3, 1, 1, 1, 1), (5, 2, 1, 2, 1), (3, 1, 2, 2, 2)), ids=str)
 def test_backward_op_without_affine_or_activation(device, geom, layout):

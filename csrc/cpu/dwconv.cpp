@@ -934,6 +934,32 @@ at::Tensor param_grad(const std::vector<double>& v, const c10::optional<at::Tens
   return out.to(like.has_value() && like->defined() ? like->scalar_type() : x.scalar_type());
 }
 
+// One gradient of the plain depthwise convolution by ATen: 0 for x, 1 for the weight. Asked for
+// one at a time: on channels_last operands ATen's call for both took 2x as long as the two
+// separate calls (8x128x56x56: 5.1 ms against 1.45 + 1.15 ms).
+at::Tensor conv_grad(const at::Tensor& gz, const at::Tensor& x, const at::Tensor& w, const DwConvShape& s,
+                     int which) {
+  auto grads = at::convolution_backward(gz, x, w, c10::nullopt, {s.SH, s.SW}, {s.PH, s.PW}, {s.DH, s.DW},
+                                        /*transposed=*/false, /*output_padding=*/{0, 0}, /*groups=*/s.C,
+                                        {which == 0, which == 1, false});
+  return which == 0 ? std::get<0>(grads) : std::get<1>(grads);
+}
+
+// For stride 1 (no multiplier), the input gradient of the depthwise convolution is itself a
+// depthwise convolution: of gz with each kernel turned half a turn, padded by D*(K-1) - P (which
+// must not be negative), so that the forward kernels compute it (8x128x56x56 float32:
+// channels_last 1.0 ms where ATen's took 1.45 ms, NCHW 1.3 ms where it took 17 ms).
+bool transposed_by_forward(const DwConvShape& s) {
+  return s.SH == 1 && s.SW == 1 && s.mult == 1 && s.DH * (s.KH - 1) >= s.PH && s.DW * (s.KW - 1) >= s.PW;
+}
+
+at::Tensor grad_x_by_forward(const at::Tensor& gz, const at::Tensor& w, const DwConvShape& s) {
+  DwConvShape t = s;
+  t.H = s.OH, t.W = s.OW, t.OH = s.H, t.OW = s.W;
+  t.PH = s.DH * (s.KH - 1) - s.PH, t.PW = s.DW * (s.KW - 1) - s.PW;
+  return forward_impl(gz, w.flip({2, 3}).contiguous(), affine_of(c10::nullopt, c10::nullopt, s.C), t, Act::None);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
     const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
@@ -978,11 +1004,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   }
   at::Tensor grad_x, grad_w;
   if (x.numel() > 0 && gz.numel() > 0) {
-    auto grads = at::convolution_backward(gz, xa, wa, c10::nullopt, stride, padding, dilation,
-                                          /*transposed=*/false, /*output_padding=*/{0, 0},
-                                          /*groups=*/s.C, {true, true, false});
-    grad_x = std::get<0>(grads);
-    grad_w = std::get<1>(grads);
+    grad_x = transposed_by_forward(s) ? grad_x_by_forward(gz, wa, s) : conv_grad(gz, xa, wa, s, 0);
+    // ATen's depthwise weight gradient on channels_last operands: ~9x faster than on NCHW ones
+    // (8x128x56x56: 1.15 ms against 10.6 ms), which outweighs the two copies (~2.2 ms each)
+    grad_w = conv_grad(gz.contiguous(at::MemoryFormat::ChannelsLast), xa.contiguous(at::MemoryFormat::ChannelsLast),
+                       wa, s, 1);
   } else {
     grad_x = at::zeros_like(xa);
     grad_w = at::zeros_like(wa);
