@@ -382,8 +382,8 @@ FASTOPS_CPU_INLINE void rowblock(const E* x, E* y, const float* wt, const float*
 // the rows are not in L2. From a standalone harness, one thread, the input streamed from memory:
 // 1.07-1.75x rowblock's sweeps on MobileNet's layers (C96 112x112 s2 1.37-1.45x, C672 14x14 5x5
 // 1.48-1.75x); with the rows in L2 0.72-0.87x on 5x5 and small stride-2 maps (C672 5x5: 67 KB of
-// weights, more than L1), 1.13-1.43x on the large maps. Taken when the rows a thread reads do
-// not fit in its L2 (`by_pixels`).
+// weights, more than L1), 1.13-1.43x on the large maps. Taken for 3x3 stride 1, and when the
+// rows a thread reads do not fit in its L2 (`by_pixels`).
 template <int K, int S, typename E>
 FASTOPS_CPU_INLINE void rowblock_by_pixels(const E* x, E* y, const float* wt, const float* sc, const float* sh,
                                            const DwConvShape& s, int64_t n, int64_t oh0, int nrows, Act act) {
@@ -398,11 +398,13 @@ FASTOPS_CPU_INLINE void rowblock_by_pixels(const E* x, E* y, const float* wt, co
 }
 
 // Whether the channels_last tiles of output rows [begin, end) go in address order
-// (rowblock_by_pixels): the input rows they read, over 1 MiB, will not be in this core's L2 (2 MiB
-// here; a tensor written just before by another op is in part still there below that).
-template <int S, typename E>
+// (rowblock_by_pixels): always for 3x3 stride 1 (9 weights to reload; 0.96-1.01x the sweeps with
+// the rows in L2, 1.07-1.22x from memory); otherwise when the input rows they read, over 1 MiB,
+// will not be in this core's L2 (2 MiB here; a tensor written just before by another op is in
+// part still there below that).
+template <int K, int S, typename E>
 FASTOPS_CPU_INLINE bool by_pixels(const DwConvShape& s, int64_t begin, int64_t end) {
-  return (end - begin) * S * s.W * s.C * int64_t(sizeof(E)) > (int64_t(1) << 20);
+  return (K == 3 && S == 1) || (end - begin) * S * s.W * s.C * int64_t(sizeof(E)) > (int64_t(1) << 20);
 }
 
 // Output rows [begin, end) (r = n * OH + oh), RB rows of one image at a time: each 16-channel
@@ -412,7 +414,7 @@ template <int K, int S, typename E>
 FASTOPS_CPU_INLINE void nhwc_rows_tiled(const E* x, E* y, const float* wt, const float* sc,
                                         const float* sh, const DwConvShape& s, Act act, int64_t begin,
                                         int64_t end) {
-  const bool pixels = by_pixels<S, E>(s, begin, end);
+  const bool pixels = by_pixels<K, S, E>(s, begin, end);
   for (int64_t r = begin; r < end;) {
     const int64_t n = r / s.OH, oh = r % s.OH;
     const int nrows = int(std::min<int64_t>({TileShape<K, S>::RB, end - r, s.OH - oh}));
