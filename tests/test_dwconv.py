@@ -212,7 +212,8 @@ BACKWARD_CASES = list(itertools.product(
 @pytest.mark.parametrize("affine", (True, False))
 def test_backward_matches_reference(device, geom, act, layout, affine):
     k, s, d, p, m = geom
-    x, weight, scale, shift = _case(device, torch.float32, 2, 7 if m == 1 else 3, 11, 12, k, m, affine, layout)
+    # 19 channels: the fused backward pass's 16-channel vectors and its remainder (channels_last)
+    x, weight, scale, shift = _case(device, torch.float32, 2, 19 if m == 1 else 3, 11, 12, k, m, affine, layout)
     leaves = [t.detach().requires_grad_() for t in (x, weight, scale, shift) if t is not None]
     args = leaves + [None, None] * (not affine)
     y = fastops.ops.dwconv_bn_act(*args, stride=s, padding=p, dilation=d, act=act)

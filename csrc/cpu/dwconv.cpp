@@ -878,6 +878,72 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
 
 // From z = dwconv(x) (float / double, NCHW or NHWC contiguous) and grad_out: gz = act'(u) * g *
 // scale, and per-(row) partial sums of gu and gu * z, where u = z * scale + shift.
+// affine_act_backward's tasks [begin, end) for float32 (below), 16 channels (channels_last) or
+// 16 positions of a plane (NCHW) at a time: gu = act'(u) * g with u = z * scale + shift, gz =
+// gu * scale, and the per-task sums of gu and gu * z, in float over one row or plane and then in
+// double (pg, pz: [tasks][OC] channels_last, [tasks] NCHW). Vectorised: the scalar loop in double
+// took 20 ms for 8x128x56x56 channels_last, 10x the plain backward's whole cost.
+template <Act A>
+FASTOPS_CPU_INLINE void affine_act_tasks(const float* z, const float* g, float* gz, const float* sc, const float* sh,
+                                         const DwConvShape& s, bool nhwc, int64_t begin, int64_t end, double* pg,
+                                         double* pz) {
+  const int64_t OC = s.OC;
+  for (int64_t t = begin; t < end; ++t) {
+    if (nhwc) {
+      const int64_t base = t * s.OW * OC;
+      int64_t c = 0;
+      for (; c + L <= OC; c += L) {
+        const f32x16 scv = load16(sc + c), shv = load16(sh + c);
+        f32x16 a = f32x16{}, b = f32x16{};
+        for (int64_t i = base + c, ow = 0; ow < s.OW; ++ow, i += OC) {
+          const f32x16 zv = load16(z + i);
+          const f32x16 gu = act_bwd<A>(load16(g + i), zv * scv + shv);
+          store16(gz + i, gu * scv);
+          a += gu, b += gu * zv;
+        }
+        for (int k = 0; k < L; ++k) pg[t * OC + c + k] += a[k], pz[t * OC + c + k] += b[k];
+      }
+      for (; c < OC; ++c) {
+        float a = 0, b = 0;
+        for (int64_t i = base + c, ow = 0; ow < s.OW; ++ow, i += OC) {
+          const float gu = act_bwd<A>(g[i], z[i] * sc[c] + sh[c]);
+          gz[i] = gu * sc[c];
+          a += gu, b += gu * z[i];
+        }
+        pg[t * OC + c] += a, pz[t * OC + c] += b;
+      }
+    } else {
+      const int64_t oc = t % OC, len = s.OH * s.OW;
+      const float scs = sc[oc], shs = sh[oc];
+      const f32x16 scv = f32x16{} + scs, shv = f32x16{} + shs;
+      f32x16 a = f32x16{}, b = f32x16{};
+      int64_t i = t * len;
+      for (; i + L <= (t + 1) * len; i += L) {
+        const f32x16 zv = load16(z + i);
+        const f32x16 gu = act_bwd<A>(load16(g + i), zv * scv + shv);
+        store16(gz + i, gu * scv);
+        a += gu, b += gu * zv;
+      }
+      double da = 0, db = 0;
+      for (int k = 0; k < L; ++k) da += a[k], db += b[k];
+      for (; i < (t + 1) * len; ++i) {
+        const float gu = act_bwd<A>(g[i], z[i] * scs + shs);
+        gz[i] = gu * scs;
+        da += gu, db += double(gu) * z[i];
+      }
+      pg[t] = da, pz[t] = db;
+    }
+  }
+}
+
+FASTOPS_CPU_MULTIVERSION void affine_act_tasks_f32(const float* z, const float* g, float* gz, const float* sc,
+                                                   const float* sh, const DwConvShape& s, Act act, bool nhwc,
+                                                   int64_t begin, int64_t end, double* pg, double* pz) {
+#define FASTOPS_TASKS(A) affine_act_tasks<A>(z, g, gz, sc, sh, s, nhwc, begin, end, pg, pz)
+  FASTOPS_ACT_CASES(FASTOPS_TASKS)
+#undef FASTOPS_TASKS
+}
+
 template <Act A, typename acc_t>
 void affine_act_backward(const acc_t* z, const acc_t* g, acc_t* gz, const Affine& af,
                          const DwConvShape& s, bool nhwc, std::vector<double>& sum_gu,
@@ -886,6 +952,11 @@ void affine_act_backward(const acc_t* z, const acc_t* g, acc_t* gz, const Affine
   const int64_t tasks = nhwc ? rows : s.N * s.OC;
   std::vector<double> part_gu(tasks * (nhwc ? s.OC : 1)), part_guz(part_gu.size());
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      affine_act_tasks_f32(z, g, gz, af.scale.data(), af.shift.data(), s, A, nhwc, begin, end, part_gu.data(),
+                           part_guz.data());
+      return;
+    }
     for (int64_t t = begin; t < end; ++t) {
       if (nhwc) {
         double* pg = part_gu.data() + t * s.OC;
