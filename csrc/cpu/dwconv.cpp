@@ -4,7 +4,9 @@
 //   channels_last: vectorised across 16 channels, parallel over (n, row). 3x3 and 5x5 kernels
 //     with stride 1 or 2 go by tiles of a few output rows x pixels of one 16-channel block, the
 //     K*K weights in registers and each loaded input pixel feeding every tap of the tile that
-//     reads it, sweeping each row block one channel block at a time. Other kernels go row by
+//     reads it: in address order (every channel block at each tile position) for 3x3 stride 1
+//     and when a thread's rows do not fit in L2, else sweeping each row block one channel block
+//     at a time. Other kernels go row by
 //     row, four pixels at a time through all channels in blocks of 16 (two blocks at a time:
 //     eight accumulators), the input read in address order; border groups read through a
 //     per-tap pointer table that points padding at zeros. The activation is switched per tile
@@ -20,8 +22,9 @@
 //   float32 and bfloat16 (float accumulation) take these paths; float64 / float16 a direct loop
 //   with the same formulas (csrc/activation.h), float64 so gradcheck runs through the kernel.
 // Backward: the activation's derivative and the affine's gradients are one fused pass that
-//   recomputes the convolution; the convolution's own gradients (x, weight) are ATen's
-//   depthwise convolution_backward on that result.
+//   recomputes the convolution; of the convolution's own gradients, x's is (stride 1) the
+//   forward kernel's depthwise convolution of that result with the kernels turned half a turn,
+//   else ATen's, and the weight's ATen's on channels_last operands.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
