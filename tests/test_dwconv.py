@@ -103,8 +103,7 @@ def test_forward_row_blocks(device, layout, k, p, h, stride, threads, dtype):
     """3x3 and 5x5 with stride 1 or 2 go through tiles of output rows x pixels of 16 channels
     (3x3 stride 1: 3 x 4; 3x3 stride 2 and 5x5: 4 x 2), NCHW by blocks of 16 planes transposed
     into a channels_last scratch and back: heights and widths that leave partial tiles (after
-    whole ones too)
-    and planes of fewer or not a multiple of 16 pixels (the transposes' tails), paddings below,
+    whole ones too) and planes of fewer or not a multiple of 16 pixels (the transposes' tails), paddings below,
     at and above k//2 (rows and columns wholly in the padding), a remainder channel block (NCHW:
     written only where the last block is new), and the rows (NCHW: blocks) of a batch split
     between threads."""
@@ -122,8 +121,8 @@ def test_forward_row_blocks(device, layout, k, p, h, stride, threads, dtype):
 
 # rows x stride x width x channels between 512 Ki and 768 Ki: over 1 MiB of input rows in bf16 on
 # one thread, under it in fp32 on three
-@pytest.mark.parametrize("k,s,c,hw", ((3, 1, 35, (95, 95)), (5, 2, 19, (160, 97)), (3, 2, 48, (112, 61)), (5, 1, 16, (230, 88))),
-                         ids=str)
+@pytest.mark.parametrize("k,s,c,hw", ((3, 1, 35, (95, 95)), (5, 2, 19, (160, 97)), (3, 2, 48, (112, 61)),
+                                     (5, 1, 16, (230, 88))), ids=str)
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
 def test_forward_address_order_channels_last(k, s, c, hw, dtype):
     """channels_last tiles whose input rows per thread exceed 1 MiB go in address order (every
@@ -251,6 +250,16 @@ def test_backward_stride1_input_gradient_by_the_forward_kernel(k, p, d, c, dtype
     assert gx.dtype == dtype and gx.is_contiguous(memory_format=_expected_format(x))
     torch.testing.assert_close(gx.double(), ex, rtol=tol, atol=tol * ex.abs().max().item())
     torch.testing.assert_close(gw.double(), ew, rtol=tol, atol=tol * ew.abs().max().item())
+
+
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_gradcheck_float64_stride1_input_gradient_by_the_forward_kernel(layout):
+    """The stride-1 input gradient through the forward kernel's float64 loop (gradcheck), with a
+    rectangular kernel, padding below k//2 on one side and dilation on the other."""
+    x, weight, scale, shift = _case("cpu", torch.float64, 2, 3, 7, 6, (3, 5), layout=layout)
+    inputs = [t.detach().requires_grad_() for t in (x, weight, scale.double(), shift.double())]
+    f = lambda a, b, c, e: torch.ops.fastops.dwconv_bn_act(a, b, c, e, [1, 1], [0, 3], [2, 1], "silu")  # noqa: E731
+    assert torch.autograd.gradcheck(f, inputs)
 
 
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last"))

@@ -291,9 +291,9 @@ def _op_calls(fn, name):
 @pytest.mark.parametrize("act", ("relu6", "hardswish", None))
 def test_depthwise_inference_kernel_or_onednn(kwargs, kernel, act, monkeypatch):
     """Channels_last float32 inference: 3x3 and 5x5 depthwise convs with stride 1 or 2, >= 16
-    channels, no multiplier and no dilation, of any size, run fastops' kernel (once per call, the first call and the kept plan after it alike), the
-    other depthwise convs oneDNN's; bfloat16 goes to oneDNN, autograd to the differentiable op.
-    Every answer equals the unfused modules'."""
+    channels, no multiplier and no dilation, of any size, run fastops' kernel (once per call, the
+    first call and the kept plan after it alike), the other depthwise convs oneDNN's; bfloat16
+    goes to oneDNN, autograd to the differentiable op. Every answer equals the unfused modules'."""
     kwargs = dict(kwargs)
     hw = kwargs.pop("hw", (11, 13))
     ours, theirs = _pair(kwargs, act)
@@ -334,7 +334,6 @@ def test_depthwise_nchw_inference_keeps_its_kernel_plan(kwargs, dtype, monkeypat
     ours, theirs = _pair(kwargs, "hardswish")
     ours.eval(), theirs.eval()
     x = randn((2, kwargs["in_channels"], 13, 10), scale=1.0).to(dtype)
-
     ours.to(dtype)
 
     def check(x, dtype=dtype, module=ours):
@@ -358,8 +357,9 @@ def test_depthwise_nchw_inference_keeps_its_kernel_plan(kwargs, dtype, monkeypat
         monkeypatch.undo()
         check(x.to(memory_format=torch.channels_last))  # another layout: the plan gives way
         check(x)
-        other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16  # another dtype (a copy: bf16
-        check(x, other, copy.deepcopy(ours).to(other))                       # rounds the parameters)
+        # another dtype, on a copy (bf16 would round ours' parameters for the checks after it)
+        other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+        check(x, other, copy.deepcopy(ours).to(other))
         check(x)
         for m in (ours, theirs):  # a buffer or parameter updated in place
             m[1].running_mean.add_(0.25) if isinstance(m[1], nn.BatchNorm2d) else m[0].bias.data.add_(0.25)

@@ -879,8 +879,6 @@ at::Tensor dwconv_bn_act(const at::Tensor& x, const at::Tensor& weight,
 
 // ---------------------------------------------------------------------------- backward
 
-// From z = dwconv(x) (float / double, NCHW or NHWC contiguous) and grad_out: gz = act'(u) * g *
-// scale, and per-(row) partial sums of gu and gu * z, where u = z * scale + shift.
 // affine_act_backward's tasks [begin, end) for float32 (below), 16 channels (channels_last) or
 // 16 positions of a plane (NCHW) at a time: gu = act'(u) * g with u = z * scale + shift, gz =
 // gu * scale, and the per-task sums of gu and gu * z, in float over one row or plane and then in
@@ -947,6 +945,8 @@ FASTOPS_CPU_MULTIVERSION void affine_act_tasks_f32(const float* z, const float* 
 #undef FASTOPS_TASKS
 }
 
+// From z = dwconv(x) (float / double, NCHW or NHWC contiguous) and grad_out: gz = act'(u) * g *
+// scale, and per-(row) partial sums of gu and gu * z, where u = z * scale + shift.
 template <Act A, typename acc_t>
 void affine_act_backward(const acc_t* z, const acc_t* g, acc_t* gz, const Affine& af,
                          const DwConvShape& s, bool nhwc, std::vector<double>& sum_gu,

@@ -248,7 +248,8 @@ def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_gr
         return torch.contiguous_format
     usable = (
         DWCONV_KERNEL and x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
-        and conv.kernel_size in ((3, 3), (5, 5)) and conv.stride in ((1, 1), (2, 2)) and conv.dilation == (1, 1) and conv.in_channels == conv.out_channels and conv.in_channels >= 16
+        and conv.kernel_size in ((3, 3), (5, 5)) and conv.stride in ((1, 1), (2, 2)) and conv.dilation == (1, 1)
+        and conv.in_channels == conv.out_channels and conv.in_channels >= 16
     )
     return torch.channels_last if usable else None
 
