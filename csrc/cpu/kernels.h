@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <utility>
 #include <vector>
 
 #include "../dwconv.h"
@@ -35,6 +36,18 @@ void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const floa
 // y may be z when ldz == OC (csrc/cpu/pwconv.cpp).
 void pwconv_epilogue_cl_f32(const float* z, int64_t ldz, const float* res, float* y, int64_t rows, int64_t OC,
                             const float* scale, const float* shift, Act act);
+
+// A scale's or shift's gradient (one value per output channel) in the dtype of that parameter
+// p, or of x where it was not given: the ops return both gradients either way
+// (csrc/cpu/pwconv.cpp, for pwconv_bn_act and dwconv_bn_act).
+at::Tensor param_grad(const at::Tensor& t, const c10::optional<at::Tensor>& p, const at::Tensor& x);
+at::Tensor param_grad(const std::vector<double>& v, const c10::optional<at::Tensor>& p, const at::Tensor& x);
+
+// The plain convolution's (no scale, shift or activation: its gz is grad_out g itself) scale and
+// shift gradients, the per-channel sums of g * z and of g, as double [OC]: sum_p g[o, p] z[o, p]
+// = sum_k w[o, k] grad_w[o, k], so z need not be recomputed (csrc/cpu/pwconv.cpp).
+std::pair<at::Tensor, at::Tensor> plain_conv_affine_sums(const at::Tensor& w, const at::Tensor& grad_w,
+                                                         const at::Tensor& g);
 
 // A depthwise weight [C, 1, KH, KW] as float32 [KH * KW][C], the layout dwconv_nhwc_rows_f32 reads
 // (csrc/cpu/dwconv.cpp).

@@ -288,6 +288,23 @@ void pwconv_forward_into(const at::Tensor& x_, const at::Tensor& weight, const c
   });
 }
 
+at::Tensor param_grad(const at::Tensor& t, const c10::optional<at::Tensor>& p, const at::Tensor& x) {
+  return t.to(p.has_value() && p->defined() ? p->scalar_type() : x.scalar_type());
+}
+
+at::Tensor param_grad(const std::vector<double>& v, const c10::optional<at::Tensor>& p, const at::Tensor& x) {
+  at::Tensor t = at::empty({int64_t(v.size())}, at::TensorOptions().dtype(at::kDouble));
+  std::copy(v.begin(), v.end(), t.mutable_data_ptr<double>());
+  return param_grad(t, p, x);
+}
+
+std::pair<at::Tensor, at::Tensor> plain_conv_affine_sums(const at::Tensor& w, const at::Tensor& grad_w,
+                                                         const at::Tensor& g) {
+  const int64_t OC = w.size(0);
+  const at::Tensor sum_gz = w.to(at::kDouble).reshape({OC, -1}).mul(grad_w.to(at::kDouble).reshape({OC, -1})).sum(1);
+  return {sum_gz, g.sum({0, 2, 3}).to(at::kDouble)};  // (asking ATen for double sums converted g first)
+}
+
 namespace {
 
 at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
@@ -476,27 +493,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
   const bool has_res = residual.has_value() && residual->defined();
   const at::Tensor res = has_res ? residual->contiguous(layout_of(cl)) : at::Tensor();
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // a scale / shift gradient in the dtype of that parameter (of x where it was not given)
-  const auto like = [&](const at::Tensor& t, const c10::optional<at::Tensor>& p) {
-    return t.to(p.has_value() && p->defined() ? p->scalar_type() : x.scalar_type());
-  };
-  const auto vec = [&](const std::vector<double>& v, const c10::optional<at::Tensor>& p) {
-    at::Tensor t = at::empty({s.OC}, at::TensorOptions().dtype(at::kDouble));
-    std::copy(v.begin(), v.end(), t.data_ptr<double>());
-    return like(t, p);
-  };
   const bool gemm_grads = groups == 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
   // The plain convolution (`pwconv_bn_act(x, w)`: no scale, shift, residual, activation or
   // shuffle): gz is grad_out itself, so neither the recomputed z nor the fused pass is needed.
-  // The scale's and shift's gradients (returned whether or not they were given) are still the
-  // sums of g * z and of g per channel: sum_p g[o, p] z[o, p] = sum_c W[o, c] grad_W[o, c].
   if (gemm_grads && a == Act::None && !has_res && s.shuffle == 1 && !(scale.has_value() && scale->defined()) &&
       !(shift.has_value() && shift->defined())) {
     const auto [gx, gw] = conv1x1_grads(g, x, weight, s, cl);
-    const at::Tensor sum_gz =
-        weight.to(at::kDouble).reshape({s.OC, s.C}).mul(gw.to(at::kDouble).reshape({s.OC, s.C})).sum(1);
-    const at::Tensor sum_g = g.sum({0, 2, 3});  // (asking ATen for double sums converted g first)
-    return {gx.contiguous(layout_of(cl)), gw.contiguous(), like(sum_gz, scale), like(sum_g, shift),
+    const auto [sum_gz, sum_g] = plain_conv_affine_sums(weight, gw, g);
+    return {gx.contiguous(layout_of(cl)), gw.contiguous(), param_grad(sum_gz, scale, x), param_grad(sum_g, shift, x),
             g.clone(layout_of(cl))};
   }
   const at::Tensor sc = param(scale, s.OC, 1.0, acc), sh = param(shift, s.OC, 0.0, acc);
@@ -520,7 +524,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
         at::convolution_backward(gz.to(x.scalar_type()), x, weight, c10::nullopt, {1, 1}, {0, 0}, {1, 1}, false,
                                  {0, 0}, groups, {true, true, false});
   }
-  return {gx.contiguous(layout_of(cl)), gw.contiguous(), vec(sum_guz, scale), vec(sum_gu, shift), gr};
+  return {gx.contiguous(layout_of(cl)), gw.contiguous(), param_grad(sum_guz, scale, x), param_grad(sum_gu, shift, x),
+          gr};
 }
 
 }  // namespace
