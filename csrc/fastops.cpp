@@ -74,12 +74,13 @@ TORCH_LIBRARY(fastops, m) {
       "Tensor? scale, Tensor? shift, int[2] stride, int[2] padding, int[2] dilation, str act) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
-  // --- MobileNet V2 / V3 expanding inverted residual block, inference: expand 1x1 + affine + act,
-  // depthwise k x k (padding k // 2) + affine + act, [squeeze-excite: relu, hardsigmoid gate,
-  // se_w1 [S, E(, 1, 1)], se_w2 [E, S(, 1, 1)]], project 1x1 + affine [+ x]
+  // --- MobileNet V2 / V3 inverted residual block, inference: [expand 1x1 + affine + act: w1, s1,
+  // b1, all three or none (a block without expansion, E = C)], depthwise k x k (padding k // 2) +
+  // affine + act, [squeeze-excite: relu, hardsigmoid gate, se_w1 [S, E(, 1, 1)], se_w2
+  // [E, S(, 1, 1)]], project 1x1 + affine [+ x]
   // (cpu/inverted_residual.cpp; other devices run the composition of the ops above) ---
   m.def(
-      "inverted_residual(Tensor x, Tensor w1, Tensor s1, Tensor b1, Tensor w2, Tensor s2, Tensor b2, "
+      "inverted_residual(Tensor x, Tensor? w1, Tensor? s1, Tensor? b1, Tensor w2, Tensor s2, Tensor b2, "
       "Tensor w3, Tensor s3, Tensor b3, int stride, str act, bool residual, Tensor? se_w1=None, "
       "Tensor? se_b1=None, Tensor? se_w2=None, Tensor? se_b2=None) -> Tensor");
 }

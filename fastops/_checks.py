@@ -287,8 +287,12 @@ def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, a
     """The checks of csrc/cpu/inverted_residual.cpp, in Python; returns the output shape."""
     check_nchw(op, "x", x)
     n, c, h, w = x.shape
-    _check_weight(op, "w1", w1, x, [None, c, 1, 1], "the expanding 1x1 conv")
-    e = w1.shape[0]
+    if (w1 is None) != (s1 is None) or (w1 is None) != (b1 is None):
+        raise ValueError(f"fastops.{op}: arguments 'w1', 's1' and 'b1' go together (all three, or none for a block "
+                         "without expansion)")
+    if w1 is not None:
+        _check_weight(op, "w1", w1, x, [None, c, 1, 1], "the expanding 1x1 conv")
+    e = c if w1 is None else w1.shape[0]
     _check_weight(op, "w2", w2, x, [e, 1, None, None], "the depthwise conv")
     k = w2.shape[2]
     if w2.shape[3] != k or k % 2 == 0:
@@ -296,6 +300,8 @@ def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, a
     _check_weight(op, "w3", w3, x, [None, e, 1, 1], "the projecting 1x1 conv")
     o = w3.shape[0]
     for arg, t, size in (("s1", s1, e), ("b1", b1, e), ("s2", s2, e), ("b2", b2, e), ("s3", s3, o), ("b3", b3, o)):
+        if t is None and arg in ("s1", "b1"):
+            continue
         check_tensor(op, arg, t)
         _check_param_vector(op, arg, t, x, size)
     if se_w1 is not None or se_b1 is not None or se_w2 is not None or se_b2 is not None:

@@ -342,7 +342,10 @@ def register_inverted_residual(ns):
         else:
             gd = gp
         ge, gw2, gs2, gb2 = ops_.dwconv_bn_act_backward(gd, e, w2, s2, b2, *geometry, act)
-        gx, gw1, gs1, gb1, _ = ops_.pwconv_bn_act_backward(ge, x, w1, s1, b1, 1, act, None, 1)
+        if w1 is None:  # no expansion: e is x
+            gx, gw1, gs1, gb1 = ge, None, None, None
+        else:
+            gx, gw1, gs1, gb1, _ = ops_.pwconv_bn_act_backward(ge, x, w1, s1, b1, 1, act, None, 1)
         if residual:
             gx = gx + grad
         return (gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None, None, None, *gse)[:ctx.n_inputs]
@@ -513,8 +516,9 @@ def separable_conv_bn_act(x, dw_weight, pw_weight, scale=None, shift=None, strid
 
 def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu6", residual=False, se_w1=None,
                       se_b1=None, se_w2=None, se_b2=None):
-    """MobileNet V2's / V3's expanding inverted residual block, BatchNorms folded into (scale,
-    shift) pairs: `act(conv1x1(x, w1) * s1 + b1)` (w1 [E, C, 1, 1]), then `act(dwconv(., w2,
+    """MobileNet V2's / V3's inverted residual block, BatchNorms folded into (scale, shift)
+    pairs: `act(conv1x1(x, w1) * s1 + b1)` (w1 [E, C, 1, 1]; w1, s1, b1 all None for a block
+    without expansion, E = C, as MobileNet V2's first), then `act(dwconv(., w2,
     stride, padding k // 2) * s2 + b2)` (w2 [E, 1, k, k], k odd), then, with se_w1 given,
     MobileNet V3's squeeze-excite (`squeeze_excite(., se_w1, se_b1, se_w2, se_b2, "relu",
     "hardsigmoid")`), then `conv1x1(., w3) * s3 + b3` (w3 [O, E, 1, 1]), plus x when residual. On

@@ -231,13 +231,14 @@ def separable_conv_bn_act_backward(grad_out, x, dw_weight, pw_weight, scale=None
 
 def inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act, se=(None, None, None, None), ops=None):
     """The tensors inverted_residual computes on the way to its projection: (e, d, p) with e the
-    expanded tensor, d the depthwise result and p the projection's input (d after the
+    expanded tensor (x itself when w1 is None: a block without expansion), d the depthwise
+    result and p the projection's input (d after the
     squeeze-excite when se = (se_w1, se_b1, se_w2, se_b2) is given, else d). `ops`: a namespace
     with pwconv_bn_act, dwconv_bn_act and squeeze_excite taking torch.ops.fastops' arguments
     (this module by default; fastops.ops and torch.ops.fastops compose the fused ops the same way)."""
     ops = ops if ops is not None else sys.modules[__name__]
     k = w2.shape[-1]
-    e = ops.pwconv_bn_act(x, w1, s1, b1, 1, act, None, 1)
+    e = x if w1 is None else ops.pwconv_bn_act(x, w1, s1, b1, 1, act, None, 1)
     d = ops.dwconv_bn_act(e, w2, s2, b2, [stride, stride], [k // 2, k // 2], [1, 1], act)
     p = d if se[0] is None else ops.squeeze_excite(d, *se, "relu", "hardsigmoid")
     return e, d, p
@@ -245,8 +246,9 @@ def inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act, se=(None, No
 
 def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu6", residual=False, se_w1=None,
                       se_b1=None, se_w2=None, se_b2=None):
-    """MobileNet V2's / V3's expanding inverted residual block, BatchNorms folded:
-    `e = act(conv1x1(x, w1) * s1 + b1)`, `d = act(dwconv(e, w2, stride, padding k // 2) * s2 + b2)`,
+    """MobileNet V2's / V3's inverted residual block, BatchNorms folded:
+    `e = act(conv1x1(x, w1) * s1 + b1)` (`e = x` when w1, s1, b1 are None),
+    `d = act(dwconv(e, w2, stride, padding k // 2) * s2 + b2)`,
     with se_w1 given `d = squeeze_excite(d, se_w1, se_b1, se_w2, se_b2, "relu", "hardsigmoid")`
     (MobileNet V3's), then `y = conv1x1(d, w3) * s3 + b3 (+ x when residual)`; in x's layout."""
     _, _, p = inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act, (se_w1, se_b1, se_w2, se_b2))

@@ -1,5 +1,6 @@
-"""fastops.inverted_residual (MobileNet V2's / V3's block without squeeze-excite, BatchNorms
-folded) against its reference composition, and InvertedResidual's inference running it."""
+"""fastops.inverted_residual (MobileNet V2's / V3's block, with or without expansion and
+squeeze-excite, BatchNorms folded) against its reference composition, and InvertedResidual's
+inference running it."""
 
 import copy
 
@@ -16,8 +17,10 @@ torchvision = pytest.importorskip("torchvision")
 ACTS = ("relu6", "hardswish", "relu")
 
 
-def _args(n, c, e, o, h, w, k, stride, act, residual, seed=0, dtype=torch.float32, se=False):
-    """x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual [, se_w1, se_b1, se_w2, se_b2]"""
+def _args(n, c, e, o, h, w, k, stride, act, residual, seed=0, dtype=torch.float32, se=False, expand=True):
+    """x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual [, se_w1, se_b1, se_w2, se_b2];
+    expand=False: w1, s1, b1 None (a block without expansion, e == c)."""
+    assert expand or e == c
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     x = (r(n, c, h, w) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
@@ -25,6 +28,8 @@ def _args(n, c, e, o, h, w, k, stride, act, residual, seed=0, dtype=torch.float3
     vec = lambda m: (torch.rand(m, generator=gen) + 0.5, torch.randn(m, generator=gen) * 0.2)  # noqa: E731
     (s1, b1), (s2, b2), (s3, b3) = vec(e), vec(e), vec(o)
     tensors = [t.to(dtype) for t in (w1, s1, b1, w2, s2, b2, w3, s3, b3)]
+    if not expand:
+        tensors[:3] = [None] * 3
     se_tensors = []
     if se:  # squeeze to a quarter (at least 2), fc1 4-D as torchvision's, fc2 2-D
         sq = max(2, e // 4)
@@ -66,6 +71,39 @@ def test_matches_reference(case, act, threads, se):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
+# Blocks without expansion (MobileNet V2's first, 32 -> 16; V3-Large's first, 16 -> 16 + x;
+# V3-Small's first, stride 2 with squeeze-excite), shrunk: several images per task (7x7), one
+# pixel, and 130x200 maps (several bands per image, rows read from x in place)
+NO_EXPANSION = [
+    (2, 32, 32, 16, 23, 21, 3, 1, False),
+    (3, 16, 16, 16, 13, 14, 3, 1, True),
+    (2, 16, 16, 16, 15, 17, 3, 2, False),
+    (4, 24, 24, 24, 7, 7, 5, 1, True),
+    (1, 8, 8, 8, 1, 1, 3, 1, True),
+    (1, 16, 16, 8, 130, 200, 3, 1, False),
+    (2, 19, 19, 11, 33, 30, 5, 2, False),
+]
+
+
+@pytest.mark.parametrize("case", NO_EXPANSION, ids=str)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
+def test_without_expansion_matches_reference(case, act, threads, se):
+    n, c, e, o, h, w, k, stride, residual = case
+    args = _args(n, c, e, o, h, w, k, stride, act, residual, seed=hash((case, act)) % 1000, se=se, expand=False)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with poisoned_memory(torch.empty(n, o, h, w)):
+            got = torch.ops.fastops.inverted_residual(*args)
+    finally:
+        torch.set_num_threads(old)
+    expected = reference.inverted_residual(*args)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
 @pytest.mark.parametrize("layout", ("nchw", "channels_last", "sliced"))
 def test_functional_any_layout_and_dtype(layout):
     """fastops.ops.inverted_residual: the kernel for channels_last float32, the composition of
@@ -85,11 +123,12 @@ def test_functional_any_layout_and_dtype(layout):
     torch.testing.assert_close(fastops.ops.inverted_residual(*args64), reference.inverted_residual(*args64))
 
 
+@pytest.mark.parametrize("expand", (True, False), ids=("expand", "no_expand"))
 @pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
-def test_gradients_of_the_kernel(se):
+def test_gradients_of_the_kernel(se, expand):
     """The op's autograd formula (recompute with the fused ops, chain their backward ops) against
     autograd through the reference, every input."""
-    args = _args(2, 10, 30, 10, 9, 8, 3, 1, "relu6", True, se=se)
+    args = _args(2, 10, 30 if expand else 10, 10, 9, 8, 3, 1, "relu6", True, se=se, expand=expand)
     ours = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
     ref = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
     y = torch.ops.fastops.inverted_residual(*ours)
@@ -101,21 +140,26 @@ def test_gradients_of_the_kernel(se):
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * v.abs().max().item(), msg=f"input {i}")
 
 
+@pytest.mark.parametrize("expand", (True, False), ids=("expand", "no_expand"))
 @pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
-def test_gradcheck_float64(se):
-    args = _args(1, 3, 5, 3, 5, 4, 3, 2, "hardswish", False, dtype=torch.float64, se=se)
+def test_gradcheck_float64(se, expand):
+    args = _args(1, 3, 5 if expand else 3, 3, 5, 4, 3, 2, "hardswish", False, dtype=torch.float64, se=se,
+                 expand=expand)
     tensors = [a.requires_grad_() for a in args if isinstance(a, torch.Tensor)]
+    m = 10 if expand else 7  # the block's tensors before stride (x, [w1, s1, b1,] w2, ..., b3)
 
     def fn(*t):
-        return fastops.ops.inverted_residual(*t[:10], 2, "hardswish", False, *t[10:])
+        w1_s1_b1 = t[1:4] if expand else (None, None, None)
+        return fastops.ops.inverted_residual(t[0], *w1_s1_b1, *t[m - 6:m], 2, "hardswish", False, *t[m:])
 
     assert torch.autograd.gradcheck(fn, tensors)
 
 
+@pytest.mark.parametrize("expand", (True, False), ids=("expand", "no_expand"))
 @pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
-def test_opcheck(se):
+def test_opcheck(se, expand):
     args = [a.requires_grad_() if isinstance(a, torch.Tensor) else a
-            for a in _args(2, 8, 24, 8, 6, 5, 3, 1, "relu6", True, se=se)]
+            for a in _args(2, 8, 24 if expand else 8, 8, 6, 5, 3, 1, "relu6", True, se=se, expand=expand)]
     torch.library.opcheck(torch.ops.fastops.inverted_residual.default, tuple(args))
 
 
@@ -151,6 +195,12 @@ def test_errors_name_the_op_and_argument():
             fn(*good, se[0], se[1], se[2][:, :-1], se[3])
     with pytest.raises(TypeError, match="inverted_residual.*'x'"):
         torch.ops.fastops.inverted_residual(good[0].double(), *good[1:])
+    for fn in (torch.ops.fastops.inverted_residual, fastops.ops.inverted_residual):
+        for i in (1, 2, 3):  # the expansion's three arguments go together
+            with pytest.raises(ValueError, match="inverted_residual.*'w1', 's1' and 'b1' go together"):
+                fn(good[0], *[None if j == i else good[j] for j in (1, 2, 3)], *good[4:])
+        with pytest.raises(ValueError, match="inverted_residual.*'w2'"):  # without expansion, E = C = 8
+            fn(good[0], None, None, None, *good[4:])
 
 
 def _tv_block(inp, oup, stride, expand):
@@ -166,7 +216,8 @@ def _tv_block(inp, oup, stride, expand):
     return block.eval()
 
 
-@pytest.mark.parametrize("inp,oup,stride,expand", [(24, 24, 1, 6), (16, 24, 2, 6), (32, 32, 1, 4), (24, 40, 1, 3)])
+@pytest.mark.parametrize("inp,oup,stride,expand", [(24, 24, 1, 6), (16, 24, 2, 6), (32, 32, 1, 4), (24, 40, 1, 3),
+                                                   (32, 16, 1, 1), (16, 16, 1, 1)])
 def test_module_inference_runs_the_block_kernel(inp, oup, stride, expand):
     """fastops.optimize's (and the builders') InvertedResidual in eval mode without autograd runs
     the block as one kernel (CPU, channels_last float32) with torchvision's answer; with autograd,
@@ -209,17 +260,17 @@ def test_module_inference_runs_the_block_kernel(inp, oup, stride, expand):
 
 @pytest.mark.parametrize("n", (1, 2))
 def test_v3_blocks_run_the_kernel(n):
-    """MobileNet V3-Large through fastops.optimize: every expanding block runs the block kernel,
-    those with squeeze-excite when there are at least as many images as threads; torchvision's
-    answer either way."""
+    """MobileNet V3-Large through fastops.optimize: every block (the first, without expansion,
+    too) runs the block kernel, those with squeeze-excite when there are at least as many images
+    as threads; torchvision's answer either way."""
     from fastops.nn import mobilenet
 
     tv = torchvision.models.mobilenet_v3_large().eval()
     ours = fastops.optimize(copy.deepcopy(tv))
     blocks = [b for b in ours.features if isinstance(b, fastops.nn.InvertedResidual)]
     found = [mobilenet._block_steps(b.block) for b in blocks]
-    expanding = [len(b.block) > 2 for b in blocks]
-    assert [f is not None for f in found] == expanding
+    assert all(f is not None for f in found) and len(blocks) == 15
+    assert [len(f[0]) for f in found] == [2] + [3] * 14  # features.1 has no expansion
     with_se = sum(f is not None and f[2] is not None for f in found)
     assert with_se == 8
     x = torch.randn(n, 3, 64, 64).contiguous(memory_format=torch.channels_last)
@@ -231,6 +282,6 @@ def test_v3_blocks_run_the_kernel(n):
     finally:
         torch.set_num_threads(old)
     calls = sum(e.name == "fastops::inverted_residual" for e in prof.events())
-    assert calls == sum(expanding) - (with_se if n < 2 else 0)
+    assert calls == len(blocks) - (with_se if n < 2 else 0)
     with torch.no_grad():
         torch.testing.assert_close(got, tv(x), rtol=1e-4, atol=1e-4)

@@ -1,6 +1,6 @@
-// CPU kernel of fastops::inverted_residual: MobileNet V2's / V3's expanding inverted residual
-// block, in inference (BatchNorms folded into scale / shift):
-//   e = act(expand(x) * s1 + b1)          1x1 conv, C -> E channels
+// CPU kernel of fastops::inverted_residual: MobileNet V2's / V3's inverted residual block, in
+// inference (BatchNorms folded into scale / shift):
+//   e = act(expand(x) * s1 + b1)          1x1 conv, C -> E channels (without w1: e = x, E = C)
 //   d = act(dwconv_k(e, stride) * s2 + b2) depthwise k x k, padding k // 2
 //   [d = d * hardsigmoid(fc2(relu(fc1(mean_hw(d)))))]  MobileNet V3's squeeze-excite, optional
 //   y = project(d) * s3 + b3 [+ x]         1x1 conv, E -> O channels, no activation
@@ -63,7 +63,8 @@ FASTOPS_CPU_MULTIVERSION void scale_rows(float* d, int64_t pixels, int64_t E, co
     for (int64_t c = 0; c < E; ++c) d[p * E + c] *= gate[c];
 }
 
-at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& s1, const at::Tensor& b1,
+at::Tensor inverted_residual(const at::Tensor& x, const c10::optional<at::Tensor>& w1_,
+                             const c10::optional<at::Tensor>& s1_, const c10::optional<at::Tensor>& b1_,
                              const at::Tensor& w2, const at::Tensor& s2, const at::Tensor& b2, const at::Tensor& w3,
                              const at::Tensor& s3, const at::Tensor& b3, int64_t stride, c10::string_view act_,
                              bool residual, const c10::optional<at::Tensor>& se_w1,
@@ -75,9 +76,17 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "fastops.", op, ": argument 'x' must be float32 on CPU, got ",
                    x.scalar_type());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK_VALUE(w1.dim() == 4 && w1.size(1) == C && w1.size(2) == 1 && w1.size(3) == 1, "fastops.", op,
-                    ": argument 'w1' must have shape [E, ", C, ", 1, 1], got ", w1.sizes());
-  const int64_t E = w1.size(0);
+  // no expansion (MobileNet V2's first block, V3's with as many expanded channels as inputs):
+  // the depthwise step reads x itself, E = C
+  const auto given = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  const bool expand = given(w1_);
+  TORCH_CHECK_VALUE(given(s1_) == expand && given(b1_) == expand, "fastops.", op,
+                    ": arguments 'w1', 's1' and 'b1' go together (all three, or none for a block without expansion)");
+  const at::Tensor w1 = expand ? *w1_ : at::Tensor(), s1 = expand ? *s1_ : at::Tensor();
+  const at::Tensor b1 = expand ? *b1_ : at::Tensor();
+  TORCH_CHECK_VALUE(!expand || (w1.dim() == 4 && w1.size(1) == C && w1.size(2) == 1 && w1.size(3) == 1), "fastops.",
+                    op, ": argument 'w1' must have shape [E, ", C, ", 1, 1], got ", expand ? w1.sizes() : x.sizes());
+  const int64_t E = expand ? w1.size(0) : C;
   TORCH_CHECK_VALUE(w2.dim() == 4 && w2.size(0) == E && w2.size(1) == 1 && w2.size(2) == w2.size(3) &&
                         w2.size(2) % 2 == 1,
                     "fastops.", op, ": argument 'w2' must have shape [", E, ", 1, k, k] with k odd, got ",
@@ -90,8 +99,8 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
   const struct { const at::Tensor* t; const char* name; int64_t n; } vecs[] = {
       {&s1, "s1", E}, {&b1, "b1", E}, {&s2, "s2", E}, {&b2, "b2", E}, {&s3, "s3", O}, {&b3, "b3", O}};
   for (const auto& v : vecs)
-    TORCH_CHECK_VALUE(v.t->dim() == 1 && v.t->size(0) == v.n, "fastops.", op, ": argument '", v.name,
-                      "' must have shape [", v.n, "], got ", v.t->sizes());
+    TORCH_CHECK_VALUE((!expand && (v.t == &s1 || v.t == &b1)) || (v.t->dim() == 1 && v.t->size(0) == v.n), "fastops.",
+                      op, ": argument '", v.name, "' must have shape [", v.n, "], got ", v.t->sizes());
   TORCH_CHECK_VALUE(!residual || (S == 1 && O == C), "fastops.", op,
                     ": residual=True needs stride 1 and as many output channels as input channels, got stride ",
                     S, ", ", C, " -> ", O, " channels");
@@ -116,9 +125,11 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor y = at::empty({N, O, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;
-  const at::Tensor w1c = w1.to(at::kFloat).contiguous(), w3c = w3.to(at::kFloat).contiguous();
+  const at::Tensor w1c = expand ? w1.to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor w3c = w3.to(at::kFloat).contiguous();
   const std::vector<float> w2t = dwconv_weights_by_tap_f32(w2);  // [K*K][E]
-  const at::Tensor s1c = vec(s1), b1c = vec(b1), s2c = vec(s2), b2c = vec(b2), s3c = vec(s3), b3c = vec(b3);
+  const at::Tensor s1c = expand ? vec(s1) : at::Tensor(), b1c = expand ? vec(b1) : at::Tensor();
+  const at::Tensor s2c = vec(s2), b2c = vec(b2), s3c = vec(s3), b3c = vec(b3);
   const float* xp = xc.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
 
@@ -157,16 +168,19 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
   const int64_t group = 2 * image_bytes > kBandBytes ? 1 : std::clamp<int64_t>(
       2 * kBandBytes / std::max<int64_t>(image_bytes, 1), 1, (N + threads - 1) / threads);
   if (group > 1) {
-    const float* sc1 = s1c.const_data_ptr<float>(), *sh1 = b1c.const_data_ptr<float>();
     at::parallel_for(0, (N + group - 1) / group, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> ebuf(group * H * W * E), dbuf(group * OH * OW * E);
+      std::vector<float> ebuf(expand ? group * H * W * E : 0), dbuf(group * OH * OW * E);
       std::vector<float> pooled(se ? E : 0), hidden(SQ), gate(se ? E : 0);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n0 = t * group, g = std::min(N, n0 + group) - n0;
-        gemm_abt(g * H * W, E, C, xp + n0 * H * W * C, w1c.const_data_ptr<float>(), ebuf.data(), E);
-        epilogue(ebuf.data(), g * H * W, E, sc1, sh1, act, nullptr);
+        const float* e = xp + n0 * H * W * C;
+        if (expand) {
+          gemm_abt(g * H * W, E, C, e, w1c.const_data_ptr<float>(), ebuf.data(), E);
+          epilogue(ebuf.data(), g * H * W, E, s1c.const_data_ptr<float>(), b1c.const_data_ptr<float>(), act, nullptr);
+          e = ebuf.data();
+        }
         const DwConvShape ds = dw_shape(g, H, P, OH);
-        dwconv_nhwc_rows_f32(ebuf.data(), dbuf.data(), w2t.data(), s2c.const_data_ptr<float>(),
+        dwconv_nhwc_rows_f32(e, dbuf.data(), w2t.data(), s2c.const_data_ptr<float>(),
                              b2c.const_data_ptr<float>(), ds, act, 0, g * OH);
         for (int64_t i = 0; se && i < g; ++i) {
           float* d = dbuf.data() + i * OH * OW * E;
@@ -188,9 +202,9 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
   const int64_t max_in_rows = std::min<int64_t>(H, (band - 1) * S + K);
 
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
-    // squeeze-excite: the image's depthwise rows all kept (dbuf), pooled, the gate folded into
-    // the projection's weights (w3g), then one projection of the whole image
-    std::vector<float> ebuf(max_in_rows * W * E), dbuf((se ? OH : band) * OW * E);
+    // squeeze-excite: the image's depthwise rows all kept (dbuf), pooled, the gate multiplied
+    // into them or into the projection's weights (w3g), then one projection of the whole image
+    std::vector<float> ebuf(expand ? max_in_rows * W * E : 0), dbuf((se ? OH : band) * OW * E);
     std::vector<float> pooled(se ? E : 0), hidden(SQ), gate(se ? E : 0), w3g(se && OH * OW > O ? O * E : 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / parts, part = t % parts;
@@ -200,22 +214,24 @@ at::Tensor inverted_residual(const at::Tensor& x, const at::Tensor& w1, const at
         const int64_t o1 = std::min(ob, o + band);
         const int64_t lo = std::max<int64_t>(0, o * S - P), hi = std::min<int64_t>(H, (o1 - 1) * S - P + K);
         int64_t keep = 0;
-        if (e_lo <= lo && lo < e_hi) {
+        if (expand && e_lo <= lo && lo < e_hi) {
           keep = std::min(e_hi, hi) - lo;
           std::memmove(ebuf.data(), ebuf.data() + (lo - e_lo) * W * E, keep * W * E * sizeof(float));
         }
-        if (hi > lo + keep) {  // expand the rows not kept: [pixels, C] @ w1^T, affine, activation
+        if (expand && hi > lo + keep) {  // expand the rows not kept: [pixels, C] @ w1^T, affine, activation
           float* e = ebuf.data() + keep * W * E;
           const int64_t M = (hi - lo - keep) * W;
           gemm_abt(M, E, C, xp + ((n * H + lo + keep) * W) * C, w1c.const_data_ptr<float>(), e, E);
           epilogue(e, M, E, s1c.const_data_ptr<float>(), b1c.const_data_ptr<float>(), act, nullptr);
         }
         e_lo = lo, e_hi = hi;
-        // the band's depthwise rows, from the expanded rows [lo, hi) as an image of their own
+        // the band's depthwise rows, from the expanded rows [lo, hi) (without expansion, x's
+        // rows, read in place) as an image of their own
         const DwConvShape ds = dw_shape(1, hi - lo, lo - (o * S - P), o1 - o);
         float* d = se ? dbuf.data() + o * OW * E : dbuf.data();
-        dwconv_nhwc_rows_f32(ebuf.data(), d, w2t.data(), s2c.const_data_ptr<float>(),
-                             b2c.const_data_ptr<float>(), ds, act, 0, ds.OH);
+        const float* e = expand ? ebuf.data() : xp + ((n * H + lo) * W) * C;
+        dwconv_nhwc_rows_f32(e, d, w2t.data(), s2c.const_data_ptr<float>(), b2c.const_data_ptr<float>(), ds, act, 0,
+                             ds.OH);
         if (se) continue;
         // project into the output rows, then affine [+ residual] in place
         const int64_t M = (o1 - o) * OW;

@@ -22,51 +22,58 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None) 
     return rounded + divisor if rounded < 0.9 * v else rounded
 
 
-# Whether inference without autograd runs a whole expanding block (expand, depthwise, [SE,]
+# Whether inference without autograd runs a whole inverted residual block (expand, depthwise, [SE,]
 # project) as one `inverted_residual` kernel on CPU, the expanded tensors never written to memory.
 # Measured on torchvision's MobileNet V2 (2 cores, channels_last, its 16 expanding blocks,
 # interleaved, against the per-conv oneDNN path): N=8 40.9 -> 35.2 ms, N=1 9.2 -> 7.6 ms; the
 # blocks alone 1.45-1.98x eager and 1.02-1.07x torch.compile with freezing (bench/, N=8), and
 # 1.80-2.27x / 1.22-1.38x since the depthwise step became dwconv_bn_act's tiled kernel
-# (bench/results/cpu-2026-11-30-001946).
+# (bench/results/cpu-2026-11-30-001946). Blocks without expansion (the first of MobileNet V2
+# and V3: depthwise, [SE,] project) too, the depthwise result never written: N=8, interleaved
+# against the per-conv path, MobileNet V2's features.1 (32 -> 16 at 112x112) 1.29x, V3-Large's
+# (16 -> 16 + x) 1.52x.
 FUSED_BLOCKS = True
 
 
 def _block_steps(seq: FusedSequential):
-    """(steps, act, se) when `seq` is an expanding block the inverted_residual kernel covers, else
-    None: steps are the (conv, bn, act) triples of 1x1 conv + BN + act, depthwise k x k (k odd,
-    padding k // 2, square stride, no dilation) + BN + the same act, and 1x1 conv + BN; between the
-    last two an optional SqueezeExcite (ReLU, Hardsigmoid gate, biases: MobileNet V3's), returned
-    as `se`. Plain modules only (no subclasses); activation relu / relu6 / hardswish. Kept while
-    the children are the same modules."""
+    """(steps, act, se) when `seq` is a block the inverted_residual kernel covers, else None:
+    steps are the (conv, bn, act) triples of [1x1 conv + BN + act (the expansion; absent in a
+    block without one, as MobileNet V2's first),] depthwise k x k (k odd, padding k // 2, square
+    stride, no dilation) + BN + the same act, and 1x1 conv + BN; between the last two an optional
+    SqueezeExcite (ReLU, Hardsigmoid gate, biases: MobileNet V3's), returned as `se`. Plain
+    modules only (no subclasses); activation relu / relu6 / hardswish. Kept while the children
+    are the same modules."""
     mods = tuple(seq._modules.values())
     kept = seq.__dict__.get("_fastops_block_steps")
     if kept is not None and kept[0] == mods:
         return kept[1]
-    steps, se = [], None
+    steps, se, se_at = [], None, 0
     for step in plan(list(mods)):
         if step[0] == "conv":
             steps.append(step[1:])
         elif isinstance(step[1], ConvBNAct) and step[1].parts() is not None:
             steps.append(step[1].parts())
-        elif (type(step[1]) is SqueezeExcite and len(steps) == 2 and se is None
+        elif (type(step[1]) is SqueezeExcite and len(steps) in (1, 2) and se is None
               and act_name(step[1].activation) == "relu" and act_name(step[1].scale_activation) == "hardsigmoid"
               and step[1].fc1.bias is not None and step[1].fc2.bias is not None):
-            se = step[1]
+            se, se_at = step[1], len(steps)
         else:
             steps = None
             break
     found = None
-    if steps is not None and len(steps) == 3 and all(_fusable(c, bn) and bn is not None for c, bn, _ in steps):
-        (c1, _, a1), (c2, _, a2), (c3, _, a3) = steps
-        n1, n2 = act_name(a1), act_name(a2)
+    if (steps is not None and len(steps) in (2, 3) and (se is None or se_at == len(steps) - 1)
+            and all(_fusable(c, bn) and bn is not None for c, bn, _ in steps)):
+        *expand, (c2, _, a2), (c3, _, a3) = steps
+        n2 = act_name(a2)
         k = c2.kernel_size[0]
-        if (_is_pointwise(c1) and c1.groups == 1 and _is_pointwise(c3) and c3.groups == 1 and a3 is None
-                and c2.groups == c2.in_channels == c2.out_channels == c1.out_channels == c3.in_channels
+        if (_is_pointwise(c3) and c3.groups == 1 and a3 is None
+                and c2.groups == c2.in_channels == c2.out_channels == c3.in_channels
                 and c2.kernel_size == (k, k) and k % 2 == 1 and c2.padding == (k // 2, k // 2)
                 and c2.dilation == (1, 1) and c2.stride[0] == c2.stride[1]
-                and n1 == n2 and n1 in ("relu", "relu6", "hardswish")):
-            found = (steps, n1, se)
+                and n2 in ("relu", "relu6", "hardswish")
+                and all(_is_pointwise(c1) and c1.groups == 1 and c1.out_channels == c2.in_channels
+                        and act_name(a1) == n2 for c1, _, a1 in expand)):
+            found = (steps, n2, se)
     seq.__dict__["_fastops_block_steps"] = (mods, found)
     return found
 
@@ -88,11 +95,15 @@ def _fused_block(seq: FusedSequential, x: torch.Tensor, residual: bool):
         return None
     if se is not None and (x.shape[0] < torch.get_num_threads() or se.fc1.weight.dtype != x.dtype):
         return None
-    (c1, _, _), (c2, _, _), (c3, _, _) = steps
-    (s1, b1), (s2, b2), (s3, b3) = (folded_scale_shift(c, bn) for c, bn, _ in steps)
+    *expand, (c2, bn2, _), (c3, bn3, _) = steps
+    expand_args = (None, None, None)
+    if expand:
+        c1, bn1, _ = expand[0]
+        expand_args = (c1.weight, *folded_scale_shift(c1, bn1))
+    (s2, b2), (s3, b3) = folded_scale_shift(c2, bn2), folded_scale_shift(c3, bn3)
     se_args = () if se is None else (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias)
     # the structure was checked above; the kernel checks the shapes again
-    return inference_call(torch.ops.fastops.inverted_residual.default, x, c1.weight, s1, b1, c2.weight, s2, b2,
+    return inference_call(torch.ops.fastops.inverted_residual.default, x, *expand_args, c2.weight, s2, b2,
                           c3.weight, s3, b3, c2.stride[0], act, residual, *se_args)
 
 
