@@ -1,4 +1,4 @@
-"""Benchmark cases for inverted_residual: MobileNet V2's / V3's expanding block as one kernel.
+"""Benchmark cases for inverted_residual: MobileNet V2's / V3's block as one kernel.
 
 Inference ("fwd", eval mode, under torch.no_grad), channels_last:
   fastops          fastops.nn.InvertedResidual (what fastops.optimize makes of torchvision's
@@ -35,6 +35,7 @@ LAYERS = [
     ("v3", 24, 5, 72, 40, True, "RE", 2, 56),
     ("v3", 80, 3, 184, 80, False, "HS", 1, 14),
     ("v3", 112, 5, 672, 160, True, "HS", 2, 14),
+    ("v2", 32, 16, 1, 1, 112),  # MobileNet V2's first block: no expansion (depthwise, project)
 ]
 
 
@@ -114,10 +115,10 @@ def make_case(n, layer, dtype, layout, device) -> harness.Case:
 
 
 def cases(quick: bool, device: str, dtypes=None, layouts=None) -> list[harness.Case]:
-    """Quick: N=8, channels_last, the V2 blocks at 56x56 and 14x14 and the V3 SE block at 56x56.
-    Full: every block, N=1 and N=8."""
+    """Quick: N=8, channels_last, the V2 blocks at 56x56 and 14x14, the V3 SE block at 56x56 and
+    V2's first block (no expansion). Full: every block, N=1 and N=8."""
     dtypes = harness.default_dtypes(device, dtypes)
     layouts = layouts or ["channels_last"]
-    layers = [LAYERS[1], LAYERS[3], LAYERS[5]] if quick else LAYERS
+    layers = [LAYERS[1], LAYERS[3], LAYERS[5], LAYERS[8]] if quick else LAYERS
     return [make_case(n, layer, dtype, layout, device)
             for dtype in dtypes for n in harness.batch_sizes(quick, device) for layer in layers for layout in layouts]
