@@ -52,25 +52,6 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("threads", (1, 2))
-@pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
-def test_matches_reference(case, act, threads, se):
-    n, c, e, o, h, w, k, stride, residual = case
-    args = _args(n, c, e, o, h, w, k, stride, act, residual, seed=hash((case, act)) % 1000, se=se)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with poisoned_memory(torch.empty(n, o, h, w)):
-            got = torch.ops.fastops.inverted_residual(*args)
-    finally:
-        torch.set_num_threads(old)
-    expected = reference.inverted_residual(*args)
-    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == expected.shape
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
-
-
 # Blocks without expansion (MobileNet V2's first, 32 -> 16; V3-Large's first, 16 -> 16 + x;
 # V3-Small's first, stride 2 with squeeze-excite), shrunk: several images per task (7x7), one
 # pixel, and 130x200 maps (several bands per image, rows read from x in place)
@@ -85,13 +66,14 @@ NO_EXPANSION = [
 ]
 
 
-@pytest.mark.parametrize("case", NO_EXPANSION, ids=str)
+@pytest.mark.parametrize("case,expand", [(c, True) for c in CASES] + [(c, False) for c in NO_EXPANSION],
+                         ids=lambda v: str(v) if isinstance(v, tuple) else ("expand" if v else "no_expand"))
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("threads", (1, 2))
 @pytest.mark.parametrize("se", (False, True), ids=("plain", "se"))
-def test_without_expansion_matches_reference(case, act, threads, se):
+def test_matches_reference(case, expand, act, threads, se):
     n, c, e, o, h, w, k, stride, residual = case
-    args = _args(n, c, e, o, h, w, k, stride, act, residual, seed=hash((case, act)) % 1000, se=se, expand=False)
+    args = _args(n, c, e, o, h, w, k, stride, act, residual, seed=hash((case, act)) % 1000, se=se, expand=expand)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
