@@ -77,6 +77,32 @@ def test_activations(device, act, residual, affine):
         _close(a, b, torch.float32)
 
 
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("residual", (False, True))
+@pytest.mark.parametrize("affine", (False, True))
+@pytest.mark.parametrize("layout", ("channels_last", "cl_sliced"))
+def test_onednn_route(act, residual, affine, layout):
+    """CPU, channels_last float32, ungrouped, no shuffle: oneDNN's fused 1x1 conv (the affine
+    folded into its weights and bias, residual add and activation as post-ops), exactly when its
+    post-ops cover the case (with a residual: activation none or ReLU); the reference's answer
+    either way, in channels_last. Grouped, shuffled or NCHW convs take the tiled kernel."""
+    x, w, sc, sh, res = _case("cpu", torch.float32, 2, 19, 23, 6, 7, 1, affine, residual, layout)
+
+    def run(*args):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = fastops.ops.pwconv_bn_act(*args)
+        return y, any(e.name.startswith("mkldnn::_convolution_pointwise") for e in prof.events())
+
+    y, routed = run(x, w, sc, sh, 1, act, res, 1)
+    _close(y, reference.pwconv_bn_act(x.double(), w.double(), _d(sc), _d(sh), 1, act, _d(res), 1), torch.float32)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert routed == (torch.backends.mkldnn.is_available() and (not residual or act in ("none", "relu")))
+    assert not run(x, w, sc, sh, 1, act, res, 23)[1]  # shuffled
+    assert not run(x.contiguous(), w, sc, sh, 1, act, None if res is None else res.contiguous(), 1)[1]  # NCHW
+    xg, wg, scg, shg, _ = _case("cpu", torch.float32, 2, 18, 24, 6, 7, 3, affine, False, layout)
+    assert not run(xg, wg, scg, shg, 3, act, None, 1)[1]  # grouped
+
+
 @pytest.mark.parametrize("plain", (True, False))
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last", "permuted"))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
