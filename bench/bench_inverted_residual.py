@@ -50,7 +50,13 @@ def _tv_block(layer):
 
         _, inp, k, exp, oup, se, act, stride, _ = layer
         block = InvertedResidual(InvertedResidualConfig(inp, k, exp, oup, se, act, stride, 1, 1.0), nn.BatchNorm2d)
-    with torch.no_grad():  # fixed weights (every contender builds its own copy) and a trained-looking BN
+    return trained_looking(block, gen)
+
+
+def trained_looking(block: nn.Module, gen: torch.Generator) -> nn.Module:
+    """block in eval mode with fixed random weights (every contender builds its own copy) and
+    BatchNorms whose statistics and affine look trained."""
+    with torch.no_grad():
         for p in block.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * (p.shape[1:].numel() ** -0.5 if p.dim() > 1 else 0.1))
         for m in block.modules():
@@ -70,7 +76,7 @@ def _name(layer) -> str:
     return f"ir_v3_{inp}-{exp}-{oup}_k{k}_s{stride}{'_se' if se else ''}_{act.lower()}"
 
 
-def _shape_and_macs(block, inp, h):
+def shape_and_macs(block, inp, h):
     """The block's output shape (C, H, W) and multiply-adds per image (its convs, hooked)."""
     macs = 0
 
@@ -99,7 +105,7 @@ def make_case(n, layer, dtype, layout, device) -> harness.Case:
 
     shape = (n, inp, h, h)
     make = harness.tensor_inputs([shape], shape, dtype, layout, "fwd", device)
-    out_shape, macs = _shape_and_macs(_tv_block(layer), inp, h)
+    out_shape, macs = shape_and_macs(_tv_block(layer), inp, h)
     return harness.Case(
         op=_name(layer),
         shape=shape,

@@ -317,3 +317,26 @@ def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, a
     if h + 2 * p < k or w + 2 * p < k:
         raise ValueError(f"fastops.{op}: the kernel ({k}x{k}) is larger than the padded input ({h + 2 * p}x{w + 2 * p})")
     return [n, o, (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1]
+
+
+def check_shuffle_v2_block(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act) -> list:
+    """The checks of csrc/cpu/shuffle_v2_block.cpp, in Python; returns the output shape."""
+    check_nchw(op, "x", x)
+    n, c, h, w = x.shape
+    if c % 2 != 0:
+        raise ValueError(f"fastops.{op}: argument 'x' must have an even number of channels (split in two halves), "
+                         f"got {c}")
+    half = c // 2
+    _check_weight(op, "w1", w1, x, [None, half, 1, 1], "the first 1x1 conv, on the second half of x")
+    e = w1.shape[0]
+    _check_weight(op, "w2", w2, x, [e, 1, None, None], "the depthwise conv")
+    k = w2.shape[2]
+    if w2.shape[3] != k or k % 2 == 0:
+        raise ValueError(f"fastops.{op}: argument 'w2' must be a square kernel of odd size, got {list(w2.shape)}")
+    _check_weight(op, "w3", w3, x, [half, e, 1, 1], "the last 1x1 conv")
+    for arg, t, size in (("s1", s1, e), ("b1", b1, e), ("s2", s2, e), ("b2", b2, e), ("s3", s3, half),
+                         ("b3", b3, half)):
+        check_tensor(op, arg, t)
+        _check_param_vector(op, arg, t, x, size)
+    check_act(op, act)
+    return [n, c, h, w]

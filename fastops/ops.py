@@ -17,7 +17,7 @@ from . import _backend, _checks, _extension, _layout, reference
 __all__ = [
     "hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act", "bn_act_train",
     "bn_act_train_backward", "channel_shuffle", "concat_shuffle", "squeeze_excite", "pwconv_bn_act",
-    "separable_conv_bn_act", "inverted_residual",
+    "separable_conv_bn_act", "inverted_residual", "shuffle_v2_block",
 ]
 
 
@@ -353,8 +353,45 @@ def register_inverted_residual(ns):
     torch.library.register_autograd(f"{ns}::inverted_residual", backward, setup_context=setup)
 
 
+def register_shuffle_v2_block(ns):
+    """fake + autograd + CUDA for <ns>::shuffle_v2_block, as for inverted_residual: the backward
+    recomputes the branch's tensors with the fused ops and chains their backward ops; on CUDA the
+    op is those fused ops in sequence (the one-kernel unit is CPU only)."""
+    ops_ = getattr(torch.ops, ns)
+
+    @torch.library.register_fake(f"{ns}::shuffle_v2_block")
+    def _fake(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu"):
+        shape = _checks.check_shuffle_v2_block("shuffle_v2_block", x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act)
+        return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.impl(f"{ns}::shuffle_v2_block", "CUDA")
+    def _cuda(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu"):
+        x1, _, _, d = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, ops_)
+        b = ops_.pwconv_bn_act(d, w3, s3, b3, 1, act, None, 1)
+        return ops_.concat_shuffle(x1.contiguous(memory_format=torch.channels_last), b).contiguous(
+            memory_format=torch.channels_last)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:10])
+        ctx.act = inputs[10] if len(inputs) > 10 else "relu"
+
+    def backward(ctx, grad):
+        x, w1, s1, b1, w2, s2, b2, w3, s3, b3 = ctx.saved_tensors
+        act, k = ctx.act, w2.shape[-1]
+        _, x2, e, d = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, ops_)
+        g1, gb = ops_.concat_shuffle_backward(grad, x.shape[1] // 2)
+        gd, gw3, gs3, gb3, _ = ops_.pwconv_bn_act_backward(gb, d, w3, s3, b3, 1, act, None, 1)
+        ge, gw2, gs2, gb2 = ops_.dwconv_bn_act_backward(gd, e, w2, s2, b2, [1, 1], [k // 2, k // 2], [1, 1], "none")
+        g2, gw1, gs1, gb1, _ = ops_.pwconv_bn_act_backward(ge, x2, w1, s1, b1, 1, act, None, 1)
+        gx = torch.cat([g1, g2], 1).contiguous(memory_format=_layout.conv_output_format(x))
+        return gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None
+
+    torch.library.register_autograd(f"{ns}::shuffle_v2_block", backward, setup_context=setup)
+
+
 if _extension.has_extension():
     register_inverted_residual("fastops")
+    register_shuffle_v2_block("fastops")
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
     register_dwconv("fastops")
@@ -534,3 +571,22 @@ def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu
         return torch.ops.fastops.inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, act, residual, *se)
     _, _, p = reference.inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act, se, sys.modules[__name__])
     return pwconv_bn_act(p, w3, s3, b3, 1, "none", x if residual else None)
+
+
+def shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu"):
+    """ShuffleNet V2's stride-1 unit, BatchNorms folded into (scale, shift) pairs: x's channels
+    split in halves x1, x2; x2 through `act(conv1x1(x2, w1) * s1 + b1)` (w1 [E, C/2, 1, 1]),
+    `dwconv(., w2, padding k // 2) * s2 + b2` (w2 [E, 1, k, k], k odd; no activation), and
+    `act(conv1x1(., w3) * s3 + b3)` (w3 [C/2, E, 1, 1]); then `concat_shuffle(x1, .)`. On CPU,
+    for float32 input laid out channels_last, one kernel that reads x2 in place, never writes
+    the branch's tensors to memory and weaves its result with x1 straight into the output
+    (csrc/cpu/shuffle_v2_block.cpp); elsewhere the composition of pwconv_bn_act, dwconv_bn_act
+    and concat_shuffle, with the same answer. Differentiable in every tensor. Output
+    channels_last on the kernel's path, in x's layout otherwise."""
+    op = "shuffle_v2_block"
+    _checks.check_shuffle_v2_block(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and _extension.has_extension() \
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.ops.fastops.shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act)
+    x1, _, _, d = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, sys.modules[__name__])
+    return concat_shuffle(x1, pwconv_bn_act(d, w3, s3, b3, 1, act))

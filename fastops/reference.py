@@ -254,3 +254,23 @@ def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu
     _, _, p = inverted_residual_steps(x, w1, s1, b1, w2, s2, b2, stride, act, (se_w1, se_b1, se_w2, se_b2))
     y = pwconv_bn_act(p, w3, s3, b3, 1, "none", x if residual else None)
     return y.contiguous(memory_format=conv_output_format(x))
+
+
+def shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, ops=None):
+    """The tensors shuffle_v2_block computes on the way to its last 1x1 conv: (x1, x2, e, d), x's
+    halves, the branch's expanded tensor and its depthwise result. `ops` as for
+    inverted_residual_steps."""
+    ops = ops if ops is not None else sys.modules[__name__]
+    k = w2.shape[-1]
+    x1, x2 = x.chunk(2, dim=1)
+    e = ops.pwconv_bn_act(x2, w1, s1, b1, 1, act, None, 1)
+    d = ops.dwconv_bn_act(e, w2, s2, b2, [1, 1], [k // 2, k // 2], [1, 1], "none")
+    return x1, x2, e, d
+
+
+def shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu"):
+    """ShuffleNet V2's stride-1 unit, BatchNorms folded: `x1, x2 = x.chunk(2, 1)`,
+    `e = act(conv1x1(x2, w1) * s1 + b1)`, `d = dwconv(e, w2, padding k // 2) * s2 + b2` (no
+    activation), `y = concat_shuffle(x1, act(conv1x1(d, w3) * s3 + b3))`; in x's layout."""
+    x1, _, _, d = shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act)
+    return concat_shuffle(x1, pwconv_bn_act(d, w3, s3, b3, 1, act, None, 1))

@@ -172,15 +172,16 @@ def test_plain_twins_of_the_networks_torchvision_lacks(name):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
-def test_inverted_residual_cases_agree_with_eager():
+@pytest.mark.parametrize("family", ("inverted_residual", "shuffle_v2_block"))
+def test_block_cases_agree_with_eager(family):
     """Each block case's fastops contender (fastops.optimize of torchvision's block: the block
     kernel) and eager contender build the same weights and agree on the case's own inputs."""
-    from bench import bench_inverted_residual, harness
+    import importlib
 
-    cases = [bench_inverted_residual.make_case(2, layer, torch.float32, "channels_last", "cpu")
-             for layer in bench_inverted_residual.LAYERS]
+    module = importlib.import_module(f"bench.bench_{family}")
+    cases = [module.make_case(2, layer, torch.float32, "channels_last", "cpu") for layer in module.LAYERS]
     for case in cases:
         s = case.make_inputs(0)
         ours, eager = case.contenders["fastops"](), case.contenders["eager"]()
-        assert harness._check(ours(s), eager(s))[0] == "ok", case.op
+        assert harness._check(ours(s), eager(s), layout=case.layout_checked)[0] == "ok", case.op
         assert case.flops > 0 and case.bytes_moved > 0

@@ -101,7 +101,7 @@ def test_every_schema_has_cpu_cuda_fake_and_autograd():
     has = torch._C._dispatch_has_kernel_for_dispatch_key
     names = _fastops_ops()
     for family in ("hardswish", "dwconv_bn_act", "bn_act_train", "channel_shuffle", "concat_shuffle",
-                   "squeeze_excite", "pwconv_bn_act", "separable_conv_bn_act", "inverted_residual"):
+                   "squeeze_excite", "pwconv_bn_act", "separable_conv_bn_act", "inverted_residual", "shuffle_v2_block"):
         assert f"fastops::{family}" in names, family
     for qual in names:
         assert has(qual, "CPU"), qual

@@ -16,6 +16,9 @@
 // and multiplies the gate into those rows or into the projection's weights, whichever is
 // smaller. Other dtypes, layouts and devices: the
 // composition of fastops' ops (fastops/ops.py).
+// The engine, block_forward_f32 (csrc/cpu/kernels.h), takes each step's activation, the input
+// rows' stride and where the projection goes as arguments: it also runs ShuffleNet V2's unit
+// (csrc/cpu/shuffle_v2_block.cpp).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -38,9 +41,9 @@ namespace {
 // 192 KiB 3-10% slower at N=8, 1536 KiB 3-8% slower at N=1.)
 constexpr int64_t kBandBytes = 384 << 10;
 
-// Row-major C[M, N] = A[M, K] @ B[N, K]^T (B a weight, [out, in]).
-void gemm_abt(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C, int64_t ldc) {
-  gemm_rowmajor(false, true, M, N, K, A, K, B, K, C, ldc);
+// Row-major C[M, N] = A[M, K] @ B[N, K]^T (B a weight, [out, in]; A's rows lda apart).
+void gemm_abt(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, float* C, int64_t ldc) {
+  gemm_rowmajor(false, true, M, N, K, A, lda, B, K, C, ldc);
 }
 
 // y[m, c] = act(y[m, c] * sc[c] + sh[c] (+ res[m * C + c])) in place, rows of C values.
@@ -131,8 +134,28 @@ at::Tensor inverted_residual(const at::Tensor& x, const c10::optional<at::Tensor
   const std::vector<float> w2t = dwconv_weights_by_tap_f32(w2);  // [K*K][E]
   const at::Tensor s1c = expand ? vec(s1) : at::Tensor(), b1c = expand ? vec(b1) : at::Tensor();
   const at::Tensor s2c = vec(s2), b2c = vec(b2), s3c = vec(s3), b3c = vec(b3);
+  const at::Tensor sw1 = se ? se_w1->to(at::kFloat).reshape({SQ, E}).contiguous() : at::Tensor();
+  const at::Tensor sw2 = se ? se_w2->to(at::kFloat).reshape({E, SQ}).contiguous() : at::Tensor();
+  const at::Tensor sb1 = se ? vec(*se_b1) : at::Tensor(), sb2 = se ? vec(*se_b2) : at::Tensor();
+  const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; };
   const float* xp = xc.const_data_ptr<float>();
-  float* yp = y.mutable_data_ptr<float>();
+  block_forward_f32({xp, C, N, C, H, W, E, O, K, S, ptr(w1c), ptr(s1c), ptr(b1c), w2t.data(), ptr(s2c), ptr(b2c),
+                     ptr(w3c), ptr(s3c), ptr(b3c), act, act, Act::None, SQ, ptr(sw1), ptr(sb1), ptr(sw2), ptr(sb2),
+                     residual ? BlockOut::Residual : BlockOut::Plain, residual ? xp : nullptr, C,
+                     y.mutable_data_ptr<float>()});
+  return y;
+}
+
+}  // namespace
+
+void block_forward_f32(const BlockArgs& a) {
+  const int64_t N = a.N, C = a.C, H = a.H, W = a.W, E = a.E, O = a.O, K = a.K, S = a.S, P = K / 2;
+  const int64_t OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1, ldx = a.ldx;
+  const bool expand = a.w1 != nullptr, se = a.SQ > 0, interleave = a.out == BlockOut::Interleave;
+  TORCH_INTERNAL_ASSERT((expand || ldx == C) && (a.out == BlockOut::Plain || S == 1) &&
+                        (a.out != BlockOut::Residual || (O == C && a.ldpass == O)));
+  const int64_t ldy = interleave ? 2 * O : O;
+  const float* xp = a.x;
 
   // The depthwise step's shape for `images` images of `rows` expanded rows each (a whole image,
   // or the band's rows as an image of their own, its top padding `pad_top`), `out_rows` rows out.
@@ -142,22 +165,32 @@ at::Tensor inverted_residual(const at::Tensor& x, const c10::optional<at::Tensor
     ds.SH = S, ds.SW = S, ds.PH = pad_top, ds.PW = P, ds.DH = 1, ds.DW = 1, ds.OH = out_rows, ds.OW = OW;
     return ds;
   };
-  // output rows per band: the band's expanded rows ((band - 1) * S + K of them) within kBandBytes
-  const int64_t row_bytes = W * E * int64_t(sizeof(float));
-  const int64_t band = std::clamp<int64_t>((kBandBytes / std::max<int64_t>(row_bytes, 1) - K) / S + 1, 1, OH);
-  const int64_t threads = at::get_num_threads();
-  const at::Tensor sw1 = se ? se_w1->to(at::kFloat).reshape({SQ, E}).contiguous() : at::Tensor();
-  const at::Tensor sw2 = se ? se_w2->to(at::kFloat).reshape({E, SQ}).contiguous() : at::Tensor();
-  const at::Tensor sb1 = se ? vec(*se_b1) : at::Tensor(), sb2 = se ? vec(*se_b2) : at::Tensor();
+  // M pixel rows from x (pixel i0 onwards) expanded into e: [pixels, C] @ w1^T, affine, activation
+  const auto expand_rows = [&](int64_t i0, int64_t M, float* e) {
+    gemm_abt(M, E, C, xp + i0 * ldx, ldx, a.w1, e, E);
+    epilogue(e, M, E, a.s1, a.b1, a.act1, nullptr);
+  };
+  // M depthwise rows d (output pixels i0 onwards) projected with w3 (a.w3, or one with the gate
+  // folded in) into y; Interleave: through `scratch` (M x O), then woven with the pass rows
+  const auto project = [&](const float* d, int64_t M, const float* w3, int64_t i0, float* scratch) {
+    float* p = interleave ? scratch : a.y + i0 * O;
+    gemm_abt(M, O, E, d, E, w3, p, O);
+    epilogue(p, M, O, a.s3, a.b3, a.act3, a.out == BlockOut::Residual ? a.pass + i0 * O : nullptr);
+    if (interleave) interleave_rows_f32(a.pass + i0 * a.ldpass, a.ldpass, p, O, a.y + i0 * ldy, M, O);
+  };
   // squeeze-excite's gate of one image's depthwise rows d (`pixels` rows of E values); pooled
   // [E], hidden [SQ]: scratch
   const auto se_gate = [&](const float* d, int64_t pixels, float* pooled, float* hidden, float* gate) {
     mean_rows(d, pixels, E, pooled);
-    gemm_abt(1, SQ, E, pooled, sw1.const_data_ptr<float>(), hidden, SQ);
-    for (int64_t j = 0; j < SQ; ++j) hidden[j] = std::max(hidden[j] + sb1.const_data_ptr<float>()[j], 0.f);
-    gemm_abt(1, E, SQ, hidden, sw2.const_data_ptr<float>(), gate, E);
-    for (int64_t c = 0; c < E; ++c) gate[c] = act_fwd<Act::Hardsigmoid>(gate[c] + sb2.const_data_ptr<float>()[c]);
+    gemm_abt(1, a.SQ, E, pooled, E, a.sw1, hidden, a.SQ);
+    for (int64_t j = 0; j < a.SQ; ++j) hidden[j] = std::max(hidden[j] + a.sb1[j], 0.f);
+    gemm_abt(1, E, a.SQ, hidden, a.SQ, a.sw2, gate, E);
+    for (int64_t c = 0; c < E; ++c) gate[c] = act_fwd<Act::Hardsigmoid>(gate[c] + a.sb2[c]);
   };
+  // output rows per band: the band's expanded rows ((band - 1) * S + K of them) within kBandBytes
+  const int64_t row_bytes = W * E * int64_t(sizeof(float));
+  const int64_t band = std::clamp<int64_t>((kBandBytes / std::max<int64_t>(row_bytes, 1) - K) / S + 1, 1, OH);
+  const int64_t threads = at::get_num_threads();
   // Small images (7x7 at the end of the network): several whole images per task, so that the
   // GEMMs have more than a handful of rows and share one packing of the weights, as long as
   // every thread still gets a task. (14x14 images ran faster one per task: MobileNet V2, N=8.)
@@ -171,30 +204,26 @@ at::Tensor inverted_residual(const at::Tensor& x, const c10::optional<at::Tensor
   if (group > 1) {
     at::parallel_for(0, (N + group - 1) / group, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> ebuf(expand ? group * H * W * E : 0), dbuf(group * OH * OW * E);
-      std::vector<float> pooled(se ? E : 0), hidden(SQ), gate(se ? E : 0);
+      std::vector<float> pbuf(interleave ? group * OH * OW * O : 0);
+      std::vector<float> pooled(se ? E : 0), hidden(a.SQ), gate(se ? E : 0);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n0 = t * group, g = std::min(N, n0 + group) - n0;
-        const float* e = xp + n0 * H * W * C;
+        const float* e = xp + n0 * H * W * ldx;
         if (expand) {
-          gemm_abt(g * H * W, E, C, e, w1c.const_data_ptr<float>(), ebuf.data(), E);
-          epilogue(ebuf.data(), g * H * W, E, s1c.const_data_ptr<float>(), b1c.const_data_ptr<float>(), act, nullptr);
+          expand_rows(n0 * H * W, g * H * W, ebuf.data());
           e = ebuf.data();
         }
         const DwConvShape ds = dw_shape(g, H, P, OH);
-        dwconv_nhwc_rows_f32(e, dbuf.data(), w2t.data(), s2c.const_data_ptr<float>(),
-                             b2c.const_data_ptr<float>(), ds, act, 0, g * OH);
+        dwconv_nhwc_rows_f32(e, dbuf.data(), a.w2t, a.s2, a.b2, ds, a.act2, 0, g * OH);
         for (int64_t i = 0; se && i < g; ++i) {
           float* d = dbuf.data() + i * OH * OW * E;
           se_gate(d, OH * OW, pooled.data(), hidden.data(), gate.data());
           scale_rows(d, OH * OW, E, gate.data());
         }
-        float* out = yp + n0 * OH * OW * O;
-        gemm_abt(g * OH * OW, O, E, dbuf.data(), w3c.const_data_ptr<float>(), out, O);
-        epilogue(out, g * OH * OW, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
-                 residual ? xp + n0 * H * W * C : nullptr);
+        project(dbuf.data(), g * OH * OW, a.w3, n0 * OH * OW, pbuf.data());
       }
     });
-    return y;
+    return;
   }
   // fewer images than threads: split each image's rows into parts (the part boundary's halo rows
   // are computed twice); not with squeeze-excite, which pools the whole image before projecting
@@ -205,8 +234,10 @@ at::Tensor inverted_residual(const at::Tensor& x, const c10::optional<at::Tensor
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     // squeeze-excite: the image's depthwise rows all kept (dbuf), pooled, the gate multiplied
     // into them or into the projection's weights (w3g), then one projection of the whole image
-    std::vector<float> ebuf(expand ? max_in_rows * W * E : 0), dbuf((se ? OH : band) * OW * E);
-    std::vector<float> pooled(se ? E : 0), hidden(SQ), gate(se ? E : 0), w3g(se && OH * OW > O ? O * E : 0);
+    const int64_t d_rows = se ? OH : band;
+    std::vector<float> ebuf(expand ? max_in_rows * W * E : 0), dbuf(d_rows * OW * E);
+    std::vector<float> pbuf(interleave ? d_rows * OW * O : 0);
+    std::vector<float> pooled(se ? E : 0), hidden(a.SQ), gate(se ? E : 0), w3g(se && OH * OW > O ? O * E : 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / parts, part = t % parts;
       const int64_t oa = part * rows_per_part, ob = std::min(OH, oa + rows_per_part);
@@ -219,50 +250,33 @@ at::Tensor inverted_residual(const at::Tensor& x, const c10::optional<at::Tensor
           keep = std::min(e_hi, hi) - lo;
           std::memmove(ebuf.data(), ebuf.data() + (lo - e_lo) * W * E, keep * W * E * sizeof(float));
         }
-        if (expand && hi > lo + keep) {  // expand the rows not kept: [pixels, C] @ w1^T, affine, activation
-          float* e = ebuf.data() + keep * W * E;
-          const int64_t M = (hi - lo - keep) * W;
-          gemm_abt(M, E, C, xp + ((n * H + lo + keep) * W) * C, w1c.const_data_ptr<float>(), e, E);
-          epilogue(e, M, E, s1c.const_data_ptr<float>(), b1c.const_data_ptr<float>(), act, nullptr);
-        }
+        if (expand && hi > lo + keep)  // expand the rows not kept
+          expand_rows((n * H + lo + keep) * W, (hi - lo - keep) * W, ebuf.data() + keep * W * E);
         e_lo = lo, e_hi = hi;
         // the band's depthwise rows, from the expanded rows [lo, hi) (without expansion, x's
         // rows, read in place) as an image of their own
         const DwConvShape ds = dw_shape(1, hi - lo, lo - (o * S - P), o1 - o);
         float* d = se ? dbuf.data() + o * OW * E : dbuf.data();
         const float* e = expand ? ebuf.data() : xp + ((n * H + lo) * W) * C;
-        dwconv_nhwc_rows_f32(e, d, w2t.data(), s2c.const_data_ptr<float>(), b2c.const_data_ptr<float>(), ds, act, 0,
-                             ds.OH);
-        if (se) continue;
-        // project into the output rows, then affine [+ residual] in place
-        const int64_t M = (o1 - o) * OW;
-        float* out = yp + ((n * OH + o) * OW) * O;
-        gemm_abt(M, O, E, dbuf.data(), w3c.const_data_ptr<float>(), out, O);
-        epilogue(out, M, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
-                 residual ? xp + ((n * H + o) * W) * C : nullptr);
+        dwconv_nhwc_rows_f32(e, d, a.w2t, a.s2, a.b2, ds, a.act2, 0, ds.OH);
+        if (!se) project(dbuf.data(), (o1 - o) * OW, a.w3, (n * OH + o) * OW, pbuf.data());
       }
       if (!se) continue;
       const int64_t pixels = OH * OW;
       se_gate(dbuf.data(), pixels, pooled.data(), hidden.data(), gate.data());
       // the gate into whichever is smaller: the image's depthwise rows or the weights
-      const float* w3 = w3c.const_data_ptr<float>();
+      const float* w3 = a.w3;
       if (pixels <= O) {
         scale_rows(dbuf.data(), pixels, E, gate.data());
       } else {
         for (int64_t o = 0; o < O; ++o)
-          for (int64_t c = 0; c < E; ++c) w3g[o * E + c] = w3[o * E + c] * gate[c];
+          for (int64_t c = 0; c < E; ++c) w3g[o * E + c] = a.w3[o * E + c] * gate[c];
         w3 = w3g.data();
       }
-      float* out = yp + n * pixels * O;
-      gemm_abt(pixels, O, E, dbuf.data(), w3, out, O);
-      epilogue(out, pixels, O, s3c.const_data_ptr<float>(), b3c.const_data_ptr<float>(), Act::None,
-               residual ? xp + n * H * W * C : nullptr);
+      project(dbuf.data(), pixels, w3, n * pixels, pbuf.data());
     }
   });
-  return y;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(fastops, CPU, m) { m.impl("inverted_residual", &inverted_residual); }
 

@@ -59,5 +59,35 @@ std::vector<float> dwconv_weights_by_tap_f32(const at::Tensor& weight);
 void dwconv_nhwc_rows_f32(const float* x, float* y, const float* wt, const float* sc, const float* sh,
                           const DwConvShape& s, Act act, int64_t begin, int64_t end);
 
+// o[r * 2B + 2i] = a[r * lda + i], o[r * 2B + 2i + 1] = b[r * ldb + i] for `rows` rows of B
+// values: concat_shuffle's interleave of two rows (csrc/cpu/shuffle.cpp).
+void interleave_rows_f32(const float* a, int64_t lda, const float* b, int64_t ldb, float* o, int64_t rows, int64_t B);
+
+// Where a block's projection goes (block_forward_f32): y = p; y = p + pass (the residual,
+// stride 1, O == C, pass rows of O values); or y[2i] = pass[i], y[2i + 1] = p[i] (ShuffleNet
+// V2's concat + shuffle of the untouched half and the branch, stride 1, y rows of 2 O values).
+enum class BlockOut { Plain, Residual, Interleave };
+
+// An inverted-residual-shaped block, float32 channels_last, BatchNorms folded, arguments already
+// checked (csrc/cpu/inverted_residual.cpp): e = act1(x @ w1^T * s1 + b1) (no w1: e = x, E = C),
+// d = act2(dwconv_k(e, stride S, padding K / 2) * s2 + b2), [d *= squeeze-excite gate of d],
+// p = act3(d @ w3^T * s3 + b3), written to y as `out` says. The E-channel tensors are never
+// written to memory.
+struct BlockArgs {
+  const float* x;  // pixel i's C input channels at x + i * ldx (ldx == C without w1)
+  int64_t ldx, N, C, H, W, E, O, K, S;
+  const float *w1, *s1, *b1;   // [E, C], [E], [E]; w1 null: no expansion
+  const float *w2t, *s2, *b2;  // [K * K][E] (dwconv_weights_by_tap_f32), [E], [E]
+  const float *w3, *s3, *b3;   // [O, E], [O], [O]
+  Act act1, act2, act3;
+  int64_t SQ;  // squeeze-excite's hidden channels, 0 without: relu, hardsigmoid gate
+  const float *sw1, *sb1, *sw2, *sb2;  // [SQ, E], [SQ], [E, SQ], [E]
+  BlockOut out;
+  const float* pass;  // Residual / Interleave: output pixel i's other values at pass + i * ldpass
+  int64_t ldpass;
+  float* y;  // [N, OH, OW, O] (Interleave: 2 O)
+};
+void block_forward_f32(const BlockArgs& a);
+
 }  // namespace cpu
 }  // namespace fastops

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../shuffle.h"
+#include "kernels.h"
 #include "simd.h"
 
 namespace fastops {
@@ -115,6 +116,11 @@ FASTOPS_CPU_INLINE void split2_u32(const uint32_t* i, uint32_t* o0, uint32_t* o1
     std::memcpy(o1 + a, &d, sizeof(d));
   }
   for (; a < A; ++a) o0[a] = i[2 * a], o1[a] = i[2 * a + 1];
+}
+
+FASTOPS_CPU_MULTIVERSION void interleave_rows_u32(const uint32_t* a, int64_t lda, const uint32_t* b, int64_t ldb,
+                                                  uint32_t* o, int64_t rows, int64_t B) {
+  for (int64_t r = 0; r < rows; ++r) interleave2_u32(a + r * lda, b + r * ldb, o + r * 2 * B, B);
 }
 
 // channels_last: `count` pixels, units of one value of type T (any 2-, 4- or 8-byte dtype).
@@ -315,6 +321,12 @@ std::tuple<at::Tensor, at::Tensor> concat_shuffle_backward(const at::Tensor& g_,
 }
 
 }  // namespace
+
+void interleave_rows_f32(const float* a, int64_t lda, const float* b, int64_t ldb, float* o, int64_t rows,
+                         int64_t B) {
+  interleave_rows_u32(reinterpret_cast<const uint32_t*>(a), lda, reinterpret_cast<const uint32_t*>(b), ldb,
+                      reinterpret_cast<uint32_t*>(o), rows, B);
+}
 
 TORCH_LIBRARY_IMPL(fastops, CPU, m) {
   m.impl("channel_shuffle", &channel_shuffle);

@@ -1,0 +1,210 @@
+"""fastops.shuffle_v2_block (ShuffleNet V2's stride-1 unit: split, branch, concat + shuffle,
+BatchNorms folded) against its reference composition, and ShuffleV2Block's inference running it."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastops
+from fastops import reference
+from helpers import poisoned_memory
+
+torchvision = pytest.importorskip("torchvision")
+
+ACTS = ("relu", "relu6", "hardswish")
+
+
+def _args(n, c, e, h, w, k=3, act="relu", seed=0, dtype=torch.float32):
+    """x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act for a unit of c channels (halves of c // 2) whose
+    branch expands to e."""
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    half = c // 2
+    x = (r(n, c, h, w) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+    w1, w2, w3 = r(e, half, 1, 1) * half ** -0.5, r(e, 1, k, k) / k, r(half, e, 1, 1) * e ** -0.5
+    vec = lambda m: (torch.rand(m, generator=gen) + 0.5, torch.randn(m, generator=gen) * 0.2)  # noqa: E731
+    (s1, b1), (s2, b2), (s3, b3) = vec(e), vec(e), vec(half)
+    return (x, *[t.to(dtype) for t in (w1, s1, b1, w2, s2, b2, w3, s3, b3)], act)
+
+
+# (N, C, E, H, W, k): ShuffleNet V2 1.0's units shrunk (E = C / 2) and others (E != C / 2, 5x5),
+# odd sizes, N=1 (the image split across threads), 7x7 maps (several images per task),
+# 130x200 maps (several bands per image, halo rows kept), 1 pixel, halves of an odd count
+CASES = [
+    (2, 58, 29, 28, 28, 3),
+    (1, 116, 58, 15, 13, 3),
+    (4, 232, 116, 7, 7, 3),
+    (3, 24, 40, 9, 11, 5),
+    (1, 16, 8, 130, 200, 3),
+    (2, 10, 7, 1, 1, 3),
+    (5, 38, 19, 3, 2, 5),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("threads", (1, 2))
+def test_matches_reference(case, act, threads):
+    n, c, e, h, w, k = case
+    args = _args(n, c, e, h, w, k, act, seed=hash((case, act)) % 1000)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with poisoned_memory(torch.empty(n, c, h, w)):
+            got = torch.ops.fastops.shuffle_v2_block(*args)
+    finally:
+        torch.set_num_threads(old)
+    expected = reference.shuffle_v2_block(*args)
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    # the first half passes through untouched, to the even channels
+    assert torch.equal(got[:, 0::2], args[0][:, : c // 2])
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last", "sliced", "channel_slice"))
+def test_functional_any_layout_and_dtype(layout):
+    """fastops.ops.shuffle_v2_block: the kernel for channels_last float32 (a view into a wider
+    channels_last tensor is made dense first), the composition of fastops' ops otherwise (NCHW
+    keeps NCHW; float64), the same numbers."""
+    args = list(_args(2, 20, 14, 9, 11, 3, "hardswish"))
+    x = args[0]
+    if layout == "nchw":
+        x = x.contiguous()
+    elif layout == "sliced":
+        x = torch.cat([x, x], 3)[..., ::2]
+    elif layout == "channel_slice":
+        x = torch.cat([x, x], 1)[:, 20:]
+    args[0] = x
+    got = fastops.ops.shuffle_v2_block(*args)
+    torch.testing.assert_close(got, reference.shuffle_v2_block(*args), rtol=1e-5, atol=1e-4)
+    if layout == "nchw":
+        assert got.is_contiguous()
+    else:
+        torch.testing.assert_close(torch.ops.fastops.shuffle_v2_block(*args), got, rtol=1e-5, atol=1e-4)
+    args64 = [a.double() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.testing.assert_close(fastops.ops.shuffle_v2_block(*args64), reference.shuffle_v2_block(*args64))
+
+
+def test_gradients_of_the_kernel():
+    """The op's autograd formula (recompute with the fused ops, chain their backward ops) against
+    autograd through the reference, every input."""
+    args = _args(2, 12, 10, 9, 8, 3, "relu6")
+    ours = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    ref = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    y = torch.ops.fastops.shuffle_v2_block(*ours)
+    g = torch.randn(y.shape).contiguous(memory_format=torch.channels_last)
+    tensors = lambda a: [t for t in a if isinstance(t, torch.Tensor)]  # noqa: E731
+    got = torch.autograd.grad(y, tensors(ours), g)
+    want = torch.autograd.grad(reference.shuffle_v2_block(*ref), tensors(ref), g)
+    for i, (u, v) in enumerate(zip(got, want)):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * v.abs().max().item(), msg=f"input {i}")
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_gradcheck_float64(layout):
+    args = list(_args(1, 6, 4, 5, 4, 3, "hardswish", dtype=torch.float64))
+    if layout == "nchw":
+        args[0] = args[0].contiguous()
+    tensors = [a.requires_grad_() for a in args if isinstance(a, torch.Tensor)]
+    assert torch.autograd.gradcheck(lambda *t: fastops.ops.shuffle_v2_block(*t, "hardswish"), tensors)
+
+
+def test_opcheck():
+    args = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in _args(2, 16, 12, 6, 5, 3, "relu")]
+    torch.library.opcheck(torch.ops.fastops.shuffle_v2_block.default, tuple(args))
+
+
+def test_compile_fullgraph():
+    torch._dynamo.reset()
+    args = _args(2, 16, 8, 6, 5, 3, "relu")
+    fn = torch.compile(lambda *a: torch.ops.fastops.shuffle_v2_block(*a), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(*args), reference.shuffle_v2_block(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_errors_name_the_op_and_argument():
+    good = list(_args(1, 16, 12, 6, 6, 3, "relu"))
+
+    def fails(i, value, exc, text):
+        bad = list(good)
+        bad[i] = value
+        for fn in (torch.ops.fastops.shuffle_v2_block, fastops.ops.shuffle_v2_block):
+            with pytest.raises(exc, match=text):
+                fn(*bad)
+
+    fails(0, torch.randn(1, 15, 6, 6), ValueError, "shuffle_v2_block.*'x'.*even")
+    fails(0, torch.randn(1, 16, 6), ValueError, "shuffle_v2_block.*'x'")
+    fails(1, torch.randn(12, 16, 1, 1), ValueError, "shuffle_v2_block.*'w1'")
+    fails(4, torch.randn(12, 1, 4, 4), ValueError, "shuffle_v2_block.*'w2'")
+    fails(7, torch.randn(8, 11, 1, 1), ValueError, "shuffle_v2_block.*'w3'")
+    fails(7, torch.randn(16, 12, 1, 1), ValueError, "shuffle_v2_block.*'w3'")
+    fails(9, torch.randn(9), ValueError, "shuffle_v2_block.*'b3'")
+    fails(10, "gelu", ValueError, "shuffle_v2_block.*'act'")
+    with pytest.raises(TypeError, match="shuffle_v2_block.*'x'"):
+        torch.ops.fastops.shuffle_v2_block(good[0].double(), *good[1:])
+
+
+def _tv_unit(inp):
+    unit = torchvision.models.shufflenetv2.InvertedResidual(inp, inp, 1)
+    gen = torch.Generator().manual_seed(inp)
+    with torch.no_grad():
+        for m in unit.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(generator=gen)
+                m.running_mean.normal_(generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+    return unit.eval()
+
+
+@pytest.mark.parametrize("inp,n,h", [(58, 3, 17), (116, 1, 9), (48, 8, 7)])
+def test_module_inference_runs_the_unit_kernel(inp, n, h):
+    """fastops.optimize's (and the builders') ShuffleV2Block with stride 1, in eval mode without
+    autograd, runs the unit as one kernel (CPU, channels_last float32) with torchvision's answer;
+    with autograd, in NCHW, with FUSED_UNITS off or a BN in training mode it takes the per-conv
+    path, same answer."""
+    from fastops.nn import shufflenet_v2
+
+    theirs = _tv_unit(inp)
+    ours = fastops.optimize(copy.deepcopy(theirs))
+    assert isinstance(ours, fastops.nn.ShuffleV2Block)
+    x = (torch.randn(n, inp, h, h + 2) * 2).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = theirs(x)
+
+    def kernel_calls(fn):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = fn()
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-4)
+        return sum(e.name == "fastops::shuffle_v2_block" for e in prof.events())
+
+    with torch.no_grad():
+        assert kernel_calls(lambda: ours(x)) == 1
+        assert ours(x).is_contiguous(memory_format=torch.channels_last)
+        assert kernel_calls(lambda: ours(x.contiguous())) == 0
+    assert kernel_calls(lambda: ours(x)) == 0  # autograd on
+    try:
+        shufflenet_v2.FUSED_UNITS = False
+        with torch.no_grad():
+            assert kernel_calls(lambda: ours(x)) == 0
+    finally:
+        shufflenet_v2.FUSED_UNITS = True
+    bn = ours.branch2[-2]
+    bn.train()
+    with torch.no_grad():  # batch statistics: a different answer, and not the kernel's
+        assert not torch.equal(ours(x), expected)
+    bn.eval()
+
+
+def test_network_runs_the_kernel_in_every_stride_1_unit():
+    """ShuffleNet V2 1.0 through fastops.optimize: its 13 stride-1 units run the unit kernel,
+    with torchvision's answer."""
+    tv = torchvision.models.shufflenet_v2_x1_0().eval()
+    ours = fastops.optimize(copy.deepcopy(tv))
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = ours(x)
+    assert sum(e.name == "fastops::shuffle_v2_block" for e in prof.events()) == 13
+    with torch.no_grad():
+        torch.testing.assert_close(got, tv(x), rtol=1e-4, atol=1e-4)
