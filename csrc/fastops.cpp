@@ -84,13 +84,16 @@ TORCH_LIBRARY(fastops, m) {
       "Tensor w3, Tensor s3, Tensor b3, int stride, str act, bool residual, Tensor? se_w1=None, "
       "Tensor? se_b1=None, Tensor? se_w2=None, Tensor? se_b2=None) -> Tensor");
 
-  // --- ShuffleNet V2's stride-1 unit, inference: x split into halves x1, x2; x2 through 1x1 +
+  // --- ShuffleNet V2's unit, inference. Stride 1: x split into halves x1, x2; x2 through 1x1 +
   // affine + act (w1 [E, C/2]), depthwise k x k (padding k // 2) + affine, 1x1 + affine + act
-  // (w3 [C/2, E]); concat_shuffle(x1, that) (cpu/shuffle_v2_block.cpp; other devices run the
-  // composition of the ops above) ---
+  // (w3 [C/2, E]); concat_shuffle(x1, that). Stride > 1: no split, branch2 as above on x
+  // (w1 [E, C], the depthwise with the stride), x1 = branch1(x): depthwise (w4 [C, 1, k, k],
+  // stride) + affine, 1x1 + affine + act (w5 [B, C], B = w3's rows); given exactly then
+  // (cpu/shuffle_v2_block.cpp; other devices run the composition of the ops above) ---
   m.def(
       "shuffle_v2_block(Tensor x, Tensor w1, Tensor s1, Tensor b1, Tensor w2, Tensor s2, Tensor b2, "
-      "Tensor w3, Tensor s3, Tensor b3, str act=\"relu\") -> Tensor");
+      "Tensor w3, Tensor s3, Tensor b3, str act=\"relu\", int stride=1, Tensor? w4=None, Tensor? s4=None, "
+      "Tensor? b4=None, Tensor? w5=None, Tensor? s5=None, Tensor? b5=None) -> Tensor");
 }
 
 // `import fastops._C` loads this library, which runs the registrations above. The module itself

@@ -319,24 +319,42 @@ def check_inverted_residual(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride, a
     return [n, o, (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1]
 
 
-def check_shuffle_v2_block(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act) -> list:
+def check_shuffle_v2_block(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act, stride=1, w4=None, s4=None, b4=None,
+                           w5=None, s5=None, b5=None) -> list:
     """The checks of csrc/cpu/shuffle_v2_block.cpp, in Python; returns the output shape."""
     check_nchw(op, "x", x)
+    _check_int(op, "stride", stride, 1)
     n, c, h, w = x.shape
-    if c % 2 != 0:
+    if h < 1 or w < 1:
+        raise ValueError(f"fastops.{op}: argument 'x' must have at least one row and column (the depthwise kernels "
+                         f"are larger than an empty map however padded), got {h}x{w}")
+    branch1 = (w4, s4, b4, w5, s5, b5)
+    if any((t is None) != (stride == 1) for t in branch1):
+        raise ValueError(f"fastops.{op}: arguments 'w4', 's4', 'b4', 'w5', 's5' and 'b5' (branch1) are given "
+                         f"together, exactly when stride > 1, got stride {stride}")
+    if stride == 1 and c % 2 != 0:
         raise ValueError(f"fastops.{op}: argument 'x' must have an even number of channels (split in two halves), "
                          f"got {c}")
-    half = c // 2
-    _check_weight(op, "w1", w1, x, [None, half, 1, 1], "the first 1x1 conv, on the second half of x")
+    ci = c if stride > 1 else c // 2
+    _check_weight(op, "w1", w1, x, [None, ci, 1, 1], "branch2's first 1x1 conv")
     e = w1.shape[0]
-    _check_weight(op, "w2", w2, x, [e, 1, None, None], "the depthwise conv")
-    k = w2.shape[2]
-    if w2.shape[3] != k or k % 2 == 0:
-        raise ValueError(f"fastops.{op}: argument 'w2' must be a square kernel of odd size, got {list(w2.shape)}")
-    _check_weight(op, "w3", w3, x, [half, e, 1, 1], "the last 1x1 conv")
-    for arg, t, size in (("s1", s1, e), ("b1", b1, e), ("s2", s2, e), ("b2", b2, e), ("s3", s3, half),
-                         ("b3", b3, half)):
+
+    def check_dw(arg, wt, channels):
+        _check_weight(op, arg, wt, x, [channels, 1, None, None], "a depthwise conv")
+        if wt.shape[3] != wt.shape[2] or wt.shape[2] % 2 == 0:
+            raise ValueError(f"fastops.{op}: argument '{arg}' must be a square kernel of odd size, got {list(wt.shape)}")
+
+    check_dw("w2", w2, e)
+    half = w3.shape[0] if stride > 1 and w3.dim() == 4 else c // 2
+    _check_weight(op, "w3", w3, x, [half, e, 1, 1], "branch2's last 1x1 conv")
+    vectors = [("s1", s1, e), ("b1", b1, e), ("s2", s2, e), ("b2", b2, e), ("s3", s3, half), ("b3", b3, half)]
+    if stride > 1:
+        check_dw("w4", w4, c)
+        _check_weight(op, "w5", w5, x, [half, c, 1, 1], "branch1's 1x1 conv")
+        vectors += [("s4", s4, c), ("b4", b4, c), ("s5", s5, half), ("b5", b5, half)]
+    for arg, t, size in vectors:
         check_tensor(op, arg, t)
         _check_param_vector(op, arg, t, x, size)
     check_act(op, act)
-    return [n, c, h, w]
+    # odd kernels, padding k // 2: both branches' maps are (size - 1) // stride + 1
+    return [n, 2 * half, (h - 1) // stride + 1, (w - 1) // stride + 1]

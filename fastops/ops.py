@@ -355,39 +355,53 @@ def register_inverted_residual(ns):
 
 def register_shuffle_v2_block(ns):
     """fake + autograd + CUDA for <ns>::shuffle_v2_block, as for inverted_residual: the backward
-    recomputes the branch's tensors with the fused ops and chains their backward ops; on CUDA the
-    op is those fused ops in sequence (the one-kernel unit is CPU only)."""
+    recomputes the branches' tensors with the fused ops and chains their backward ops; on CUDA
+    the op is those fused ops in sequence (the one-kernel unit is CPU only)."""
     ops_ = getattr(torch.ops, ns)
 
     @torch.library.register_fake(f"{ns}::shuffle_v2_block")
-    def _fake(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu"):
-        shape = _checks.check_shuffle_v2_block("shuffle_v2_block", x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act)
+    def _fake(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu", stride=1, w4=None, s4=None, b4=None, w5=None,
+              s5=None, b5=None):
+        shape = _checks.check_shuffle_v2_block("shuffle_v2_block", x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act, stride,
+                                               w4, s4, b4, w5, s5, b5)
         return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
 
     @torch.library.impl(f"{ns}::shuffle_v2_block", "CUDA")
-    def _cuda(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu"):
-        x1, _, _, d = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, ops_)
+    def _cuda(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu", stride=1, w4=None, s4=None, b4=None, w5=None,
+              s5=None, b5=None):
+        branch1 = (w4, s4, b4, w5, s5, b5)
+        x1, _, _, d, _ = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, stride, branch1, ops_)
         b = ops_.pwconv_bn_act(d, w3, s3, b3, 1, act, None, 1)
         return ops_.concat_shuffle(x1.contiguous(memory_format=torch.channels_last), b).contiguous(
             memory_format=torch.channels_last)
 
     def setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:10])
-        ctx.act = inputs[10] if len(inputs) > 10 else "relu"
+        ctx.save_for_backward(*inputs[:10], *inputs[12:])
+        ctx.conf = (tuple(inputs[10:12]) + ("relu", 1)[len(inputs[10:12]):])
+        ctx.n_inputs = len(inputs)
 
     def backward(ctx, grad):
-        x, w1, s1, b1, w2, s2, b2, w3, s3, b3 = ctx.saved_tensors
-        act, k = ctx.act, w2.shape[-1]
-        _, x2, e, d = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, ops_)
-        g1, gb = ops_.concat_shuffle_backward(grad, x.shape[1] // 2)
+        x, w1, s1, b1, w2, s2, b2, w3, s3, b3, *branch1 = ctx.saved_tensors
+        branch1 = tuple(branch1) + (None,) * (6 - len(branch1))
+        act, stride = ctx.conf
+        geometry = lambda w: ([stride, stride], [w.shape[-1] // 2] * 2, [1, 1])  # noqa: E731
+        x1, x2, e, d, c1 = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, stride, branch1, ops_)
+        g1, gb = ops_.concat_shuffle_backward(grad, x1.shape[1])
         gd, gw3, gs3, gb3, _ = ops_.pwconv_bn_act_backward(gb, d, w3, s3, b3, 1, act, None, 1)
-        ge, gw2, gs2, gb2 = ops_.dwconv_bn_act_backward(gd, e, w2, s2, b2, [1, 1], [k // 2, k // 2], [1, 1], "none")
+        ge, gw2, gs2, gb2 = ops_.dwconv_bn_act_backward(gd, e, w2, s2, b2, *geometry(w2), "none")
         g2, gw1, gs1, gb1, _ = ops_.pwconv_bn_act_backward(ge, x2, w1, s1, b1, 1, act, None, 1)
-        gx = torch.cat([g1, g2], 1).contiguous(memory_format=_layout.conv_output_format(x))
-        return gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None
+        g_branch1 = (None,) * 6
+        if stride == 1:
+            gx = torch.cat([g1, g2], 1)
+        else:  # branch1: its 1x1 conv, then its depthwise conv on x
+            w4, s4, b4, w5, s5, b5 = branch1
+            gc1, gw5, gs5, gb5, _ = ops_.pwconv_bn_act_backward(g1, c1, w5, s5, b5, 1, act, None, 1)
+            gx1, gw4, gs4, gb4 = ops_.dwconv_bn_act_backward(gc1, x, w4, s4, b4, *geometry(w4), "none")
+            gx, g_branch1 = g2 + gx1, (gw4, gs4, gb4, gw5, gs5, gb5)
+        gx = gx.contiguous(memory_format=_layout.conv_output_format(x))
+        return (gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None, None, *g_branch1)[:ctx.n_inputs]
 
     torch.library.register_autograd(f"{ns}::shuffle_v2_block", backward, setup_context=setup)
-
 
 if _extension.has_extension():
     register_inverted_residual("fastops")
@@ -573,20 +587,26 @@ def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu
     return pwconv_bn_act(p, w3, s3, b3, 1, "none", x if residual else None)
 
 
-def shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu"):
-    """ShuffleNet V2's stride-1 unit, BatchNorms folded into (scale, shift) pairs: x's channels
-    split in halves x1, x2; x2 through `act(conv1x1(x2, w1) * s1 + b1)` (w1 [E, C/2, 1, 1]),
-    `dwconv(., w2, padding k // 2) * s2 + b2` (w2 [E, 1, k, k], k odd; no activation), and
-    `act(conv1x1(., w3) * s3 + b3)` (w3 [C/2, E, 1, 1]); then `concat_shuffle(x1, .)`. On CPU,
-    for float32 input laid out channels_last, one kernel that reads x2 in place, never writes
-    the branch's tensors to memory and weaves its result with x1 straight into the output
-    (csrc/cpu/shuffle_v2_block.cpp); elsewhere the composition of pwconv_bn_act, dwconv_bn_act
-    and concat_shuffle, with the same answer. Differentiable in every tensor. Output
-    channels_last on the kernel's path, in x's layout otherwise."""
+def shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu", stride=1, w4=None, s4=None, b4=None,
+                     w5=None, s5=None, b5=None):
+    """ShuffleNet V2's unit, BatchNorms folded into (scale, shift) pairs. Stride 1: x's channels
+    split in halves x1, x2. Stride > 1 (the unit that halves the map): x2 = x, and x1 is branch1,
+    `act(conv1x1(dwconv(x, w4, stride, padding k // 2) * s4 + b4, w5) * s5 + b5)` (w4 [C, 1, k,
+    k], w5 [B, C, 1, 1]; these six given exactly when stride > 1). Then branch2 on x2:
+    `act(conv1x1(x2, w1) * s1 + b1)` (w1 [E, C/2 or C, 1, 1]), `dwconv(., w2, stride, padding
+    k // 2) * s2 + b2` (w2 [E, 1, k, k], k odd; no activation), `act(conv1x1(., w3) * s3 + b3)`
+    (w3 [B, E, 1, 1], B = C/2 at stride 1); then `concat_shuffle(x1, .)`. On CPU, for float32
+    input laid out channels_last, each branch is one kernel that never writes its intermediate
+    tensors to memory, the split half read in place and branch2's result woven with x1 straight
+    into the output (csrc/cpu/shuffle_v2_block.cpp); elsewhere the composition of
+    pwconv_bn_act, dwconv_bn_act and concat_shuffle, with the same answer. Differentiable in
+    every tensor. Output channels_last on the kernel's path, in x's layout otherwise."""
     op = "shuffle_v2_block"
-    _checks.check_shuffle_v2_block(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act)
+    branch1 = (w4, s4, b4, w5, s5, b5)
+    _checks.check_shuffle_v2_block(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act, stride, *branch1)
     if x.device.type == "cpu" and x.dtype == torch.float32 and _extension.has_extension() \
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.ops.fastops.shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act)
-    x1, _, _, d = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, sys.modules[__name__])
+        return torch.ops.fastops.shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act, stride, *branch1)
+    x1, _, _, d, _ = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, stride, branch1,
+                                                      sys.modules[__name__])
     return concat_shuffle(x1, pwconv_bn_act(d, w3, s3, b3, 1, act))

@@ -256,21 +256,32 @@ def inverted_residual(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, stride=1, act="relu
     return y.contiguous(memory_format=conv_output_format(x))
 
 
-def shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, ops=None):
-    """The tensors shuffle_v2_block computes on the way to its last 1x1 conv: (x1, x2, e, d), x's
-    halves, the branch's expanded tensor and its depthwise result. `ops` as for
-    inverted_residual_steps."""
+def shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, stride=1, branch1=(None,) * 6, ops=None):
+    """The tensors shuffle_v2_block computes on the way to branch2's last 1x1 conv:
+    (x1, x2, e, d, c1): x1 the half passed through (stride 1) or branch1's output (stride > 1),
+    x2 branch2's input (x's second half, or x), e and d branch2's expanded tensor and depthwise
+    result, c1 branch1's depthwise result (None at stride 1). `branch1` = (w4, s4, b4, w5, s5,
+    b5); `ops` as for inverted_residual_steps."""
     ops = ops if ops is not None else sys.modules[__name__]
     k = w2.shape[-1]
-    x1, x2 = x.chunk(2, dim=1)
+    c1 = None
+    if stride == 1:
+        x1, x2 = x.chunk(2, dim=1)
+    else:
+        w4, s4, b4, w5, s5, b5 = branch1
+        k4 = w4.shape[-1]
+        c1 = ops.dwconv_bn_act(x, w4, s4, b4, [stride, stride], [k4 // 2, k4 // 2], [1, 1], "none")
+        x1, x2 = ops.pwconv_bn_act(c1, w5, s5, b5, 1, act, None, 1), x
     e = ops.pwconv_bn_act(x2, w1, s1, b1, 1, act, None, 1)
-    d = ops.dwconv_bn_act(e, w2, s2, b2, [1, 1], [k // 2, k // 2], [1, 1], "none")
-    return x1, x2, e, d
+    d = ops.dwconv_bn_act(e, w2, s2, b2, [stride, stride], [k // 2, k // 2], [1, 1], "none")
+    return x1, x2, e, d, c1
 
 
-def shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu"):
-    """ShuffleNet V2's stride-1 unit, BatchNorms folded: `x1, x2 = x.chunk(2, 1)`,
-    `e = act(conv1x1(x2, w1) * s1 + b1)`, `d = dwconv(e, w2, padding k // 2) * s2 + b2` (no
-    activation), `y = concat_shuffle(x1, act(conv1x1(d, w3) * s3 + b3))`; in x's layout."""
-    x1, _, _, d = shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act)
+def shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu", stride=1, w4=None, s4=None, b4=None,
+                     w5=None, s5=None, b5=None):
+    """ShuffleNet V2's unit, BatchNorms folded. Stride 1: `x1, x2 = x.chunk(2, 1)`; stride > 1:
+    `x1 = act(conv1x1(dwconv(x, w4, stride, padding k // 2) * s4 + b4, w5) * s5 + b5)`, `x2 = x`.
+    Then `e = act(conv1x1(x2, w1) * s1 + b1)`, `d = dwconv(e, w2, stride, padding k // 2) * s2 +
+    b2` (no activation), `y = concat_shuffle(x1, act(conv1x1(d, w3) * s3 + b3))`; in x's layout."""
+    x1, _, _, d, _ = shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, stride, (w4, s4, b4, w5, s5, b5))
     return concat_shuffle(x1, pwconv_bn_act(d, w3, s3, b3, 1, act, None, 1))

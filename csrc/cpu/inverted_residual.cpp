@@ -40,6 +40,8 @@ namespace {
 // (MobileNet V2 / V3-Large, N=8 and N=1, 2 cores: 384 KiB and 768 KiB within 1-4% of each other,
 // 192 KiB 3-10% slower at N=8, 1536 KiB 3-8% slower at N=1.)
 constexpr int64_t kBandBytes = 384 << 10;
+// Bytes of one image's rows (in, out and in between) above which images go one per task.
+constexpr int64_t kGroupBytes = 512 << 10;
 
 // Row-major C[M, N] = A[M, K] @ B[N, K]^T (B a weight, [out, in]; A's rows lda apart).
 void gemm_abt(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, float* C, int64_t ldc) {
@@ -152,8 +154,7 @@ void block_forward_f32(const BlockArgs& a) {
   const int64_t N = a.N, C = a.C, H = a.H, W = a.W, E = a.E, O = a.O, K = a.K, S = a.S, P = K / 2;
   const int64_t OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1, ldx = a.ldx;
   const bool expand = a.w1 != nullptr, se = a.SQ > 0, interleave = a.out == BlockOut::Interleave;
-  TORCH_INTERNAL_ASSERT((expand || ldx == C) && (a.out == BlockOut::Plain || S == 1) &&
-                        (a.out != BlockOut::Residual || (O == C && a.ldpass == O)));
+  TORCH_INTERNAL_ASSERT((expand || ldx == C) && (a.out != BlockOut::Residual || (S == 1 && O == C && a.ldpass == O)));
   const int64_t ldy = interleave ? 2 * O : O;
   const float* xp = a.x;
 
@@ -198,8 +199,13 @@ void block_forward_f32(const BlockArgs& a) {
   // one projection. (MobileNet V3-Large's 7x7 blocks, features.14 / 15, 160 -> 960 -> 160, 5x5,
   // N=8, interleaved against the per-layer modules: 0.91-0.93x one image per task with the gate
   // folded into the weights, 1.14-1.22x four images per task.)
+  // Not when one image's rows in and out, with its expanded, depthwise (and, to be woven,
+  // projected) rows, pass kGroupBytes: ShuffleNet V2's stride-1 units, N=8, interleaved, 116
+  // channels at 28x28 (1.2 MiB an image) 0.93 -> 0.84 ms one image per task, 232 at 14x14
+  // (0.6 MiB) 0.58 ms either way; 464 at 7x7 (0.3 MiB) 0.49 ms four images per task, 0.57 one.
   const int64_t image_bytes = H * W * E * int64_t(sizeof(float));
-  const int64_t group = 2 * image_bytes > kBandBytes ? 1 : std::clamp<int64_t>(
+  const int64_t image_set = (H * W * (ldx + E) + OH * OW * (E + ldy + (interleave ? O : 0))) * int64_t(sizeof(float));
+  const int64_t group = 2 * image_bytes > kBandBytes || image_set > kGroupBytes ? 1 : std::clamp<int64_t>(
       2 * kBandBytes / std::max<int64_t>(image_bytes, 1), 1, (N + threads - 1) / threads);
   if (group > 1) {
     at::parallel_for(0, (N + group - 1) / group, 1, [&](int64_t begin, int64_t end) {

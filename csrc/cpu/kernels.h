@@ -65,7 +65,8 @@ void interleave_rows_f32(const float* a, int64_t lda, const float* b, int64_t ld
 
 // Where a block's projection goes (block_forward_f32): y = p; y = p + pass (the residual,
 // stride 1, O == C, pass rows of O values); or y[2i] = pass[i], y[2i + 1] = p[i] (ShuffleNet
-// V2's concat + shuffle of the untouched half and the branch, stride 1, y rows of 2 O values).
+// V2's concat + shuffle of the other branch's output and this one's, y rows of 2 O values).
+// pass rows are indexed by output pixel.
 enum class BlockOut { Plain, Residual, Interleave };
 
 // An inverted-residual-shaped block, float32 channels_last, BatchNorms folded, arguments already
