@@ -84,6 +84,18 @@ TORCH_LIBRARY(fastops, m) {
       "Tensor w3, Tensor s3, Tensor b3, int stride, str act, bool residual, Tensor? se_w1=None, "
       "Tensor? se_b1=None, Tensor? se_w2=None, Tensor? se_b2=None) -> Tensor");
 
+  // --- a network's first layer, inference: dense conv (few input channels: RGB) + affine + act,
+  // then max pool unless pool_kernel is [1, 1] and pool_stride [1, 1] (ShuffleNet / ResNet's stem)
+  // (cpu/stem_conv.cpp; backward and other devices: the composition in fastops/ops.py) ---
+  m.def(
+      "stem_conv_bn_act(Tensor x, Tensor weight, Tensor? scale, Tensor? shift, int[2] stride, int[2] padding, "
+      "str act, int[2] pool_kernel=[1, 1], int[2] pool_stride=[1, 1], int[2] pool_padding=[0, 0]) -> Tensor");
+  // -> (grad_x, grad_weight, grad_scale, grad_shift), as dwconv_bn_act_backward's
+  m.def(
+      "stem_conv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? scale, Tensor? shift, "
+      "int[2] stride, int[2] padding, str act, int[2] pool_kernel, int[2] pool_stride, int[2] pool_padding) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+
   // --- ShuffleNet V2's unit, inference. Stride 1: x split into halves x1, x2; x2 through 1x1 +
   // affine + act (w1 [E, C/2]), depthwise k x k (padding k // 2) + affine, 1x1 + affine + act
   // (w3 [C/2, E]); concat_shuffle(x1, that). Stride > 1: no split, branch2 as above on x

@@ -358,3 +358,34 @@ def check_shuffle_v2_block(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act, strid
     check_act(op, act)
     # odd kernels, padding k // 2: both branches' maps are (size - 1) // stride + 1
     return [n, 2 * half, (h - 1) // stride + 1, (w - 1) // stride + 1]
+
+
+def check_stem_conv(op, x, weight, scale, shift, stride, padding, act, pool_kernel, pool_stride, pool_padding) -> list:
+    """The checks of csrc/cpu/stem_conv.cpp, in Python (stride ... pool_padding: pairs of ints);
+    returns the output shape."""
+    check_nchw(op, "x", x)
+    n, c, h, w = x.shape
+    _check_weight(op, "weight", weight, x, [None, c, None, None], "a dense conv")
+    oc, _, kh, kw = weight.shape
+    for arg, t in (("scale", scale), ("shift", shift)):
+        if t is not None:
+            _check_param_vector(op, arg, t, x, oc)
+    for arg, v, least in (("stride", stride, 1), ("padding", padding, 0), ("pool_kernel", pool_kernel, 1),
+                          ("pool_stride", pool_stride, 1), ("pool_padding", pool_padding, 0)):
+        if min(v) < least:
+            raise ValueError(f"fastops.{op}: argument '{arg}' must be 2 ints >= {least}, got {list(v)}")
+    check_act(op, act)
+    if h + 2 * padding[0] < kh or w + 2 * padding[1] < kw:
+        raise ValueError(f"fastops.{op}: the kernel ({kh}x{kw}) is larger than the padded input "
+                         f"({h + 2 * padding[0]}x{w + 2 * padding[1]})")
+    oh, ow = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+    if list(pool_kernel) == [1, 1] and list(pool_stride) == [1, 1]:
+        return [n, oc, oh, ow]
+    if 2 * pool_padding[0] > pool_kernel[0] or 2 * pool_padding[1] > pool_kernel[1]:
+        raise ValueError(f"fastops.{op}: argument 'pool_padding' must be at most half of 'pool_kernel', got "
+                         f"{list(pool_padding)} and {list(pool_kernel)}")
+    if oh + 2 * pool_padding[0] < pool_kernel[0] or ow + 2 * pool_padding[1] < pool_kernel[1]:
+        raise ValueError(f"fastops.{op}: the pool window ({pool_kernel[0]}x{pool_kernel[1]}) is larger than the "
+                         f"padded conv output ({oh + 2 * pool_padding[0]}x{ow + 2 * pool_padding[1]})")
+    return [n, oc, (oh + 2 * pool_padding[0] - pool_kernel[0]) // pool_stride[0] + 1,
+            (ow + 2 * pool_padding[1] - pool_kernel[1]) // pool_stride[1] + 1]

@@ -17,7 +17,7 @@ from . import _backend, _checks, _extension, _layout, reference
 __all__ = [
     "hardswish", "hardsigmoid", "hardswish_backward", "hardsigmoid_backward", "dwconv_bn_act", "bn_act_train",
     "bn_act_train_backward", "channel_shuffle", "concat_shuffle", "squeeze_excite", "pwconv_bn_act",
-    "separable_conv_bn_act", "inverted_residual", "shuffle_v2_block",
+    "separable_conv_bn_act", "inverted_residual", "shuffle_v2_block", "stem_conv_bn_act",
 ]
 
 
@@ -403,9 +403,56 @@ def register_shuffle_v2_block(ns):
 
     torch.library.register_autograd(f"{ns}::shuffle_v2_block", backward, setup_context=setup)
 
+def register_stem_conv(ns):
+    """fake + autograd for <ns>::stem_conv_bn_act and its backward; the backward's CPU and CUDA
+    impls, and the forward's CUDA impl, are the reference (the one-pass kernel is CPU only)."""
+    ops_ = getattr(torch.ops, ns)
+
+    @torch.library.register_fake(f"{ns}::stem_conv_bn_act")
+    def _fake(x, weight, scale, shift, stride, padding, act, pool_kernel=(1, 1), pool_stride=(1, 1),
+              pool_padding=(0, 0)):
+        shape = _checks.check_stem_conv("stem_conv_bn_act", x, weight, scale, shift, stride, padding, act, pool_kernel,
+                                        pool_stride, pool_padding)
+        return x.new_empty(shape).contiguous(memory_format=torch.channels_last)
+
+    @torch.library.register_fake(f"{ns}::stem_conv_bn_act_backward")
+    def _fake_backward(grad_out, x, weight, scale, shift, stride, padding, act, pool_kernel, pool_stride,
+                       pool_padding):
+        op = "stem_conv_bn_act_backward"
+        shape = _checks.check_stem_conv(op, x, weight, scale, shift, stride, padding, act, pool_kernel, pool_stride,
+                                        pool_padding)
+        _checks.check_grad_out(op, grad_out, shape)
+        oc = weight.shape[0]
+        return (torch.empty_like(x, memory_format=_layout.conv_output_format(x)),
+                torch.empty_like(weight, memory_format=torch.contiguous_format), _like_vector(scale, oc, x),
+                _like_vector(shift, oc, x))
+
+    @torch.library.impl(f"{ns}::stem_conv_bn_act", "CUDA")
+    def _cuda(x, weight, scale, shift, stride, padding, act, pool_kernel=(1, 1), pool_stride=(1, 1),
+              pool_padding=(0, 0)):
+        y = reference.stem_conv_bn_act(x, weight, scale, shift, stride, padding, act, pool_kernel, pool_stride,
+                                       pool_padding)
+        return y.contiguous(memory_format=torch.channels_last)
+
+    for device in ("CPU", "CUDA"):
+        torch.library.impl(f"{ns}::stem_conv_bn_act_backward", device)(reference.stem_conv_bn_act_backward)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:4])
+        ctx.conf = tuple(inputs[4:]) + ((1, 1), (1, 1), (0, 0))[len(inputs) - 7:]
+
+    def backward(ctx, grad):
+        x, weight, scale, shift = ctx.saved_tensors
+        gx, gw, gs, gb = ops_.stem_conv_bn_act_backward(grad, x, weight, scale, shift, *ctx.conf)
+        return (gx, gw, gs if scale is not None else None, gb if shift is not None else None) + (None,) * 6
+
+    torch.library.register_autograd(f"{ns}::stem_conv_bn_act", backward, setup_context=setup)
+
+
 if _extension.has_extension():
     register_inverted_residual("fastops")
     register_shuffle_v2_block("fastops")
+    register_stem_conv("fastops")
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
     register_dwconv("fastops")
@@ -610,3 +657,23 @@ def shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu", stride=1
     x1, _, _, d, _ = reference.shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, stride, branch1,
                                                       sys.modules[__name__])
     return concat_shuffle(x1, pwconv_bn_act(d, w3, s3, b3, 1, act))
+
+
+def stem_conv_bn_act(x, weight, scale=None, shift=None, stride=1, padding=0, act="none", pool_kernel=1, pool_stride=1,
+                     pool_padding=0):
+    """A network's first layer: `act(conv2d(x, weight, stride, padding) * scale[o] + shift[o])`
+    (a dense conv, weight [OC, C, kh, kw]; `scale`/`shift`, a folded BatchNorm, may be None),
+    then, unless pool_kernel and pool_stride are both 1, `max_pool2d(., pool_kernel,
+    pool_stride, pool_padding)` (ShuffleNet's and ResNet's 3, 2, 1). stride ... pool_padding:
+    int or pair. On CPU, for float32 input laid out channels_last, one kernel that never writes
+    the conv output when pooling (csrc/cpu/stem_conv.cpp; fast for few input channels, as an
+    image's); elsewhere the reference composition, with the same answer. Differentiable in x,
+    weight, scale and shift. Output channels_last on the kernel's path, in x's layout otherwise."""
+    op = "stem_conv_bn_act"
+    conf = [_checks.pair(op, n, v) for n, v in (("stride", stride), ("padding", padding), ("pool_kernel", pool_kernel),
+                                                 ("pool_stride", pool_stride), ("pool_padding", pool_padding))]
+    _checks.check_stem_conv(op, x, weight, scale, shift, conf[0], conf[1], act, *conf[2:])
+    if x.device.type == "cpu" and x.dtype == torch.float32 and _extension.has_extension() \
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.ops.fastops.stem_conv_bn_act(x, weight, scale, shift, conf[0], conf[1], act, *conf[2:])
+    return reference.stem_conv_bn_act(x, weight, scale, shift, conf[0], conf[1], act, *conf[2:])

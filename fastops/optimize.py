@@ -7,8 +7,9 @@ stay as they were. Recognised:
 
   * torchvision: Conv2dNormActivation -> nn.ConvBNAct; SqueezeExcitation -> nn.SqueezeExcite;
     MobileNet V2 / V3 InvertedResidual -> nn.InvertedResidual (residual add in the projection's
-    epilogue); ShuffleNet V2 InvertedResidual -> nn.ShuffleV2Block (concat + shuffle in one
-    pass); SqueezeNet Fire -> nn.Fire; ResNet BasicBlock / Bottleneck (ResNeXt's too) ->
+    epilogue); ShuffleNet V2 InvertedResidual -> nn.ShuffleV2Block (the whole unit one kernel
+    call in inference) and ShuffleNetV2 -> models.shufflenet_v2.ShuffleNetV2 (the stem conv
+    and max pool one kernel in inference); SqueezeNet Fire -> nn.Fire; ResNet BasicBlock / Bottleneck (ResNeXt's too) ->
     nn.BasicBlock / nn.Bottleneck (shortcut add + ReLU in the last conv's epilogue);
   * timm: legacy_xception's SeparableConv2d and Block -> nn.SeparableConv2d, nn.XceptionBlock;
   * torch: every plain nn.Sequential -> nn.FusedSequential (its runs of conv -> BatchNorm2d ->
@@ -25,6 +26,7 @@ from typing import Dict, Tuple, Type, Union
 from torch import nn
 
 from . import nn as fnn
+from .models.shufflenet_v2 import ShuffleNetV2
 
 # "module.QualName" of a recognised class -> its fastops twin
 _TWINS: Dict[str, Type[nn.Module]] = {
@@ -33,6 +35,7 @@ _TWINS: Dict[str, Type[nn.Module]] = {
     "torchvision.models.mobilenetv2.InvertedResidual": fnn.InvertedResidual,
     "torchvision.models.mobilenetv3.InvertedResidual": fnn.InvertedResidual,
     "torchvision.models.shufflenetv2.InvertedResidual": fnn.ShuffleV2Block,
+    "torchvision.models.shufflenetv2.ShuffleNetV2": ShuffleNetV2,
     "torchvision.models.squeezenet.Fire": fnn.Fire,
     "torchvision.models.resnet.BasicBlock": fnn.BasicBlock,
     "torchvision.models.resnet.Bottleneck": fnn.Bottleneck,

@@ -17,6 +17,7 @@ __all__ = [
     "hardswish_", "hardsigmoid_", "dwconv_bn_act", "bn_act_train", "bn_act_train_backward",
     "channel_shuffle", "concat_shuffle", "concat_shuffle_backward", "squeeze_excite", "squeeze_excite_backward",
     "pwconv_bn_act", "pwconv_bn_act_backward", "separable_conv_bn_act", "separable_conv_bn_act_backward",
+    "inverted_residual", "shuffle_v2_block", "stem_conv_bn_act", "stem_conv_bn_act_backward",
 ]
 
 from ._checks import ACTIVATIONS  # the activations a fused op can end in (design.md §3)
@@ -285,3 +286,70 @@ def shuffle_v2_block(x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act="relu", stride=1
     b2` (no activation), `y = concat_shuffle(x1, act(conv1x1(d, w3) * s3 + b3))`; in x's layout."""
     x1, _, _, d, _ = shuffle_v2_block_steps(x, w1, s1, b1, w2, s2, b2, act, stride, (w4, s4, b4, w5, s5, b5))
     return concat_shuffle(x1, pwconv_bn_act(d, w3, s3, b3, 1, act, None, 1))
+
+
+def _pooled(pool_kernel, pool_stride) -> bool:
+    return _pair(pool_kernel) != (1, 1) or _pair(pool_stride) != (1, 1)
+
+
+def stem_conv_bn_act(x, weight, scale=None, shift=None, stride=1, padding=0, act="none", pool_kernel=1, pool_stride=1,
+                     pool_padding=0):
+    """A network's first layer: `act(conv2d(x, weight, stride, padding) * scale[o] + shift[o])`
+    (a dense conv; `scale`/`shift` may be None), then `max_pool2d(., pool_kernel, pool_stride,
+    pool_padding)` unless pool_kernel and pool_stride are both 1; in x's layout."""
+    y = F.conv2d(x, weight, None, _pair(stride), _pair(padding))
+    if scale is not None:
+        y = y * scale.to(y.dtype).view(1, -1, 1, 1)
+    if shift is not None:
+        y = y + shift.to(y.dtype).view(1, -1, 1, 1)
+    y = activation(y, act)
+    if _pooled(pool_kernel, pool_stride):
+        y = F.max_pool2d(y, _pair(pool_kernel), _pair(pool_stride), _pair(pool_padding))
+    return y.contiguous(memory_format=conv_output_format(x))
+
+
+def _activation_backward(grad, u, act):
+    """grad times the derivative of the activation at u, by aten's own backward ops (the
+    conventions at the kinks autograd uses)."""
+    aten = torch.ops.aten
+    if act == "none":
+        return grad
+    if act == "relu":
+        return aten.threshold_backward(grad, u, 0)
+    if act == "relu6":
+        return aten.hardtanh_backward(grad, u, 0.0, 6.0)
+    if act == "hardswish":
+        return aten.hardswish_backward(grad, u)
+    if act == "hardsigmoid":
+        return aten.hardsigmoid_backward(grad, u)
+    if act == "sigmoid":
+        return aten.sigmoid_backward(grad, torch.sigmoid(u))
+    if act == "silu":
+        return aten.silu_backward(grad, u)
+    raise ValueError(f"unknown activation {act!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+
+def stem_conv_bn_act_backward(grad_out, x, weight, scale=None, shift=None, stride=1, padding=0, act="none",
+                              pool_kernel=1, pool_stride=1, pool_padding=0):
+    """(grad_x, grad_weight, grad_scale, grad_shift) of stem_conv_bn_act (grad_scale / grad_shift
+    as if scale = 1 / shift = 0 where those are None), by aten's backward ops rather than
+    autograd, so that it also runs as an operator's kernel: the conv recomputed, the pool's
+    gradient routed through its argmax, the activation's derivative, the affine's sums, the
+    conv's backward."""
+    oc = weight.shape[0]
+    sc, sh = _vector(scale, oc, 1.0, x).view(1, -1, 1, 1), _vector(shift, oc, 0.0, x).view(1, -1, 1, 1)
+    stride, padding = list(_pair(stride)), list(_pair(padding))
+    z = F.conv2d(x, weight, None, stride, padding)
+    u = z * sc + sh
+    grad = grad_out
+    if _pooled(pool_kernel, pool_stride):
+        kernel, pstride, ppadding = (list(_pair(v)) for v in (pool_kernel, pool_stride, pool_padding))
+        a = activation(u, act)
+        _, idx = F.max_pool2d(a, kernel, pstride, ppadding, return_indices=True)
+        grad = torch.ops.aten.max_pool2d_with_indices_backward(grad_out, a, kernel, pstride, ppadding, [1, 1], False,
+                                                               idx)
+    gu = _activation_backward(grad, u, act)
+    gs, gb = (gu * z).sum((0, 2, 3)), gu.sum((0, 2, 3))
+    gx, gw, _ = torch.ops.aten.convolution_backward(gu * sc, x, weight, None, stride, padding, [1, 1], False, [0, 0], 1,
+                                                    [True, True, False])
+    return gx.contiguous(memory_format=conv_output_format(x)), gw.contiguous(), gs, gb

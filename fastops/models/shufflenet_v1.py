@@ -17,6 +17,7 @@ from torch import nn
 
 from ..nn.conv import ConvBNAct
 from ..nn.shufflenet_v1 import ShuffleV1Block
+from ..nn.stem import stem_pool
 from ._init import init_weights
 from ._registry import register_model
 
@@ -65,7 +66,7 @@ class ShuffleNetV1(nn.Module):
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.conv1(x))
+        x = stem_pool(self.conv1, self.maxpool, x)  # one kernel in inference
         x = self.stage4(self.stage3(self.stage2(x)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self.fc(x)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..nn import ConvBNAct, ShuffleV2Block
+from ..nn.stem import stem_pool
 from ._registry import register_model
 
 
@@ -27,7 +28,7 @@ class ShuffleNetV2(nn.Module):
         self.fc = nn.Linear(stages_out_channels[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.conv1(x))
+        x = stem_pool(self.conv1, self.maxpool, x)  # one kernel in inference
         x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
         return self.fc(x.mean([2, 3]))
 
