@@ -403,6 +403,7 @@ def register_shuffle_v2_block(ns):
 
     torch.library.register_autograd(f"{ns}::shuffle_v2_block", backward, setup_context=setup)
 
+
 def register_stem_conv(ns):
     """fake + autograd for <ns>::stem_conv_bn_act and its backward; the backward's CPU and CUDA
     impls, and the forward's CUDA impl, are the reference (the one-pass kernel is CPU only)."""

@@ -172,7 +172,7 @@ def test_plain_twins_of_the_networks_torchvision_lacks(name):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
-@pytest.mark.parametrize("family", ("inverted_residual", "shuffle_v2_block"))
+@pytest.mark.parametrize("family", ("inverted_residual", "shuffle_v2_block", "stem_conv"))
 def test_block_cases_agree_with_eager(family):
     """Each block case's fastops contender (fastops.optimize of torchvision's block: the block
     kernel) and eager contender build the same weights and agree on the case's own inputs."""

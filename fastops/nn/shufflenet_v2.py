@@ -43,8 +43,7 @@ def _steps(seq: FusedSequential, kinds: str, stride: int):
 def _unit_plan(block: "ShuffleV2Block"):
     """(steps, act, channels): the (conv, bn, act) triples of branch2 ([branch1's after them at
     stride > 1]) and the unit's input channels when the shuffle_v2_block kernel covers the unit,
-    else None. Kept while the children are
-    the same modules."""
+    else None. Kept while the children are the same modules."""
     b1, b2 = block._modules["branch1"], block._modules["branch2"]
     mods = tuple(b1._modules.values()) + (None,) + tuple(b2._modules.values())
     kept = block.__dict__.get("_fastops_unit_plan")
