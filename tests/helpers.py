@@ -69,6 +69,17 @@ def poisoned_memory(like: torch.Tensor, count: int = 4):
     yield
 
 
+@contextlib.contextmanager
+def num_threads(threads: int):
+    """torch's intra-op thread count set to `threads` inside the block, restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def assert_close(actual, expected, dtype=None, equal_nan=True):
     dtype = dtype or expected.dtype
     torch.testing.assert_close(actual, expected, equal_nan=equal_nan, **TOL[dtype])

@@ -6,11 +6,10 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 import fastops
 from fastops import reference
-from helpers import poisoned_memory
+from helpers import poisoned_memory, randomise_bn
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -187,15 +186,7 @@ def test_errors_name_the_op_and_argument():
 
 def _tv_block(inp, oup, stride, expand):
     block = torchvision.models.mobilenetv2.InvertedResidual(inp, oup, stride, expand)
-    gen = torch.Generator().manual_seed(inp * 100 + oup)
-    with torch.no_grad():
-        for m in block.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.normal_(generator=gen)
-                m.running_mean.normal_(generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-    return block.eval()
+    return randomise_bn(block, seed=inp * 100 + oup).eval()
 
 
 @pytest.mark.parametrize("inp,oup,stride,expand", [(24, 24, 1, 6), (16, 24, 2, 6), (32, 32, 1, 4), (24, 40, 1, 3),

@@ -5,11 +5,10 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 import fastops
 from fastops import reference
-from helpers import poisoned_memory
+from helpers import num_threads, poisoned_memory, randomise_bn
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -79,13 +78,8 @@ def test_matches_reference(case, act, threads):
     args = _case_args(case, act, seed=hash((case, act)) % 1000)
     x = args[0]
     expected = reference.shuffle_v2_block(*args)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with poisoned_memory(torch.empty(expected.shape)):
-            got = torch.ops.fastops.shuffle_v2_block(*args)
-    finally:
-        torch.set_num_threads(old)
+    with num_threads(threads), poisoned_memory(torch.empty(expected.shape)):
+        got = torch.ops.fastops.shuffle_v2_block(*args)
     assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     if len(case) == 6:  # stride 1: the first half passes through untouched, to the even channels
@@ -200,16 +194,7 @@ def test_errors_name_the_op_and_argument():
 
 
 def _tv_unit(inp, oup, stride):
-    unit = torchvision.models.shufflenetv2.InvertedResidual(inp, oup, stride)
-    gen = torch.Generator().manual_seed(inp)
-    with torch.no_grad():
-        for m in unit.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.normal_(generator=gen)
-                m.running_mean.normal_(generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-    return unit.eval()
+    return randomise_bn(torchvision.models.shufflenetv2.InvertedResidual(inp, oup, stride), seed=inp).eval()
 
 
 @pytest.mark.parametrize("inp,oup,stride,n,h", [(58, 58, 1, 3, 17), (116, 116, 1, 1, 9), (48, 48, 1, 8, 7),

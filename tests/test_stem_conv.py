@@ -6,7 +6,7 @@ import torch
 
 import fastops
 from fastops import reference
-from helpers import poisoned_memory
+from helpers import num_threads, poisoned_memory, randomise_bn
 
 ACTS = ("relu", "relu6", "hardswish", "none", "silu")
 
@@ -49,13 +49,8 @@ def _args(case, act, seed=0, dtype=torch.float32, affine=True):
 def test_matches_reference(case, act, threads):
     args = _args(case, act, seed=hash((case, act)) % 1000, affine=act != "silu")
     expected = reference.stem_conv_bn_act(*args)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with poisoned_memory(torch.empty(expected.shape)):
-            got = torch.ops.fastops.stem_conv_bn_act(*args)
-    finally:
-        torch.set_num_threads(old)
+    with num_threads(threads), poisoned_memory(torch.empty(expected.shape)):
+        got = torch.ops.fastops.stem_conv_bn_act(*args)
     assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * max(1.0, expected.abs().max().item()))
 
@@ -182,9 +177,7 @@ def test_networks_run_the_stem_kernel(source):
     else:
         model = (fastops.models.shufflenet_v2_x0_5() if source == "builder_v2"
                  else fastops.models.shufflenet_v1(groups=3, width_mult=0.5)).eval()
-    with torch.no_grad():  # trained-looking BN statistics for the stem
-        bn = model.conv1[1]
-        bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2.0), bn.weight.uniform_(0.5, 1.5), bn.bias.normal_()
+    randomise_bn(model.conv1)  # trained-looking BN statistics for the stem
     x = torch.randn(2, 3, 48, 40).contiguous(memory_format=torch.channels_last)
 
     def calls(fn):
