@@ -6,9 +6,10 @@
 // float32, channels_last out (x of any layout is read channels_last). Direct convolution: each
 // output pixel's channels are vectors of 16, a block of 4-8 pixels x up to 4 vectors of
 // accumulators stays in registers while the kernel's K*K*C taps are broadcast into it (weights
-// [K*K*C][OC padded to 16]), and the affine + activation run before the single store. With a
-// pool, each task keeps the conv rows its pooled rows need in a small ring (L1/L2) and writes
-// only the pooled rows: the conv output, 4x the pooled one at stride 2, never reaches memory.
+// [K*K*C][OC padded to 16]); the affine runs before the store, the activation over the row
+// while it is in L1. With a pool, each task keeps the conv rows its pooled rows need in a small
+// ring (L1/L2) and writes only the pooled rows: the conv output, 4x the pooled one at stride 2,
+// never reaches memory.
 // (oneDNN's convolution with 3 input channels runs far from the FMA peak, and ATen's max pool
 // also writes the indices.)
 #include <ATen/Parallel.h>
@@ -36,11 +37,14 @@ struct StemShape {
   bool pool;
 };
 
-// Output pixels [ow0, ow0 + np) of a conv row, channels [c0, c0 + V * L), into out[ow * OCP + c]:
-// PB x V accumulators in registers, each tap's V weight vectors shared by the PB pixels (np ==
-// PB when Full, so that the loops carry no per-pixel test). `rows` are the kernel's input rows
-// with zero columns around them (null: a padding row, zeros).
-template <int V, int PB, Act A, bool Full>
+// Output pixels [ow0, ow0 + np) of a conv row, channels [c0, c0 + V * L), times the scale plus
+// the shift, into out[ow * OCP + c]: PB x V accumulators in registers, each tap's V weight
+// vectors shared by the PB pixels (np == PB when Full, so that the loops carry no per-pixel
+// test). `rows` are the kernel's input rows with zero columns around them (null: a padding
+// row, zeros). The activation is a pass of its own over the row (act_row), while the row is in
+// L1: as a template argument here it multiplied this function's copies by seven and the
+// build's time by minutes, for no measurable gain.
+template <int V, int PB, bool Full>
 FASTOPS_CPU_INLINE void conv_block(const StemShape& s, const float* const* rows, const float* wt, int64_t c0,
                                    int64_t ow0, int64_t np, const f32x16 (&scale)[V], const f32x16 (&shift)[V],
                                    float* out) {
@@ -69,13 +73,13 @@ FASTOPS_CPU_INLINE void conv_block(const StemShape& s, const float* const* rows,
   unroll<PB>([&](auto p) FASTOPS_CPU_INLINE_LAMBDA {
     if (Full || p < np)
       unroll<V>([&](auto v) FASTOPS_CPU_INLINE_LAMBDA {
-        store16(out + (ow0 + p) * s.OCP + c0 + v * L, act_fwd<A>(acc[p][v] * scale[v] + shift[v]));
+        store16(out + (ow0 + p) * s.OCP + c0 + v * L, acc[p][v] * scale[v] + shift[v]);
       });
   });
 }
 
 // A conv row's channels [c0, c0 + V * L) into out[ow * OCP + c].
-template <int V, int PB, Act A>
+template <int V, int PB>
 FASTOPS_CPU_INLINE void conv_row_channels(const StemShape& s, const float* const* rows, const float* wt,
                                           const float* sc, const float* sh, int64_t c0, float* out) {
   f32x16 scale[V], shift[V];
@@ -83,21 +87,28 @@ FASTOPS_CPU_INLINE void conv_row_channels(const StemShape& s, const float* const
     scale[v] = load16(sc + c0 + v * L), shift[v] = load16(sh + c0 + v * L);
   });
   int64_t ow0 = 0;
-  for (; ow0 + PB <= s.OW; ow0 += PB) conv_block<V, PB, A, true>(s, rows, wt, c0, ow0, PB, scale, shift, out);
-  if (ow0 < s.OW) conv_block<V, PB, A, false>(s, rows, wt, c0, ow0, s.OW - ow0, scale, shift, out);
+  for (; ow0 + PB <= s.OW; ow0 += PB) conv_block<V, PB, true>(s, rows, wt, c0, ow0, PB, scale, shift, out);
+  if (ow0 < s.OW) conv_block<V, PB, false>(s, rows, wt, c0, ow0, s.OW - ow0, scale, shift, out);
 }
 
-template <Act A>
-FASTOPS_CPU_INLINE void conv_row_act(const StemShape& s, const float* const* rows, const float* wt, const float* sc,
-                                     const float* sh, float* out) {
+// A whole conv row (scale and shift applied, no activation yet) into out[ow * OCP + c].
+FASTOPS_CPU_INLINE void conv_row_affine(const StemShape& s, const float* const* rows, const float* wt,
+                                        const float* sc, const float* sh, float* out) {
   for (int64_t c0 = 0; c0 < s.OCP; c0 += 4 * L) {
     switch (std::min<int64_t>(4, (s.OCP - c0) / L)) {
-      case 1: conv_row_channels<1, 8, A>(s, rows, wt, sc, sh, c0, out); break;
-      case 2: conv_row_channels<2, 6, A>(s, rows, wt, sc, sh, c0, out); break;
-      case 3: conv_row_channels<3, 4, A>(s, rows, wt, sc, sh, c0, out); break;
-      default: conv_row_channels<4, 4, A>(s, rows, wt, sc, sh, c0, out); break;
+      case 1: conv_row_channels<1, 8>(s, rows, wt, sc, sh, c0, out); break;
+      case 2: conv_row_channels<2, 6>(s, rows, wt, sc, sh, c0, out); break;
+      case 3: conv_row_channels<3, 4>(s, rows, wt, sc, sh, c0, out); break;
+      default: conv_row_channels<4, 4>(s, rows, wt, sc, sh, c0, out); break;
     }
   }
+}
+
+// The activation over n values (a multiple of 16) in place.
+template <Act A>
+FASTOPS_CPU_INLINE void act_row(float* z, int64_t n) {
+  if constexpr (A != Act::None)
+    for (int64_t c = 0; c < n; c += L) store16(z + c, act_fwd<A>(load16(z + c)));
 }
 
 // Max pooling compares with one `>` (v > m ? v : m), which drops a NaN: each conv row is checked
@@ -141,9 +152,10 @@ FASTOPS_CPU_MULTIVERSION void stem_rows(const StemShape& s, const float* x, cons
       std::memcpy(dst + s.PW * C, x + (n * s.H + ih) * s.W * C, s.W * C * sizeof(float));
       rows[kh] = dst;
     }
-#define FASTOPS_STEM_CONV(A) conv_row_act<A>(s, rows.data(), wt, sc, sh, out)
-    FASTOPS_ACT_CASES(FASTOPS_STEM_CONV)
-#undef FASTOPS_STEM_CONV
+    conv_row_affine(s, rows.data(), wt, sc, sh, out);
+#define FASTOPS_STEM_ACT(A) act_row<A>(out, s.OW * s.OCP)
+    FASTOPS_ACT_CASES(FASTOPS_STEM_ACT)
+#undef FASTOPS_STEM_ACT
     if (s.pool) finite[slot] = all_finite(out, s.OW * s.OCP);
     return out;
   };
