@@ -17,7 +17,7 @@ __all__ = [
     "hardswish_", "hardsigmoid_", "dwconv_bn_act", "bn_act_train", "bn_act_train_backward",
     "channel_shuffle", "concat_shuffle", "concat_shuffle_backward", "squeeze_excite", "squeeze_excite_backward",
     "pwconv_bn_act", "pwconv_bn_act_backward", "separable_conv_bn_act", "separable_conv_bn_act_backward",
-    "inverted_residual", "shuffle_v2_block", "stem_conv_bn_act", "stem_conv_bn_act_backward",
+    "inverted_residual", "shuffle_v2_block", "stem_conv_bn_act", "stem_conv_bn_act_backward", "activation_backward",
 ]
 
 from ._checks import ACTIVATIONS  # the activations a fused op can end in (design.md §3)
@@ -308,7 +308,7 @@ def stem_conv_bn_act(x, weight, scale=None, shift=None, stride=1, padding=0, act
     return y.contiguous(memory_format=conv_output_format(x))
 
 
-def _activation_backward(grad, u, act):
+def activation_backward(grad, u, act):
     """grad times the derivative of the activation at u, by aten's own backward ops (the
     conventions at the kinks autograd uses)."""
     aten = torch.ops.aten
@@ -348,7 +348,7 @@ def stem_conv_bn_act_backward(grad_out, x, weight, scale=None, shift=None, strid
         _, idx = F.max_pool2d(a, kernel, pstride, ppadding, return_indices=True)
         grad = torch.ops.aten.max_pool2d_with_indices_backward(grad_out, a, kernel, pstride, ppadding, [1, 1], False,
                                                                idx)
-    gu = _activation_backward(grad, u, act)
+    gu = activation_backward(grad, u, act)
     gs, gb = (gu * z).sum((0, 2, 3)), gu.sum((0, 2, 3))
     gx, gw, _ = torch.ops.aten.convolution_backward(gu * sc, x, weight, None, stride, padding, [1, 1], False, [0, 0], 1,
                                                     [True, True, False])

@@ -131,24 +131,6 @@ def _matrix(w, acc):
     return w.reshape(w.shape[0], w.shape[1]).to(acc)
 
 
-def _act_grad(g, u, act):
-    """g * act'(u) on small tensors, with PyTorch's choices at the kinks (aten's backward ops)."""
-    aten = torch.ops.aten
-    if act == "none":
-        return g
-    if act == "relu":
-        return aten.threshold_backward(g, u, 0)
-    if act == "relu6":
-        return aten.hardtanh_backward(g, u, 0.0, 6.0)
-    if act == "hardswish":
-        return aten.hardswish_backward(g, u)
-    if act == "hardsigmoid":
-        return aten.hardsigmoid_backward(g, u)
-    if act == "sigmoid":
-        return aten.sigmoid_backward(g, torch.sigmoid(u))
-    return aten.silu_backward(g, u)  # silu
-
-
 def _excite(p, w1, b1, w2, b2, act, gate):
     """(z, h, t, s) of the two fully connected layers, in p's dtype."""
     z = p @ w1.T
@@ -195,11 +177,11 @@ def backward(grad_out, x, w1, b1, w2, b2, act, gate):
     m1, m2 = _matrix(w1, p.dtype), _matrix(w2, p.dtype)
     z, h, t, s = _excite(p, m1, b1, m2, b2, act, gate)
     # y = x * s:  dL/ds = gs; back through s = gate(t), t = h @ w2^T + b2, h = act(z), z = p @ w1^T + b1
-    gt = _act_grad(gs, t, gate)
+    gt = reference.activation_backward(gs, t, gate)
     grad_b2 = gt.sum(0)
     grad_w2 = gt.T @ h
     gh = gt @ m2
-    gz = _act_grad(gh, z, act)
+    gz = reference.activation_backward(gh, z, act)
     grad_b1 = gz.sum(0)
     grad_w1 = gz.T @ p
     gp = gz @ m1
