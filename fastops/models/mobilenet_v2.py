@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ..nn import ConvBNAct, InvertedResidual
+from ..nn import ConvBNAct, FusedSequential, InvertedResidual
 from ..nn.mobilenet import make_divisible
 from ._init import init_weights
 from ._registry import register_model
@@ -29,7 +29,7 @@ class MobileNetV2(nn.Module):
                 features.append(InvertedResidual(channels, out, s if i == 0 else 1, expand_ratio=t))
                 channels = out
         features.append(ConvBNAct(channels, self.last_channel, 1, activation_layer=nn.ReLU6))
-        self.features = nn.Sequential(*features)
+        self.features = FusedSequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
         init_weights(self)
 

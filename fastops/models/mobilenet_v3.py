@@ -6,7 +6,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..nn import ConvBNAct, InvertedResidual
+from ..nn import ConvBNAct, FusedSequential, InvertedResidual
 from ..nn.mobilenet import make_divisible
 from ._init import init_weights
 from ._registry import register_model
@@ -45,7 +45,7 @@ class MobileNetV3(nn.Module):
             layers.append(InvertedResidual.v3(ch(inp), k, ch(exp), ch(out), se, act, stride, norm_layer=norm))
         last_in = ch(setting[-1][3])
         layers.append(ConvBNAct(last_in, 6 * last_in, 1, norm_layer=norm, activation_layer=nn.Hardswish))
-        self.features = nn.Sequential(*layers)
+        self.features = FusedSequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
             nn.Linear(6 * last_in, last_channel), nn.Hardswish(inplace=True), nn.Dropout(p=dropout, inplace=True),

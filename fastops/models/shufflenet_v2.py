@@ -4,7 +4,7 @@
 import torch
 from torch import nn
 
-from ..nn import ConvBNAct, ShuffleV2Block
+from ..nn import ConvBNAct, FusedSequential, ShuffleV2Block
 from ..nn.stem import stem_pool
 from ._registry import register_model
 
@@ -22,7 +22,7 @@ class ShuffleNetV2(nn.Module):
         channels = stages_out_channels[0]
         for name, repeats, out in zip(("stage2", "stage3", "stage4"), stages_repeats, stages_out_channels[1:4]):
             blocks = [ShuffleV2Block(channels, out, 2)] + [ShuffleV2Block(out, out, 1) for _ in range(repeats - 1)]
-            setattr(self, name, nn.Sequential(*blocks))
+            setattr(self, name, FusedSequential(*blocks))
             channels = out
         self.conv5 = ConvBNAct(channels, stages_out_channels[-1], 1, bias=False)
         self.fc = nn.Linear(stages_out_channels[-1], num_classes)

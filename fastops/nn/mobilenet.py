@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import _extension
-from .conv import ConvBNAct, _fusable, _is_pointwise, act_name, folded_scale_shift, inference_call
+from .conv import ConvBNAct, _fusable, _is_pointwise, act_name, folded_scale_shift, kept_block_call, module_tensors
 from .sequential import FusedSequential, plan
 from .squeeze_excite import SqueezeExcite
 
@@ -82,18 +82,25 @@ def _fused_block(seq: FusedSequential, x: torch.Tensor, residual: bool):
     """The block as one `inverted_residual` kernel (CPU, float32, channels_last, BNs in eval
     mode, no autograd, not under torch.compile), or None when that does not apply. Blocks with
     squeeze-excite only when there are at least as many images as threads: the kernel then runs
-    one image per thread, where the per-conv path splits each conv across the threads."""
+    one image per thread, where the per-conv path splits each conv across the threads. The call
+    is kept between calls (`kept_block_call`)."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4
             or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
             or torch.compiler.is_compiling() or not _extension.has_extension()):
         return None
+    many = x.shape[0] >= torch.get_num_threads()
+    return kept_block_call(seq, x, (residual, many), lambda: _block_call(seq, residual, many))
+
+
+def _block_call(seq: FusedSequential, residual: bool, many_images: bool):
+    """(op, args, tensors) of `kept_block_call` for the block, float32, or None."""
     found = _block_steps(seq)
     if found is None:
         return None
     steps, act, se = found
-    if any(bn.training or bn.running_mean is None or c.weight.dtype != x.dtype for c, bn, _ in steps):
+    if any(bn.training or bn.running_mean is None or c.weight.dtype != torch.float32 for c, bn, _ in steps):
         return None
-    if se is not None and (x.shape[0] < torch.get_num_threads() or se.fc1.weight.dtype != x.dtype):
+    if se is not None and (not many_images or se.fc1.weight.dtype != torch.float32):
         return None
     *expand, (c2, bn2, _), (c3, bn3, _) = steps
     expand_args = (None, None, None)
@@ -101,10 +108,12 @@ def _fused_block(seq: FusedSequential, x: torch.Tensor, residual: bool):
         c1, bn1, _ = expand[0]
         expand_args = (c1.weight, *folded_scale_shift(c1, bn1))
     (s2, b2), (s3, b3) = folded_scale_shift(c2, bn2), folded_scale_shift(c3, bn3)
-    se_args = () if se is None else (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias)
+    se_mods = () if se is None else (se.fc1, se.fc2)
+    se_args = tuple(t for fc in se_mods for t in (fc.weight, fc.bias))
     # the structure was checked above; the kernel checks the shapes again
-    return inference_call(torch.ops.fastops.inverted_residual.default, x, *expand_args, c2.weight, s2, b2,
-                          c3.weight, s3, b3, c2.stride[0], act, residual, *se_args)
+    args = (*expand_args, c2.weight, s2, b2, c3.weight, s3, b3, c2.stride[0], act, residual, *se_args)
+    return torch.ops.fastops.inverted_residual.default, args, module_tensors(
+        *(m for c, bn, _ in steps for m in (c, bn)), *se_mods)
 
 
 class InvertedResidual(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import _extension, ops
-from .conv import _fusable, _is_pointwise, act_name, folded_scale_shift, inference_call
+from .conv import _fusable, _is_pointwise, act_name, folded_scale_shift, kept_block_call, module_tensors
 from .sequential import FusedSequential, plan
 
 # Whether inference without autograd runs a unit as one `shuffle_v2_block` kernel call on CPU:
@@ -68,20 +68,28 @@ def _unit_plan(block: "ShuffleV2Block"):
 
 def _fused_unit(block: "ShuffleV2Block", x: torch.Tensor):
     """The unit as one `shuffle_v2_block` kernel call (CPU, float32, channels_last, BNs in eval
-    mode, no autograd, not under torch.compile), or None when that does not apply."""
+    mode, no autograd, not under torch.compile), or None when that does not apply. The call is
+    kept between calls (`kept_block_call`)."""
     if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4
             or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
             or torch.compiler.is_compiling() or not _extension.has_extension()):
         return None
+    return kept_block_call(block, x, x.shape[1], lambda: _unit_call(block, x.shape[1]))
+
+
+def _unit_call(block: "ShuffleV2Block", channels: int):
+    """(op, args, tensors) of `kept_block_call` for the unit with `channels` input channels,
+    float32, or None."""
     found = _unit_plan(block)
-    if found is None or x.shape[1] != found[2]:
+    if found is None or channels != found[2]:
         return None
     steps, act, _ = found
-    if any(bn.training or bn.running_mean is None or c.weight.dtype != x.dtype for c, bn, _ in steps):
+    if any(bn.training or bn.running_mean is None or c.weight.dtype != torch.float32 for c, bn, _ in steps):
         return None
     args = [t for c, bn, _ in steps for t in (c.weight, *folded_scale_shift(c, bn))]
     # the structure was checked above; the kernel checks the shapes again
-    return inference_call(torch.ops.fastops.shuffle_v2_block.default, x, *args[:9], act, block.stride, *args[9:])
+    return (torch.ops.fastops.shuffle_v2_block.default, (*args[:9], act, block.stride, *args[9:]),
+            module_tensors(*(m for c, bn, _ in steps for m in (c, bn))))
 
 
 class ShuffleV2Block(nn.Module):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .. import _extension
-from .conv import _fusable, act_name, folded_scale_shift, inference_call
+from .conv import _fusable, _record, act_name, folded_scale_shift, inference_call, redispatcher
 from .sequential import plan
 
 # Whether inference without autograd runs the stem conv + max pool as one kernel on CPU, the conv
@@ -54,8 +54,9 @@ def stem_pool(conv_mod: nn.Module, pool: nn.Module, x: torch.Tensor) -> torch.Te
                     and x.shape[1] == conv.in_channels:
                 scale, shift = folded_scale_shift(conv, bn)
                 pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
-                return inference_call(torch.ops.fastops.stem_conv_bn_act.default, x, conv.weight, scale, shift,
-                                      list(conv.stride), list(conv.padding), name, pair(pool.kernel_size),
-                                      pair(pool.stride if pool.stride is not None else pool.kernel_size),
-                                      pair(pool.padding))
+                op = torch.ops.fastops.stem_conv_bn_act.default
+                args = (conv.weight, scale, shift, list(conv.stride), list(conv.padding), name,
+                        pair(pool.kernel_size), pair(pool.stride if pool.stride is not None else pool.kernel_size),
+                        pair(pool.padding))
+                return _record(redispatcher(op), args, x, inference_call(op, x, *args))
     return pool(conv_mod(x))
