@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.conv import ConvBNAct, DepthwiseSeparable
+from ..nn.sequential import FusedSequential
 from ._init import init_weights
 from ._registry import register_model
 
@@ -37,7 +38,7 @@ class MobileNetV1(nn.Module):
         for c, s in _BLOCKS:
             layers.append(DepthwiseSeparable(channels, width(c), 3, s, act="relu"))
             channels = width(c)
-        self.features = nn.Sequential(*layers)
+        self.features = FusedSequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
         self.last_channels = channels
         init_weights(self)

@@ -37,7 +37,7 @@ class ResNet(nn.Module):
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
 
-    def _layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    def _layer(self, block, planes: int, blocks: int, stride: int = 1) -> FusedSequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = FusedSequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
@@ -46,7 +46,7 @@ class ResNet(nn.Module):
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
                    for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+        return FusedSequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(conv_bn_act(x, self.conv1, self.bn1, self.relu))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.conv import ConvBNAct
+from ..nn.sequential import FusedSequential
 from ..nn.shufflenet_v1 import ShuffleV1Block
 from ..nn.stem import stem_pool
 from ._init import init_weights
@@ -59,7 +60,7 @@ class ShuffleNetV1(nn.Module):
             out = _round(c * width_mult, 4 * groups)
             units = [ShuffleV1Block(channels, out, groups, 2, first_group_conv=(i > 0))]
             units += [ShuffleV1Block(out, out, groups, 1) for _ in range(n - 1)]
-            setattr(self, f"stage{i + 2}", nn.Sequential(*units))
+            setattr(self, f"stage{i + 2}", FusedSequential(*units))
             channels = out
         self.fc = nn.Linear(channels, num_classes)
         self.last_channels = channels
