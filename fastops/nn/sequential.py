@@ -91,10 +91,11 @@ class FusedSequential(nn.Sequential):
 # own set on the instance) and every parameter and buffer (version and storage). A child that
 # made no single recordable call (another module, several kernels) is called as a module. (The
 # recording list is global: Python threads recording at once keep fewer calls, as modules, but a
-# call is kept only when its input and output are the child's own.) The check costs ~0.2 ms a forward (MobileNet V2's 209 modules and 312 tensors). Measured
-# (2 cores, channels_last, interleaved against REPLAY = False): MobileNet V2 N=8 34.2 vs 35.9 ms
-# (its 17 blocks alone: 28 ms as bare kernel calls, 31-32 ms through the modules), N=1 7.2 vs
-# 7.9 ms; V3-Large N=8 29.1 vs 30.2 ms; ShuffleNet V2 N=8 19.6 vs 20.5 ms.
+# call is kept only when its input and output are the child's own.) The check costs ~0.18 ms a
+# forward (MobileNet V2's 209 modules and 312 tensors). Measured (2 cores, channels_last,
+# interleaved against REPLAY = False): MobileNet V2 N=8 34.2 vs 35.9 ms (its 17 blocks alone:
+# 28 ms as bare kernel calls, 31-32 ms through the modules), N=1 7.2 vs 7.9 ms; V3-Large N=8
+# 29.1 vs 30.2 ms; ShuffleNet V2 N=8 19.6 vs 20.5 ms.
 
 REPLAY = True
 
@@ -140,21 +141,37 @@ def _tensors(mods: list) -> list:
     return [t for m in mods for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
 
 
-def _state(mods: list, tensors: list) -> tuple:
-    """What the replay of a Sequential whose modules are `mods` (itself included) and tensors
-    `tensors` (their parameters and buffers) depends on, to compare with ==."""
-    return ([(m.__class__, m.training, tuple(m._modules.values()),
-              bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in m.__dict__) for m in mods],
-            [(id(t), t._version, t.data_ptr()) for t in tensors],
-            bool(_module._global_forward_hooks or _module._global_forward_pre_hooks))
+def _state(mods: list) -> list:
+    """What the replay of a Sequential whose modules are `mods` (itself included) depends on, as
+    one flat list to compare with ==: each module's class, mode, children, hooks or own forward,
+    each parameter's and buffer's identity, version and storage; global forward hooks. (Flat, of
+    plain values: ~180 us for MobileNet V2's 209 modules, and no tuples for the garbage
+    collector, which a list of tuples made run every forward.)"""
+    out = []
+    add, extend = out.append, out.extend
+    for m in mods:
+        kids = m._modules
+        add(m.__class__)
+        add(m.training)
+        add(len(kids))
+        add(bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in m.__dict__)
+        extend(kids.values())
+        for d in (m._parameters, m._buffers):
+            for t in d.values():
+                if t is not None:
+                    add(id(t))
+                    add(t._version)
+                    add(t.data_ptr())
+    add(bool(_module._global_forward_hooks or _module._global_forward_pre_hooks))
+    return out
 
 
 def _keep_replay(seq: FusedSequential, x: torch.Tensor, calls: list) -> None:
     if not _replayable(x):
         return
     mods = list(seq.modules())
-    tensors = _tensors(mods)  # kept too, so that their ids stay theirs
-    _conv._KEPT.setdefault(seq, {})["_fastops_replay"] = (_input_key(x), mods, tensors, _state(mods, tensors), calls)
+    # the tensors are kept too, so that no other tensor can take one of their ids
+    _conv._KEPT.setdefault(seq, {})["_fastops_replay"] = (_input_key(x), mods, _tensors(mods), _state(mods), calls)
 
 
 def _replay(seq: FusedSequential, x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -163,7 +180,7 @@ def _replay(seq: FusedSequential, x: torch.Tensor) -> Optional[torch.Tensor]:
     if recorded is None:
         return None
     key, mods, _, state, calls = recorded
-    if key != _input_key(x) or _state(mods, _tensors(mods)) != state or state[2]:
+    if state[-1] or key != _input_key(x) or _state(mods) != state:
         return None
     for fn, args in calls:
         x = fn(x, *args)
