@@ -224,11 +224,6 @@ def _record(fn, args: tuple, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def redispatcher(op):
-    """fn(x, *args) = op(x, *args) straight to the op's CPU kernel (as `inference_call` does)."""
-    return functools.partial(op.redispatch, _CPU_KEYS)
-
-
 def inference_call(op, *args):
     """op(*args) (a fastops op overload, CPU tensors) for the inference paths of the modules, which
     run only without autograd: straight to the op's CPU kernel, past the Python layer that
@@ -239,6 +234,15 @@ def inference_call(op, *args):
             or torch._C._is_torch_function_mode_enabled()):
         return op(*args)
     return op.redispatch(_CPU_KEYS, *args)
+
+
+def recorded_call(op, x: torch.Tensor, *args) -> torch.Tensor:
+    """inference_call(op, x, *args), appended to the recording while a FusedSequential records
+    (as a call straight to the op's CPU kernel)."""
+    y = inference_call(op, x, *args)
+    if _RECORDER is not None:
+        _RECORDER.append((functools.partial(op.redispatch, _CPU_KEYS), args, x, y))
+    return y
 
 
 # Depthwise convs that, in inference, run fastops' kernel even where oneDNN could take them:
@@ -370,14 +374,14 @@ def kept_block_call(block: nn.Module, x: torch.Tensor, key, make):
     if plan is not None:
         structure0, key0, inference0, op, args, tensors, state = plan
         if structure0 == structure and key0 == key and inference0 == inference and _tensor_state(tensors) == state:
-            return _record(redispatcher(op), args, x, inference_call(op, x, *args))
+            return recorded_call(op, x, *args)
     made = make()
     if made is None:
         return None
     op, args, tensors = made
     _KEPT.setdefault(block, {})["_fastops_block_call"] = (
         structure, key, inference, op, args, tensors, _tensor_state(tensors))
-    return _record(redispatcher(op), args, x, inference_call(op, x, *args))
+    return recorded_call(op, x, *args)
 
 
 def _kept_inference(x, conv, bn, act, residual):

@@ -10,7 +10,7 @@ from torch.nn.modules import module as _module
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import conv as _conv
-from .conv import ConvBNAct, act_name, conv_bn_act
+from .conv import ConvBNAct, act_name, conv_bn_act, module_tensors
 from .separable import SeparableConv2d, separable_bn_act
 
 
@@ -137,10 +137,6 @@ def _input_key(x: torch.Tensor) -> tuple:
     return (x.shape, x.stride(), x.dtype, torch.get_num_threads(), torch.is_inference_mode_enabled(), _switches())
 
 
-def _tensors(mods: list) -> list:
-    return [t for m in mods for d in (m._parameters, m._buffers) for t in d.values() if t is not None]
-
-
 def _state(mods: list) -> list:
     """What the replay of a Sequential whose modules are `mods` (itself included) depends on, as
     one flat list to compare with ==: each module's class, mode, children, hooks or own forward,
@@ -167,11 +163,10 @@ def _state(mods: list) -> list:
 
 
 def _keep_replay(seq: FusedSequential, x: torch.Tensor, calls: list) -> None:
-    if not _replayable(x):
-        return
     mods = list(seq.modules())
     # the tensors are kept too, so that no other tensor can take one of their ids
-    _conv._KEPT.setdefault(seq, {})["_fastops_replay"] = (_input_key(x), mods, _tensors(mods), _state(mods), calls)
+    kept = (_input_key(x), mods, module_tensors(*mods), _state(mods), calls)
+    _conv._KEPT.setdefault(seq, {})["_fastops_replay"] = kept
 
 
 def _replay(seq: FusedSequential, x: torch.Tensor) -> Optional[torch.Tensor]:

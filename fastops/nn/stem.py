@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .. import _extension
-from .conv import _fusable, _record, act_name, folded_scale_shift, inference_call, redispatcher
+from .conv import _fusable, act_name, folded_scale_shift, recorded_call
 from .sequential import plan
 
 # Whether inference without autograd runs the stem conv + max pool as one kernel on CPU, the conv
@@ -58,5 +58,5 @@ def stem_pool(conv_mod: nn.Module, pool: nn.Module, x: torch.Tensor) -> torch.Te
                 args = (conv.weight, scale, shift, list(conv.stride), list(conv.padding), name,
                         pair(pool.kernel_size), pair(pool.stride if pool.stride is not None else pool.kernel_size),
                         pair(pool.padding))
-                return _record(redispatcher(op), args, x, inference_call(op, x, *args))
+                return recorded_call(op, x, *args)
     return pool(conv_mod(x))
