@@ -198,8 +198,7 @@ def test_replay_follows_switches_shapes_and_threads(monkeypatch):
     with torch.inference_mode():
         for x in (_x(), _x(33, 47), _x(n=3)):
             expected = _modules_output(net, x, monkeypatch)
-            with torch.inference_mode():
-                assert torch.equal(net(x), expected) and torch.equal(net(x), expected)
+            assert torch.equal(net(x), expected) and torch.equal(net(x), expected)
         x = _x()
         assert torch.ops.fastops.inverted_residual.default in _kernel_ops(net)
         monkeypatch.setattr(fmobilenet, "FUSED_BLOCKS", False)
