@@ -85,6 +85,23 @@ def assert_close(actual, expected, dtype=None, equal_nan=True):
     torch.testing.assert_close(actual, expected, equal_nan=equal_nan, **TOL[dtype])
 
 
+def check_gradients_against_reference(op, reference_fn, args, n_grads=None):
+    """The gradients of every tensor in `args` through `op` (its autograd formula) against
+    autograd through `reference_fn`, for one random channels_last upstream gradient; `n_grads`:
+    how many tensors must get one."""
+    ours = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    ref = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    y = op(*ours)
+    g = torch.randn(y.shape).contiguous(memory_format=torch.channels_last)
+    tensors = lambda a: [t for t in a if isinstance(t, torch.Tensor)]  # noqa: E731
+    got = torch.autograd.grad(y, tensors(ours), g)
+    want = torch.autograd.grad(reference_fn(*ref), tensors(ref), g)
+    if n_grads is not None:
+        assert len(got) == n_grads
+    for i, (u, v) in enumerate(zip(got, want)):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * v.abs().max().item(), msg=f"input {i}")
+
+
 # ---- shared by the Triton kernel tests (tests/test_*_triton.py) ----
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: under Triton's interpreter
 

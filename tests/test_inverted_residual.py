@@ -9,7 +9,7 @@ import torch
 
 import fastops
 from fastops import reference
-from helpers import poisoned_memory, randomise_bn
+from helpers import check_gradients_against_reference, poisoned_memory, randomise_bn
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -113,15 +113,7 @@ def test_gradients_of_the_kernel(se, expand):
     """The op's autograd formula (recompute with the fused ops, chain their backward ops) against
     autograd through the reference, every input."""
     args = _args(2, 10, 30 if expand else 10, 10, 9, 8, 3, 1, "relu6", True, se=se, expand=expand)
-    ours = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-    ref = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-    y = torch.ops.fastops.inverted_residual(*ours)
-    g = torch.randn(y.shape).contiguous(memory_format=torch.channels_last)
-    tensors = lambda a: [t for t in a if isinstance(t, torch.Tensor)]  # noqa: E731
-    got = torch.autograd.grad(y, tensors(ours), g)
-    want = torch.autograd.grad(reference.inverted_residual(*ref), tensors(ref), g)
-    for i, (u, v) in enumerate(zip(got, want)):
-        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * v.abs().max().item(), msg=f"input {i}")
+    check_gradients_against_reference(torch.ops.fastops.inverted_residual, reference.inverted_residual, args)
 
 
 @pytest.mark.parametrize("expand", (True, False), ids=("expand", "no_expand"))

@@ -8,7 +8,7 @@ import torch
 
 import fastops
 from fastops import reference
-from helpers import num_threads, poisoned_memory, randomise_bn
+from helpers import check_gradients_against_reference, num_threads, poisoned_memory, randomise_bn
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -116,16 +116,8 @@ def test_gradients_of_the_kernel(stride):
     """The op's autograd formula (recompute with the fused ops, chain their backward ops) against
     autograd through the reference, every input."""
     args = _args(2, 12, 10, 9, 8, 3, "relu6", stride=stride, b=7)
-    ours = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-    ref = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-    y = torch.ops.fastops.shuffle_v2_block(*ours)
-    g = torch.randn(y.shape).contiguous(memory_format=torch.channels_last)
-    tensors = lambda a: [t for t in a if isinstance(t, torch.Tensor)]  # noqa: E731
-    got = torch.autograd.grad(y, tensors(ours), g)
-    want = torch.autograd.grad(reference.shuffle_v2_block(*ref), tensors(ref), g)
-    assert len(got) == (10 if stride == 1 else 16)
-    for i, (u, v) in enumerate(zip(got, want)):
-        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * v.abs().max().item(), msg=f"input {i}")
+    check_gradients_against_reference(torch.ops.fastops.shuffle_v2_block, reference.shuffle_v2_block, args,
+                                      n_grads=10 if stride == 1 else 16)
 
 
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))

@@ -6,7 +6,7 @@ import torch
 
 import fastops
 from fastops import reference
-from helpers import num_threads, poisoned_memory, randomise_bn
+from helpers import check_gradients_against_reference, num_threads, poisoned_memory, randomise_bn
 
 ACTS = ("relu", "relu6", "hardswish", "none", "silu")
 
@@ -90,16 +90,8 @@ def test_gradients_of_the_kernel(pool, affine):
     """The op's autograd formula (its backward op) against autograd through the reference."""
     case = (2, 3, 9, 8, 10, 3, 2, 1, (3, 2, 1) if pool else None)
     args = _args(case, "hardswish", affine=affine)
-    ours = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-    ref = [a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
-    y = torch.ops.fastops.stem_conv_bn_act(*ours)
-    g = torch.randn(y.shape).contiguous(memory_format=torch.channels_last)
-    tensors = lambda a: [t for t in a if isinstance(t, torch.Tensor)]  # noqa: E731
-    got = torch.autograd.grad(y, tensors(ours), g)
-    want = torch.autograd.grad(reference.stem_conv_bn_act(*ref), tensors(ref), g)
-    assert len(got) == (4 if affine else 2)
-    for i, (u, v) in enumerate(zip(got, want)):
-        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * v.abs().max().item(), msg=f"input {i}")
+    check_gradients_against_reference(torch.ops.fastops.stem_conv_bn_act, reference.stem_conv_bn_act, args,
+                                      n_grads=4 if affine else 2)
 
 
 def test_backward_op_gradcheck_float64():
