@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import harness
+from .bench_inverted_residual import trained_looking
 
 # (name, out channels, activation module, pool)
 LAYERS = [("sv2", 24, nn.ReLU, True), ("mbv2", 32, nn.ReLU6, False)]
@@ -53,15 +54,8 @@ def make_case(n, layer, dtype, layout, device) -> harness.Case:
 
     def build():
         importlib.import_module("fastops")
-        gen = torch.Generator().manual_seed(1)
-        eager, ours = _Stem(oc, act, pool, False), _Stem(oc, act, pool, True)
-        with torch.no_grad():
-            for p in eager.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * (0.2 if p.dim() > 1 else 0.1))
-            bn = eager.conv1[1]
-            bn.weight.copy_(torch.rand(oc, generator=gen) + 0.5)
-            bn.running_mean.copy_(torch.randn(oc, generator=gen) * 0.1)
-            bn.running_var.copy_(torch.rand(oc, generator=gen) + 0.5)
+        eager = trained_looking(_Stem(oc, act, pool, False), torch.Generator().manual_seed(1))
+        ours = _Stem(oc, act, pool, True)
         ours.load_state_dict(eager.state_dict())
         return tuple(m.to(device=device, dtype=dtype, memory_format=fmt).eval() for m in (eager, ours))
 
