@@ -228,6 +228,41 @@ def test_backward_matches_reference(device, geom, act, layout, affine):
     assert grads[0].is_contiguous(memory_format=_expected_format(x))
 
 
+@pytest.mark.parametrize("k,s", ((3, 1), (3, 2), (5, 1), (5, 2)), ids=str)
+@pytest.mark.parametrize("pad", ("none", "half", "full"))
+@pytest.mark.parametrize("n,c,h,w", ((1, 16, 13, 11), (3, 19, 9, 14), (2, 40, 16, 7), (1, 24, 61, 5)), ids=str)
+def test_backward_channels_last_conv_kernel(k, s, pad, n, c, h, w):
+    """The plain convolution's gradients by the channels_last float32 kernel (3x3 / 5x5, stride
+    1 or 2): grad_x gathered per task of input rows, grad_w and the sum of g over the output rows
+    each task owns, its slots added in task order. Paddings 0, k//2 and k-1 (every border
+    case of the column ranges), 16 channels or a remainder (an overlapping last block whose sums
+    must not count twice), odd maps, one image or several, a tall narrow map (many tasks of a few
+    rows). All four outputs of the backward op against the float64 reference, and the same bits
+    on 1 and 2 threads."""
+    p = {"none": 0, "half": k // 2, "full": k - 1}[pad]
+    x, weight, _, _ = _case("cpu", torch.float32, n, c, h, w, k, affine=False, layout="channels_last")
+    y = fastops.ops.dwconv_bn_act(x, weight, None, None, s, p, 1, "none")
+    g = make_layout(randn(y.shape, torch.float32, "cpu"), "channels_last")
+    geometry = ([s, s], [p, p], [1, 1])
+    got = torch.ops.fastops.dwconv_bn_act_backward(g, x, weight, None, None, *geometry, "none")
+    leaves = [x.double().requires_grad_(), weight.double().requires_grad_(),
+              torch.ones(c, dtype=torch.float64, requires_grad=True),
+              torch.zeros(c, dtype=torch.float64, requires_grad=True)]
+    yr = reference.dwconv_bn_act(*leaves, stride=s, padding=p, dilation=1, act="none")
+    want = torch.autograd.grad(yr, leaves, g.double())
+    for name, a, b in zip(("x", "weight", "scale", "shift"), got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5 * max(1.0, b.abs().max().item()), msg=name)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.fastops.dwconv_bn_act_backward(g, x, weight, None, None, *geometry, "none")
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(got, one):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("k,p,d,c", ((3, 1, 1, 19), (5, 2, 1, 33), (3, 2, 2, 16), ((3, 5), (1, 2), 1, 20),
                                      (3, 0, 1, 17), (3, 3, 1, 18), (1, 0, 1, 16)), ids=str)
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
