@@ -368,21 +368,38 @@ void generic_pass(Pass pass, const Args& a, const double* mean, const double* in
 
 // ---------------------------------------------------------------------------- ops
 
+// A per-channel vector as double: read in place when it is a float / double CPU tensor (the
+// usual case: a conversion through ATen is one more op a call, and a training step makes two
+// of these calls for each BatchNorm), else converted first. dflt where not given.
 std::vector<double> vector_of(const c10::optional<at::Tensor>& t, int64_t C, double dflt) {
   std::vector<double> v(C, dflt);
-  if (t.has_value() && t->defined()) {
-    const at::Tensor d = t->to(at::kDouble).contiguous();
-    std::copy(d.const_data_ptr<double>(), d.const_data_ptr<double>() + C, v.begin());
+  if (!(t.has_value() && t->defined())) return v;
+  const bool direct = t->device().is_cpu() && (t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble);
+  const at::Tensor d = direct ? *t : t->to(at::kDouble);
+  const int64_t step = d.stride(0);
+  if (d.scalar_type() == at::kFloat) {
+    const float* p = d.const_data_ptr<float>();
+    for (int64_t c = 0; c < C; ++c) v[c] = p[c * step];
+  } else {
+    const double* p = d.const_data_ptr<double>();
+    for (int64_t c = 0; c < C; ++c) v[c] = p[c * step];
   }
   return v;
 }
 
 std::vector<float> to_float(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
 
+// v as a [C] tensor of dtype on like's device: filled in place for float / double (one op).
 at::Tensor channel_tensor(const std::vector<double>& v, const at::Tensor& like, at::ScalarType dtype) {
-  at::Tensor t = at::empty({int64_t(v.size())}, like.options().dtype(at::kDouble));
+  const int64_t C = int64_t(v.size());
+  if (dtype == at::kFloat) {
+    at::Tensor t = at::empty({C}, like.options().dtype(at::kFloat));
+    std::copy(v.begin(), v.end(), t.mutable_data_ptr<float>());
+    return t;
+  }
+  at::Tensor t = at::empty({C}, like.options().dtype(at::kDouble));
   std::copy(v.begin(), v.end(), t.mutable_data_ptr<double>());
-  return t.to(dtype);
+  return dtype == at::kDouble ? t : t.to(dtype);
 }
 
 // x made dense in the layout of the outputs (channels_last or NCHW).
@@ -412,9 +429,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train(const at::Tensor& x,
          nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, A};
   if (fast_dtype(x)) {
     const bool bf16 = x.scalar_type() == at::kBFloat16;
-    // shift: each channel's first value (element (0, c, 0, 0))
-    const at::Tensor first = xc.select(0, 0).reshape({C, -1}).select(1, 0).to(at::kFloat).contiguous();
-    const std::vector<float> shift(first.const_data_ptr<float>(), first.const_data_ptr<float>() + C);
+    // shift: each channel's first value (element (0, c, 0, 0)), read in place
+    std::vector<float> shift(C);
+    const int64_t step = cl ? 1 : s.HW;
+    if (bf16) {
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(xc.const_data_ptr());
+      for (int64_t c = 0; c < C; ++c) shift[c] = widen(p[c * step]);
+    } else {
+      const float* p = xc.const_data_ptr<float>();
+      for (int64_t c = 0; c < C; ++c) shift[c] = p[c * step];
+    }
     const std::vector<float> zeros(C, 0.f);
     a.shift = shift.data(), a.mean = a.invstd = a.w = a.b = zeros.data();
     run_pass(cl, bf16, Pass::Stats, a, &d1, &d2);
