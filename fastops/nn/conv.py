@@ -97,14 +97,15 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Ten
     with torch.no_grad():
         if bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
+        m = z.numel() // z.shape[1]
         if bn.momentum is None:  # cumulative average (a tensor expression: no graph break)
             factor = 1.0 / bn.num_batches_tracked.to(mean.dtype)
-        else:
-            factor = bn.momentum
-        m = z.numel() // z.shape[1]
-        unbiased = var * (m / (m - 1))
-        bn.running_mean.copy_(bn.running_mean * (1 - factor) + mean * factor)
-        bn.running_var.copy_(bn.running_var * (1 - factor) + unbiased * factor)
+            bn.running_mean.copy_(bn.running_mean * (1 - factor) + mean * factor)
+            bn.running_var.copy_(bn.running_var * (1 - factor) + var * (m / (m - 1)) * factor)
+        else:  # two in-place ops a buffer (a training step makes this update for every BN)
+            f = bn.momentum
+            bn.running_mean.mul_(1 - f).add_(mean, alpha=f)
+            bn.running_var.mul_(1 - f).add_(var, alpha=f * m / (m - 1))
 
 
 def _act_(y: torch.Tensor, name: str) -> torch.Tensor:
