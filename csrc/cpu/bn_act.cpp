@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../bn_act.h"
+#include "channel_vector.h"
 #include "simd.h"
 
 namespace fastops {
@@ -368,25 +369,6 @@ void generic_pass(Pass pass, const Args& a, const double* mean, const double* in
 
 // ---------------------------------------------------------------------------- ops
 
-// A per-channel vector as double: read in place when it is a float / double CPU tensor (the
-// usual case: a conversion through ATen is one more op a call, and a training step makes two
-// of these calls for each BatchNorm), else converted first. dflt where not given.
-std::vector<double> vector_of(const c10::optional<at::Tensor>& t, int64_t C, double dflt) {
-  std::vector<double> v(C, dflt);
-  if (!(t.has_value() && t->defined())) return v;
-  const bool direct = t->device().is_cpu() && (t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble);
-  const at::Tensor d = direct ? *t : t->to(at::kDouble);
-  const int64_t step = d.stride(0);
-  if (d.scalar_type() == at::kFloat) {
-    const float* p = d.const_data_ptr<float>();
-    for (int64_t c = 0; c < C; ++c) v[c] = p[c * step];
-  } else {
-    const double* p = d.const_data_ptr<double>();
-    for (int64_t c = 0; c < C; ++c) v[c] = p[c * step];
-  }
-  return v;
-}
-
 std::vector<float> to_float(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
 
 // v as a [C] tensor of dtype on like's device: filled in place for float / double (one op).
@@ -423,7 +405,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train(const at::Tensor& x,
   at::Tensor y = at::empty_like(xc);
   const int64_t C = s.C;
   const double M = double(s.M());
-  const std::vector<double> w = vector_of(weight, C, 1.0), b = vector_of(bias, C, 0.0);
+  const std::vector<double> w = channel_vector(weight, C, 1.0), b = channel_vector(bias, C, 0.0);
   std::vector<double> mean(C), var(C), invstd(C), d1, d2;
   Args a{xc.const_data_ptr(), nullptr, y.mutable_data_ptr(), s.N, C, s.HW,
          nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, A};
@@ -485,8 +467,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_train_backward(
   at::Tensor gx = at::empty_like(xc);
   const int64_t C = s.C;
   const double M = double(s.M());
-  const std::vector<double> w = vector_of(weight, C, 1.0), b = vector_of(bias, C, 0.0);
-  const std::vector<double> mean = vector_of(mean_t, C, 0.0), var = vector_of(var_t, C, 1.0);
+  const std::vector<double> w = channel_vector(weight, C, 1.0), b = channel_vector(bias, C, 0.0);
+  const std::vector<double> mean = channel_vector(mean_t, C, 0.0), var = channel_vector(var_t, C, 1.0);
   std::vector<double> invstd(C), mb(C), mw(C), d1, d2;
   for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
   Args a{xc.const_data_ptr(), gc.const_data_ptr(), gx.mutable_data_ptr(), s.N, C, s.HW,

@@ -42,6 +42,7 @@
 
 #include "../dwconv.h"
 #include "../pointwise.h"
+#include "channel_vector.h"
 #include "kernels.h"
 #include "simd.h"
 
@@ -63,23 +64,9 @@ struct Affine {
 Affine affine_of(const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
                  int64_t OC) {
   Affine a;
-  // Read in place when the vector is a float / double CPU tensor (the usual case: a per-call
-  // conversion through ATen costs more than the kernel on small maps), else converted first.
   auto fill = [OC](const c10::optional<at::Tensor>& t, double dflt, std::vector<double>& d,
                    std::vector<float>& f) {
-    d.assign(OC, dflt);
-    if (t.has_value() && t->defined()) {
-      const bool direct = t->device().is_cpu() && (t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble);
-      const at::Tensor v = direct ? *t : t->to(at::kDouble);
-      const int64_t step = v.stride(0);
-      if (v.scalar_type() == at::kFloat) {
-        const float* p = v.const_data_ptr<float>();
-        for (int64_t c = 0; c < OC; ++c) d[c] = p[c * step];
-      } else {
-        const double* p = v.const_data_ptr<double>();
-        for (int64_t c = 0; c < OC; ++c) d[c] = p[c * step];
-      }
-    }
+    d = channel_vector(t, OC, dflt);
     f.assign(d.begin(), d.end());
   };
   fill(scale, 1.0, a.scale64, a.scale);
