@@ -259,18 +259,23 @@ def recorded_call(op, x: torch.Tensor, *args) -> torch.Tensor:
 DWCONV_KERNEL = True
 
 
+def _tiled_depthwise_cl(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """x (4-D, on the CPU) and a depthwise conv in the shapes of dwconv_bn_act's channels_last
+    tiled kernels (csrc/cpu/dwconv.cpp, forward and the backward sweep): channels_last float32,
+    3x3 or 5x5, stride 1 or 2, unit dilation, no multiplier, at least 16 channels."""
+    return (x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+            and conv.kernel_size in ((3, 3), (5, 5)) and conv.stride in ((1, 1), (2, 2))
+            and conv.dilation == (1, 1) and conv.in_channels == conv.out_channels and conv.in_channels >= 16)
+
+
 def _train_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """conv(x) ahead of a training-mode BatchNorm. A CPU channels_last float32 depthwise conv
-    that dwconv_bn_act's channels_last backward kernel takes (3x3 / 5x5, stride 1 or 2, unit
-    dilation, no multiplier, 16 channels or more) runs as the plain `dwconv_bn_act(x, w)`: its
-    forward as fast as ATen's, its backward the one-sweep kernel (MobileNet V2's depthwise
-    layers, N=8: ATen's gradient call took 1.6-2.6x the time its memory traffic needs). Not
-    while compiling: the compiler keeps its own convolution."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and _is_depthwise(conv)
-            and conv.in_channels == conv.out_channels and conv.in_channels >= 16
-            and conv.kernel_size in ((3, 3), (5, 5)) and conv.stride in ((1, 1), (2, 2))
-            and conv.dilation == (1, 1) and x.is_contiguous(memory_format=torch.channels_last)
-            and not x.is_contiguous() and not torch.compiler.is_compiling()):
+    that dwconv_bn_act's channels_last backward kernel takes (`_tiled_depthwise_cl`) runs as the
+    plain `dwconv_bn_act(x, w)`: its forward as fast as ATen's, its backward the one-sweep
+    kernel (MobileNet V2's depthwise layers, N=8: ATen's gradient call took 1.6-2.6x the time its
+    memory traffic needs). Not while compiling: the compiler keeps its own convolution."""
+    if (x.device.type == "cpu" and x.dim() == 4 and _is_depthwise(conv) and not x.is_contiguous()
+            and _tiled_depthwise_cl(x, conv) and not torch.compiler.is_compiling()):
         return ops.dwconv_bn_act(x, conv.weight, None, conv.bias, conv.stride, conv.padding, conv.dilation, "none")
     return conv(x)
 
@@ -286,12 +291,7 @@ def _dwconv_kernel_usable(x: torch.Tensor, conv: nn.Conv2d, residual, shuffle_gr
         return None
     if x.is_contiguous():
         return torch.contiguous_format
-    usable = (
-        DWCONV_KERNEL and x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
-        and conv.kernel_size in ((3, 3), (5, 5)) and conv.stride in ((1, 1), (2, 2)) and conv.dilation == (1, 1)
-        and conv.in_channels == conv.out_channels and conv.in_channels >= 16
-    )
-    return torch.channels_last if usable else None
+    return torch.channels_last if DWCONV_KERNEL and _tiled_depthwise_cl(x, conv) else None
 
 
 # the kind a `_dwconv_kernel` plan is kept under, by the memory format it takes, and back
