@@ -56,7 +56,7 @@ def _extension():
     with_cuda, why = _want_cuda()
     print(f"fastops: building {'CPU + CUDA' if with_cuda else 'CPU-only'} kernels ({why})", file=sys.stderr)
 
-    sources = ["csrc/fastops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/fastops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # Never pass -std: torch picks the standard it was built with (C++17 on 2.11, C++20 on 2.14).
     cxx = ["-fopenmp", "-fdiagnostics-color=always", "-Wno-psabi"]
     if platform.machine() in ("x86_64", "AMD64"):

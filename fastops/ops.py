@@ -78,8 +78,9 @@ def hardsigmoid_second_derivative(gg, grad_out, x):
     return torch.zeros_like(x)
 
 
-def register_dwconv(ns):
-    """fake + autograd for <ns>::dwconv_bn_act and <ns>::dwconv_bn_act_backward."""
+def register_dwconv(ns, autograd=True):
+    """fake + autograd for <ns>::dwconv_bn_act and <ns>::dwconv_bn_act_backward (autograd=False:
+    the fake impls only; fastops' own op has its autograd in C++, csrc/autograd.cpp)."""
     bwd_op = getattr(torch.ops, ns).dwconv_bn_act_backward
 
     @torch.library.register_fake(f"{ns}::dwconv_bn_act")
@@ -110,11 +111,13 @@ def register_dwconv(ns):
         gx, gw, gs, gb = bwd_op(grad, x, weight, scale, shift, *ctx.conf)
         return gx, gw, gs if scale is not None else None, gb if shift is not None else None, None, None, None, None
 
-    torch.library.register_autograd(f"{ns}::dwconv_bn_act", backward, setup_context=setup)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::dwconv_bn_act", backward, setup_context=setup)
 
 
-def register_bn_act(ns):
-    """fake + autograd for <ns>::bn_act_train and <ns>::bn_act_train_backward."""
+def register_bn_act(ns, autograd=True):
+    """fake + autograd for <ns>::bn_act_train and <ns>::bn_act_train_backward (autograd=False:
+    the fake impls only; fastops' own op has its autograd in C++, csrc/autograd.cpp)."""
     bwd_op = getattr(torch.ops, ns).bn_act_train_backward
 
     def _stats(x):
@@ -147,7 +150,8 @@ def register_bn_act(ns):
         gx, gw, gb = bwd_op(grad, x, mean, var, weight, bias, *ctx.conf)
         return gx, gw if weight is not None else None, gb if bias is not None else None, None, None
 
-    torch.library.register_autograd(f"{ns}::bn_act_train", backward, setup_context=setup)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::bn_act_train", backward, setup_context=setup)
 
 
 def _like_vector(t, n, x):
@@ -456,8 +460,10 @@ if _extension.has_extension():
     register_stem_conv("fastops")
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
-    register_dwconv("fastops")
-    register_bn_act("fastops")
+    # autograd in C++ (csrc/autograd.cpp): these two run once per depthwise conv / BatchNorm of a
+    # training step, where the Python autograd layer cost ~35 us a call each way
+    register_dwconv("fastops", autograd=False)
+    register_bn_act("fastops", autograd=False)
     register_shuffle("fastops")
     register_squeeze_excite("fastops")
     register_pwconv("fastops")

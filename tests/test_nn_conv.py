@@ -113,7 +113,7 @@ def test_train_depthwise_conv_runs_the_fastops_kernel_on_channels_last(layout):
         if node is not None and node.name() not in nodes:
             nodes.add(node.name())
             stack += [n for n, _ in node.next_functions]
-    assert any("fastops_dwconv_bn_act" in n for n in nodes) == (layout == "channels_last"), nodes
+    assert any("DwConvBnAct" in n for n in nodes) == (layout == "channels_last"), nodes
 
 
 def test_dense_conv_folds_bn_with_same_answer():
