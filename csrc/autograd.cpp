@@ -2,11 +2,12 @@
 //
 // The other ops' autograd is registered in Python (fastops/ops.py, torch.library.register_autograd).
 // These two run once per BatchNorm / depthwise conv of a training step, and there the Python
-// layer cost more than the kernels on small maps: ~35 us a bn_act_train forward call above the
-// kernel's 7 us, and as much again in backward (2x16x2x2, 2 cores). Registered for the Autograd
-// key, so every backend (CPU, CUDA) and the fake tensors of torch.compile go through them; the
-// forward runs the op below autograd, the backward calls the op's backward op, as the Python
-// formulas do (fastops_triton's ops keep those).
+// layer cost more than the kernels on small maps: a bn_act_train forward call on 2x16x2x2 took
+// 42 us with it, 14 us with the Function below (the kernel alone 7 us), forward + backward 145
+// against 95 us (2 cores). Registered for the Autograd key, so every backend (CPU, CUDA) and
+// the fake tensors of torch.compile go through them; the forward runs the op below autograd,
+// the backward calls the op's backward op, as the Python formulas do (fastops_triton's ops
+// keep those).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -57,8 +58,10 @@ struct BnActTrain : public torch::autograd::Function<BnActTrain> {
     const variable_list s = ctx->get_saved_variables();
     const OptTensor weight = optional(s[3]), bias = optional(s[4]);
     const std::string act = ctx->saved_data["act"].toStringRef();
-    auto [gx, gw, gb] = op.call(grads[0], s[0], s[1], s[2], weight, bias, ctx->saved_data["eps"].toDouble(), act);
-    return {gx, defined(weight) ? gw : at::Tensor(), defined(bias) ? gb : at::Tensor(), at::Tensor(), at::Tensor()};
+    const double eps = ctx->saved_data["eps"].toDouble();
+    auto [gx, gw, gb] = op.call(grads[0], s[0], s[1], s[2], weight, bias, eps, act);
+    const at::Tensor none;
+    return {gx, defined(weight) ? gw : none, defined(bias) ? gb : none, none, none};
   }
 };
 
