@@ -2,8 +2,8 @@
 //
 // Kernels are added per dispatch key next to their code (csrc/cpu/<family>.cpp registers CPU,
 // csrc/cuda/<family>.cu registers CUDA). Fake (meta) impls and autograd are registered in Python
-// (fastops/ops.py), except the autograd of bn_act_train and dwconv_bn_act (csrc/autograd.cpp:
-// their per-call cost shows in training steps). Backward passes are operators of their own so
+// (fastops/ops.py), except the autograd of bn_act_train, dwconv_bn_act, channel_shuffle and
+// concat_shuffle (csrc/autograd.cpp: their per-call cost shows in training steps). Backward passes are operators of their own so
 // that they too can be checked, compiled and exported.
 #include <Python.h>
 #include <torch/library.h>

@@ -159,8 +159,10 @@ def _like_vector(t, n, x):
     return t.new_empty(t.shape) if t is not None else x.new_empty([n])
 
 
-def register_shuffle(ns):
-    """fake + autograd for <ns>::channel_shuffle, <ns>::concat_shuffle and its backward."""
+def register_shuffle(ns, autograd=True):
+    """fake + autograd for <ns>::channel_shuffle, <ns>::concat_shuffle and its backward
+    (autograd=False: channel_shuffle's and concat_shuffle's autograd is in C++, csrc/autograd.cpp;
+    concat_shuffle_backward's stays here)."""
     lib = getattr(torch.ops, ns)
 
     @torch.library.register_fake(f"{ns}::channel_shuffle")
@@ -189,7 +191,8 @@ def register_shuffle(ns):
     def backward(ctx, grad):
         return lib.channel_shuffle(grad, ctx.inverse), None
 
-    torch.library.register_autograd(f"{ns}::channel_shuffle", backward, setup_context=setup)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::channel_shuffle", backward, setup_context=setup)
 
     def setup_concat(ctx, inputs, output):
         ctx.split = inputs[0].shape[1]
@@ -197,7 +200,8 @@ def register_shuffle(ns):
     def backward_concat(ctx, grad):
         return lib.concat_shuffle_backward(grad, ctx.split)
 
-    torch.library.register_autograd(f"{ns}::concat_shuffle", backward_concat, setup_context=setup_concat)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::concat_shuffle", backward_concat, setup_context=setup_concat)
 
     def backward_concat_backward(ctx, grad_a, grad_b):  # the backward is linear: its own adjoint
         return lib.concat_shuffle(grad_a, grad_b), None
@@ -460,11 +464,12 @@ if _extension.has_extension():
     register_stem_conv("fastops")
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
-    # autograd in C++ (csrc/autograd.cpp): these two run once per depthwise conv / BatchNorm of a
-    # training step, where the Python autograd layer cost ~30 us a forward call, ~20 a backward
+    # autograd in C++ (csrc/autograd.cpp) for dwconv_bn_act, bn_act_train and the two shuffles:
+    # these run once per depthwise conv / BatchNorm / shuffle of a training step, where the Python
+    # autograd layer cost ~30 us a forward call, ~20 a backward
     register_dwconv("fastops", autograd=False)
     register_bn_act("fastops", autograd=False)
-    register_shuffle("fastops")
+    register_shuffle("fastops", autograd=False)
     register_squeeze_excite("fastops")
     register_pwconv("fastops")
     register_separable("fastops")
