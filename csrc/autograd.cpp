@@ -26,7 +26,7 @@ using torch::autograd::variable_list;
 using OptTensor = c10::optional<at::Tensor>;
 
 bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
-OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
+OptTensor as_optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
 
 // ---------------------------------------------------------------------------- bn_act_train
 
@@ -56,7 +56,7 @@ struct BnActTrain : public torch::autograd::Function<BnActTrain> {
                                .findSchemaOrThrow("fastops::bn_act_train_backward", "")
                                .typed<BnActTrainBackwardFn>();
     const variable_list s = ctx->get_saved_variables();
-    const OptTensor weight = optional(s[3]), bias = optional(s[4]);
+    const OptTensor weight = as_optional(s[3]), bias = as_optional(s[4]);
     const std::string act = ctx->saved_data["act"].toStringRef();
     const double eps = ctx->saved_data["eps"].toDouble();
     auto [gx, gw, gb] = op.call(grads[0], s[0], s[1], s[2], weight, bias, eps, act);
@@ -101,7 +101,7 @@ struct DwConvBnAct : public torch::autograd::Function<DwConvBnAct> {
                                .findSchemaOrThrow("fastops::dwconv_bn_act_backward", "")
                                .typed<DwConvBackwardFn>();
     const variable_list s = ctx->get_saved_variables();
-    const OptTensor scale = optional(s[2]), shift = optional(s[3]);
+    const OptTensor scale = as_optional(s[2]), shift = as_optional(s[3]);
     const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector(),
                                padding = ctx->saved_data["padding"].toIntVector(),
                                dilation = ctx->saved_data["dilation"].toIntVector();
