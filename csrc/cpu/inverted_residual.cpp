@@ -25,7 +25,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <span>
+#include <iterator>
 #include <vector>
 
 #include "../dwconv.h"
@@ -120,9 +120,9 @@ at::Tensor inverted_residual(const at::Tensor& x, const c10::optional<at::Tensor
   const int64_t S = stride, OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
   const struct { const at::Tensor* t; const char* name; int64_t n; } vecs[] = {
       {&s1, "s1", E}, {&b1, "b1", E}, {&s2, "s2", E}, {&b2, "b2", E}, {&s3, "s3", O}, {&b3, "b3", O}};
-  for (const auto& v : std::span(vecs).subspan(expand ? 0 : 2))  // s1, b1 only with the expansion
-    TORCH_CHECK_VALUE(v.t->dim() == 1 && v.t->size(0) == v.n, "fastops.", op, ": argument '", v.name,
-                      "' must have shape [", v.n, "], got ", v.t->sizes());
+  for (const auto* v = vecs + (expand ? 0 : 2); v != std::end(vecs); ++v)  // s1, b1 only with the expansion
+    TORCH_CHECK_VALUE(v->t->dim() == 1 && v->t->size(0) == v->n, "fastops.", op, ": argument '", v->name,
+                      "' must have shape [", v->n, "], got ", v->t->sizes());
   TORCH_CHECK_VALUE(!residual || (S == 1 && O == C), "fastops.", op,
                     ": residual=True needs stride 1 and as many output channels as input channels, got stride ",
                     S, ", ", C, " -> ", O, " channels");

@@ -6,6 +6,8 @@
 // and the best is picked at load time (GCC function multi-versioning): one wheel runs on any
 // x86-64, and the 16-lane vectors become one zmm, two ymm or four xmm registers accordingly.
 // Everything these functions call is FASTOPS_CPU_INLINE, so it is compiled for the caller's ISA.
+// With FASTOPS_NO_MULTIVERSION (setup.py's FASTOPS_CPU_NATIVE=1, with -march=native) there is
+// one version, for the build machine's processor: it compiles several times faster.
 //
 // bfloat16 travels as raw uint16 bits: widening is a shift, narrowing rounds to nearest even
 // and keeps NaN a NaN, as c10::BFloat16 does.
