@@ -29,6 +29,11 @@ def has_extension() -> bool:
     return _C is not None
 
 
+# Read once: the ops' Python layer asks on every call, also inside torch.compile'd code, where
+# Dynamo cannot trace the dispatcher query (a call returning a bool) but reads a global.
+_HAS_CUDA_KERNELS = _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key("fastops::hardswish", "CUDA")
+
+
 def has_cuda_kernels() -> bool:
     """True when fastops._C was built with its CUDA kernels (no GPU is needed for that)."""
-    return has_extension() and torch._C._dispatch_has_kernel_for_dispatch_key("fastops::hardswish", "CUDA")
+    return _HAS_CUDA_KERNELS

@@ -11,6 +11,11 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# The references run in full float32 on CUDA too: cuDNN's convolutions (and cuBLAS's matmuls, when
+# allowed) would otherwise round their inputs to TF32 (10-bit mantissa), 1e-3 off.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -58,8 +58,10 @@ def _run(N, C, H, W, act="silu", dtype=torch.float32, layout="contiguous", has_w
     data_scale = abs(offset) + scale
     check_close_to_f64(mean, mean64, stat_dtype, atol=4 * torch.finfo(stat_dtype).eps * data_scale)
     check_close_to_f64(var, var64, stat_dtype)
-    # y: the mean is known to float32's precision of |offset| (a shift of xhat of that over std)
-    check_close_to_f64(y, y64.detach(), dtype, atol=4 * torch.finfo(stat_dtype).eps * abs(offset) / scale)
+    # y: the mean is known to float32's precision of |offset| (a shift of xhat of that over std),
+    # which the weight scales (the GPU's summation order missed 4 eps |offset| with |w| ~ 2.5)
+    gain = max(1.0, w.abs().max().item()) if w is not None else 1.0
+    check_close_to_f64(y, y64.detach(), dtype, atol=4 * torch.finfo(stat_dtype).eps * abs(offset) / scale * gain)
 
     grad_out = triton_input(tuple(x.shape), dtype, grad_layout)
     expected = torch.autograd.grad(y64, leaves, grad_out.double())

@@ -60,9 +60,13 @@ def _store(ptr, offs, v, mask, BF16_RNE: tl.constexpr):
 @triton.jit
 def _load(ptr, offs, mask, FP64: tl.constexpr):
     v = tl.load(ptr + offs, mask=mask)
+    # one return: compiled Triton (unlike its interpreter) rejects an early return whose type
+    # differs from the final one, even under a constexpr condition
     if FP64:
-        return v.to(tl.float64)
-    return v.to(tl.float32)
+        v = v.to(tl.float64)
+    else:
+        v = v.to(tl.float32)
+    return v
 
 
 @triton.jit

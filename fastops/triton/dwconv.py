@@ -102,9 +102,13 @@ def _act_grad(g, u, ACT: tl.constexpr):
 def _ld(ptr, offs, mask, FP64: tl.constexpr):
     """Masked load (0 where masked off) in the compute precision."""
     v = tl.load(ptr + offs, mask=mask, other=0.0)
+    # one return: compiled Triton (unlike its interpreter) rejects an early return whose type
+    # differs from the final one, even under a constexpr condition
     if FP64:
-        return v.to(tl.float64)
-    return v.to(tl.float32)
+        v = v.to(tl.float64)
+    else:
+        v = v.to(tl.float32)
+    return v
 
 
 @triton.jit

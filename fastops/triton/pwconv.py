@@ -70,7 +70,8 @@ def _conv_tile(
         if UPCAST:  # the interpreter multiplies bfloat16 as raw integers: give it float32
             xt = xt.to(tl.float32)
             wt = wt.to(tl.float32)
-        acc = tl.dot(xt, wt, acc, input_precision=PREC)
+        # out_dtype: compiled Triton asserts that it matches acc's (float64 for float64)
+        acc = tl.dot(xt, wt, acc, input_precision=PREC, out_dtype=acc.dtype)
     return acc, p, pmask, o, omask
 
 
