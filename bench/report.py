@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+BACKENDS = ("fastops[cuda]", "fastops[triton]")
 
 
 def _ms(row):
@@ -31,13 +32,17 @@ def table(path: str) -> str:
     cases: "OrderedDict[str, dict]" = OrderedDict()
     for row in report["rows"]:
         cases.setdefault(row["case"], {})[row["contender"]] = row
+    # a GPU run's fastops under each backend (bench/run.py --backends): their times and speedups
+    backends = [b for b in BACKENDS if any(row["contender"] == b for row in report["rows"])]
+    extra_head = "".join(f" {b} ms | {b} vs eager |" for b in backends)
     head = (
         f"**{os.path.basename(path)}** — {m.get('device_name') or m.get('cpu_model')}, {m.get('threads')} threads, "
         f"torch {m.get('torch')}, copy bandwidth {m.get('copy_gbps_start', 0):.1f} GB/s, "
-        f"allocator: {m.get('allocator', {}).get('setting', 'default')}, {m.get('date', '')[:10]}\n\n"
+        f"allocator: {m.get('allocator', {}).get('setting', 'default')}, {m.get('date', '')[:10]}"
+        + ("" if report.get("complete", True) else " (run cut short: the cases it finished)") + "\n\n"
         "| case | fastops ms | eager ms | compile ms | compile+freezing ms | vs eager | vs compile "
-        "| vs compile+freezing | roof | peak MiB fastops / eager |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| vs compile+freezing | roof | peak MiB fastops / eager |" + extra_head + "\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(backends)
     )
     lines = [head]
     for name, rows in cases.items():
@@ -57,7 +62,13 @@ def table(path: str) -> str:
             mem = f"{f['peak_mem_mb']:.3g} / {rows['eager']['peak_mem_mb']:.3g}"
         label = name + (f" ({', '.join(flags)})" if flags else "")
         times = " | ".join(_ms(rows.get(c)) for c in ("fastops", "eager", "compile", "compile+freezing"))
-        lines.append(f"| {label} | {times} | {vs('eager')} | {vs('compile')} | {vs('compile+freezing')} | {roof} | {mem} |")
+        extra = ""
+        for b in backends:
+            r = rows.get(b)
+            x = r.get("speedup_vs_eager") if r and r.get("status") == "ok" else None
+            extra += f" {_ms(r)} | {f'{x:.2f}×' if x else '—'} |"
+        lines.append(f"| {label} | {times} | {vs('eager')} | {vs('compile')} | {vs('compile+freezing')} | {roof} | {mem} |"
+                     + extra)
     return "\n".join(lines)
 
 
