@@ -1,10 +1,17 @@
-// Autograd of fastops::bn_act_train, dwconv_bn_act, channel_shuffle and concat_shuffle, in C++.
+// Autograd of the fastops ops that have a backward op, in C++: bn_act_train, dwconv_bn_act,
+// channel_shuffle, concat_shuffle (and its backward's, for double backward), squeeze_excite,
+// pwconv_bn_act and separable_conv_bn_act.
 //
-// The other ops' autograd is registered in Python (fastops/ops.py, torch.library.register_autograd).
-// These run once per BatchNorm / depthwise conv / shuffle of a training step, and there the
-// Python layer cost more than the kernels on small maps: a bn_act_train forward call on
-// 2x16x2x2 took 42 us with it, 14 us with the Function below (the kernel alone 7 us), forward +
-// backward 145 against 95 us; channel_shuffle forward + backward 98 against 64 us (2 cores).
+// The block ops' autograd (inverted_residual, shuffle_v2_block, stem_conv_bn_act: composites of
+// the ones here) and the activations' stay in Python (fastops/ops.py,
+// torch.library.register_autograd). Why C++: the per-call cost. A training step runs
+// bn_act_train and dwconv_bn_act once per BatchNorm and depthwise conv, and there the Python
+// layer cost more than the kernels on small maps: a bn_act_train forward call on 2x16x2x2 took
+// 42 us with it, 14 us with the Function below (the kernel alone 7 us), forward + backward 145
+// against 95 us; channel_shuffle forward + backward 98 against 64 us; pwconv_bn_act on 2x16x2x2
+// 62-73 against 21 us forward, 257-272 against 175-178 us forward + backward; squeeze_excite
+// 56-70 against 18-19 us, 234-244 against 156-159 us (one thread, the Python formulas
+// re-registered in the same build).
 // Registered for the Autograd key, so every backend (CPU, CUDA) and the fake tensors of
 // torch.compile go through them; the forward runs the op below autograd, the backward calls the
 // op's backward op, as the Python formulas do (fastops_triton's ops keep those).
@@ -168,6 +175,167 @@ struct ConcatShuffle : public torch::autograd::Function<ConcatShuffle> {
 
 at::Tensor concat_shuffle_autograd(const at::Tensor& a, const at::Tensor& b) { return ConcatShuffle::apply(a, b); }
 
+// concat_shuffle_backward is linear in grad_out: its own adjoint is concat_shuffle (double
+// backward of concat_shuffle).
+struct ConcatShuffleBackward : public torch::autograd::Function<ConcatShuffleBackward> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_out, int64_t split) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastops::concat_shuffle_backward", "")
+                               .typed<ConcatShuffleBackwardFn>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [ga, gb] = op.call(grad_out, split);
+    return {ga, gb};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("fastops::concat_shuffle", "").typed<ConcatShuffleFn>();
+    return {op.call(grads[0], grads[1]), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> concat_shuffle_backward_autograd(const at::Tensor& grad_out, int64_t split) {
+  const variable_list out = ConcatShuffleBackward::apply(grad_out, split);
+  return {out[0], out[1]};
+}
+
+// ---------------------------------------------------------------------------- squeeze_excite
+
+using SqueezeExciteFn = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&,
+                                   const OptTensor&, c10::string_view, c10::string_view);
+using SqueezeExciteBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&,
+    const OptTensor&, c10::string_view, c10::string_view);
+
+struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,
+                            const at::Tensor& w2, const OptTensor& b2, c10::string_view act,
+                            c10::string_view gate) {
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("fastops::squeeze_excite", "").typed<SqueezeExciteFn>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = op.call(x, w1, b1, w2, b2, act, gate);
+    ctx->save_for_backward({x, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor())});
+    ctx->saved_data["act"] = std::string(act);
+    ctx->saved_data["gate"] = std::string(gate);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastops::squeeze_excite_backward", "")
+                               .typed<SqueezeExciteBackwardFn>();
+    const variable_list s = ctx->get_saved_variables();
+    const OptTensor b1 = as_optional(s[2]), b2 = as_optional(s[4]);
+    const std::string act = ctx->saved_data["act"].toStringRef(), gate = ctx->saved_data["gate"].toStringRef();
+    auto [gx, gw1, gb1, gw2, gb2] = op.call(grads[0], s[0], s[1], b1, s[3], b2, act, gate);
+    const at::Tensor none;
+    return {gx, gw1, defined(b1) ? gb1 : none, gw2, defined(b2) ? gb2 : none, none, none};
+  }
+};
+
+at::Tensor squeeze_excite_autograd(const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,
+                                   const at::Tensor& w2, const OptTensor& b2, c10::string_view act,
+                                   c10::string_view gate) {
+  return SqueezeExcite::apply(x, w1, b1, w2, b2, act, gate);
+}
+
+// ---------------------------------------------------------------------------- pwconv_bn_act
+
+using PwConvFn = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, int64_t,
+                            c10::string_view, const OptTensor&, int64_t);
+using PwConvBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, int64_t,
+    c10::string_view, const OptTensor&, int64_t);
+
+struct PwConvBnAct : public torch::autograd::Function<PwConvBnAct> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const OptTensor& scale, const OptTensor& shift, int64_t groups, c10::string_view act,
+                            const OptTensor& residual, int64_t shuffle_groups) {
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("fastops::pwconv_bn_act", "").typed<PwConvFn>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = op.call(x, weight, scale, shift, groups, act, residual, shuffle_groups);
+    ctx->save_for_backward({x, weight, scale.value_or(at::Tensor()), shift.value_or(at::Tensor()),
+                            residual.value_or(at::Tensor())});
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["act"] = std::string(act);
+    ctx->saved_data["shuffle_groups"] = shuffle_groups;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastops::pwconv_bn_act_backward", "")
+                               .typed<PwConvBackwardFn>();
+    const variable_list s = ctx->get_saved_variables();
+    const OptTensor scale = as_optional(s[2]), shift = as_optional(s[3]), residual = as_optional(s[4]);
+    const std::string act = ctx->saved_data["act"].toStringRef();
+    auto [gx, gw, gs, gb, gr] = op.call(grads[0], s[0], s[1], scale, shift, ctx->saved_data["groups"].toInt(), act,
+                                        residual, ctx->saved_data["shuffle_groups"].toInt());
+    const at::Tensor none;
+    return {gx, gw, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none,
+            defined(residual) ? gr : none, none};
+  }
+};
+
+at::Tensor pwconv_bn_act_autograd(const at::Tensor& x, const at::Tensor& weight, const OptTensor& scale,
+                                  const OptTensor& shift, int64_t groups, c10::string_view act,
+                                  const OptTensor& residual, int64_t shuffle_groups) {
+  return PwConvBnAct::apply(x, weight, scale, shift, groups, act, residual, shuffle_groups);
+}
+
+// ---------------------------------------------------------------------------- separable_conv_bn_act
+
+using SeparableFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+                               const OptTensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                               c10::string_view);
+using SeparableBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&,
+    const OptTensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, c10::string_view);
+
+struct SeparableConvBnAct : public torch::autograd::Function<SeparableConvBnAct> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& dw_weight,
+                            const at::Tensor& pw_weight, const OptTensor& scale, const OptTensor& shift,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            c10::string_view act) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastops::separable_conv_bn_act", "")
+                               .typed<SeparableFn>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = op.call(x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act);
+    ctx->save_for_backward({x, dw_weight, pw_weight, scale.value_or(at::Tensor()), shift.value_or(at::Tensor())});
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["act"] = std::string(act);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastops::separable_conv_bn_act_backward", "")
+                               .typed<SeparableBackwardFn>();
+    const variable_list s = ctx->get_saved_variables();
+    const OptTensor scale = as_optional(s[3]), shift = as_optional(s[4]);
+    const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector(),
+                               padding = ctx->saved_data["padding"].toIntVector(),
+                               dilation = ctx->saved_data["dilation"].toIntVector();
+    const std::string act = ctx->saved_data["act"].toStringRef();
+    auto [gx, gd, gp, gs, gb] =
+        op.call(grads[0], s[0], s[1], s[2], scale, shift, stride, padding, dilation, act);
+    const at::Tensor none;
+    return {gx, gd, gp, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none, none, none};
+  }
+};
+
+at::Tensor separable_conv_bn_act_autograd(const at::Tensor& x, const at::Tensor& dw_weight,
+                                          const at::Tensor& pw_weight, const OptTensor& scale,
+                                          const OptTensor& shift, at::IntArrayRef stride, at::IntArrayRef padding,
+                                          at::IntArrayRef dilation, c10::string_view act) {
+  return SeparableConvBnAct::apply(x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act);
+}
+
 }  // namespace autograd
 
 TORCH_LIBRARY_IMPL(fastops, Autograd, m) {
@@ -175,6 +343,10 @@ TORCH_LIBRARY_IMPL(fastops, Autograd, m) {
   m.impl("dwconv_bn_act", &autograd::dwconv_bn_act_autograd);
   m.impl("channel_shuffle", &autograd::channel_shuffle_autograd);
   m.impl("concat_shuffle", &autograd::concat_shuffle_autograd);
+  m.impl("concat_shuffle_backward", &autograd::concat_shuffle_backward_autograd);
+  m.impl("squeeze_excite", &autograd::squeeze_excite_autograd);
+  m.impl("pwconv_bn_act", &autograd::pwconv_bn_act_autograd);
+  m.impl("separable_conv_bn_act", &autograd::separable_conv_bn_act_autograd);
 }
 
 }  // namespace fastops

@@ -161,8 +161,7 @@ def _like_vector(t, n, x):
 
 def register_shuffle(ns, autograd=True):
     """fake + autograd for <ns>::channel_shuffle, <ns>::concat_shuffle and its backward
-    (autograd=False: channel_shuffle's and concat_shuffle's autograd is in C++, csrc/autograd.cpp;
-    concat_shuffle_backward's stays here)."""
+    (autograd=False: their autograd is in C++, csrc/autograd.cpp)."""
     lib = getattr(torch.ops, ns)
 
     @torch.library.register_fake(f"{ns}::channel_shuffle")
@@ -206,12 +205,14 @@ def register_shuffle(ns, autograd=True):
     def backward_concat_backward(ctx, grad_a, grad_b):  # the backward is linear: its own adjoint
         return lib.concat_shuffle(grad_a, grad_b), None
 
-    torch.library.register_autograd(f"{ns}::concat_shuffle_backward", backward_concat_backward,
-                                    setup_context=lambda ctx, inputs, output: None)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::concat_shuffle_backward", backward_concat_backward,
+                                        setup_context=lambda ctx, inputs, output: None)
 
 
-def register_squeeze_excite(ns):
-    """fake + autograd for <ns>::squeeze_excite and <ns>::squeeze_excite_backward."""
+def register_squeeze_excite(ns, autograd=True):
+    """fake + autograd for <ns>::squeeze_excite and <ns>::squeeze_excite_backward (autograd=False:
+    the autograd is in C++, csrc/autograd.cpp)."""
     bwd_op = getattr(torch.ops, ns).squeeze_excite_backward
 
     @torch.library.register_fake(f"{ns}::squeeze_excite")
@@ -237,11 +238,13 @@ def register_squeeze_excite(ns):
         gx, gw1, gb1, gw2, gb2 = bwd_op(grad, x, w1, b1, w2, b2, *ctx.conf)
         return gx, gw1, gb1 if b1 is not None else None, gw2, gb2 if b2 is not None else None, None, None
 
-    torch.library.register_autograd(f"{ns}::squeeze_excite", backward, setup_context=setup)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::squeeze_excite", backward, setup_context=setup)
 
 
-def register_pwconv(ns):
-    """fake + autograd for <ns>::pwconv_bn_act and <ns>::pwconv_bn_act_backward."""
+def register_pwconv(ns, autograd=True):
+    """fake + autograd for <ns>::pwconv_bn_act and <ns>::pwconv_bn_act_backward (autograd=False:
+    the autograd is in C++, csrc/autograd.cpp)."""
     bwd_op = getattr(torch.ops, ns).pwconv_bn_act_backward
 
     @torch.library.register_fake(f"{ns}::pwconv_bn_act")
@@ -271,11 +274,13 @@ def register_pwconv(ns):
         return (gx, gw, gs if scale is not None else None, gb if shift is not None else None, None, None,
                 gr if residual is not None else None, None)
 
-    torch.library.register_autograd(f"{ns}::pwconv_bn_act", backward, setup_context=setup)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::pwconv_bn_act", backward, setup_context=setup)
 
 
-def register_separable(ns):
-    """fake + autograd for <ns>::separable_conv_bn_act and its backward."""
+def register_separable(ns, autograd=True):
+    """fake + autograd for <ns>::separable_conv_bn_act and its backward (autograd=False: the
+    autograd is in C++, csrc/autograd.cpp)."""
     bwd_op = getattr(torch.ops, ns).separable_conv_bn_act_backward
 
     @torch.library.register_fake(f"{ns}::separable_conv_bn_act")
@@ -306,7 +311,8 @@ def register_separable(ns):
         return (gx, gd, gp, gs if scale is not None else None, gb if shift is not None else None,
                 None, None, None, None)
 
-    torch.library.register_autograd(f"{ns}::separable_conv_bn_act", backward, setup_context=setup)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::separable_conv_bn_act", backward, setup_context=setup)
 
 
 def register_inverted_residual(ns):
@@ -464,15 +470,15 @@ if _extension.has_extension():
     register_stem_conv("fastops")
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
-    # autograd in C++ (csrc/autograd.cpp) for dwconv_bn_act, bn_act_train and the two shuffles:
-    # these run once per depthwise conv / BatchNorm / shuffle of a training step, where the Python
-    # autograd layer cost ~30 us a forward call, ~20 a backward
+    # autograd in C++ (csrc/autograd.cpp) for the ops with a backward op: a training step runs
+    # them once per depthwise conv / BatchNorm / shuffle, where the Python autograd layer cost
+    # ~30-50 us a forward call, ~20-30 a backward
     register_dwconv("fastops", autograd=False)
     register_bn_act("fastops", autograd=False)
     register_shuffle("fastops", autograd=False)
-    register_squeeze_excite("fastops")
-    register_pwconv("fastops")
-    register_separable("fastops")
+    register_squeeze_excite("fastops", autograd=False)
+    register_pwconv("fastops", autograd=False)
+    register_separable("fastops", autograd=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -185,3 +185,11 @@ def test_block_cases_agree_with_eager(family):
         ours, eager = case.contenders["fastops"](), case.contenders["eager"]()
         assert harness._check(ours(s), eager(s), layout=case.layout_checked)[0] == "ok", case.op
         assert case.flops > 0 and case.bytes_moved > 0
+
+
+def test_gpu_check_script_parses():
+    """bench/gpu_check.sh runs only on a GPU machine (one call a lease): at least its syntax is
+    checked here."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -113,14 +113,19 @@ def test_every_schema_has_cpu_cuda_fake_and_autograd():
     assert has("fastops::hardswish_backward", "Autograd") and has("fastops::concat_shuffle_backward", "Autograd")
 
 
-def test_training_path_ops_have_cpp_autograd():
-    """bn_act_train, dwconv_bn_act, channel_shuffle and concat_shuffle run their autograd as C++
-    Functions (csrc/autograd.cpp), not through torch.library's Python layer, which cost ~30 us a
-    call in every training step: their grad_fn is a CppNode of fastops::autograd. Each gradient
-    against the reference's."""
+def test_ops_with_a_backward_op_have_cpp_autograd():
+    """The ops with a backward op run their autograd as C++ Functions (csrc/autograd.cpp), not
+    through torch.library's Python layer, which cost ~30-50 us a call in every training step:
+    their grad_fn is a CppNode of fastops::autograd. Each gradient against the reference's, every optional input given."""
     x = randn((2, 16, 5, 6)).requires_grad_()
     w = randn((16, 1, 3, 3)).requires_grad_()
     a, b = randn((2, 8, 5, 6)).requires_grad_(), randn((2, 8, 5, 6)).requires_grad_()
+    w1, b1 = randn((4, 16)).requires_grad_(), randn((4,)).requires_grad_()
+    w2, b2 = randn((16, 4)).requires_grad_(), randn((16,)).requires_grad_()
+    pw, sc, sh = randn((12, 8, 1, 1)).requires_grad_(), randn((12,)).requires_grad_(), randn((12,)).requires_grad_()
+    res = randn((2, 12, 5, 6)).requires_grad_()
+    pw16 = randn((12, 16, 1, 1)).requires_grad_()
+    go = randn((2, 16, 5, 6)).requires_grad_()
     cases = {
         "BnActTrain": (lambda: fastops.ops.bn_act_train(x, None, None, 1e-5, "relu6")[0],
                        lambda: fastops.reference.bn_act_train(x, None, None, 1e-5, "relu6")[0], (x,)),
@@ -130,6 +135,19 @@ def test_training_path_ops_have_cpp_autograd():
                            lambda: fastops.reference.channel_shuffle(x, 4), (x,)),
         "ConcatShuffle": (lambda: fastops.ops.concat_shuffle(a, b),
                           lambda: fastops.reference.concat_shuffle(a, b), (a, b)),
+        # double backward of concat_shuffle: concat_shuffle_backward's own autograd
+        "ConcatShuffleBackward": (lambda: torch.ops.fastops.concat_shuffle_backward(go, 6)[1],
+                                  lambda: fastops.reference.concat_shuffle_backward(go, 6)[1], (go,)),
+        "SqueezeExcite": (lambda: fastops.ops.squeeze_excite(x, w1, b1, w2, b2, "relu", "hardsigmoid"),
+                          lambda: fastops.reference.squeeze_excite(x, w1, b1, w2, b2, "relu", "hardsigmoid"),
+                          (x, w1, b1, w2, b2)),
+        "PwConvBnAct": (lambda: fastops.ops.pwconv_bn_act(a, pw, sc, sh, 1, "relu6", res, 3),
+                        lambda: fastops.reference.pwconv_bn_act(a, pw, sc, sh, 1, "relu6", res, 3),
+                        (a, pw, sc, sh, res)),
+        "SeparableConvBnAct": (lambda: fastops.ops.separable_conv_bn_act(x, w, pw16, sc, sh, 1, 1, 1, "hardswish"),
+                               lambda: fastops.reference.separable_conv_bn_act(x, w, pw16, sc, sh, 1, 1, 1,
+                                                                                "hardswish"),
+                               (x, w, pw16, sc, sh)),
     }
     for name, (run, ref, leaves) in cases.items():
         y = run()
