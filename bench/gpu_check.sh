@@ -11,7 +11,8 @@
 #
 # Phases: 1 build (CPU kernels for this machine's processor only, FASTOPS_CPU_NATIVE=1: a fraction
 # of the portable build's compile time); 2 GPU tests; 3 depthwise conv benchmarks, fp16
-# channels_last, against eager and torch.compile (issue 3's GPU goals); 4 the quick op and
+# channels_last, against eager and torch.compile (issue 3's GPU goals), then the kernels alone
+# (bench/gpu_kernel_times.py: CUDA graph replays against Python-launched calls); 4 the quick op and
 # network suites on CUDA, channels_last, fp16 then bf16 (one call each, so that the fp16 one is
 # whole), fastops (each backend) against eager; 5 the CPU tests, if time is left.
 # The first run on an H200 (2026-11-30): build 132 s, GPU tests 85 s, depthwise benchmarks 51 s,
@@ -107,6 +108,16 @@ bench() {  # bench NAME SECONDS ARGS...: one bench/run.py call, its JSON into OU
 # issue 3's GPU goals: depthwise conv + BN + act, fp16 channels_last, against eager (cuDNN) and
 # torch.compile; the copy bandwidth is measured in the same run
 bench dwconv "$(allow 100 60)" --ops dwconv --dtype float16 --layout channels_last --backends triton cuda
+# kernels alone (CUDA graph replays) against the same calls launched from Python: how much of
+# the time above is host overhead
+secs=$(allow 60 60)
+if [ "$secs" -ge 20 ]; then
+  stamp "kernel times (${secs}s)"
+  timeout "$secs" "$py" bench/gpu_kernel_times.py --device cuda --ops dwconv pwconv shuffle squeeze_excite \
+    --dtype float16 --layout channels_last --mode fwd --backends triton cuda --out "$work/kernel-times.json" \
+    >>"$out/bench.log" 2>&1
+  summary+=("kernel times: rc=$? (table in bench.log, JSON in extras.tar.gz)")
+fi
 # the other op families and the networks, fastops under each backend against eager (no
 # torch.compile: its GPU compile times would take the whole budget); the most telling first
 suite="pwconv separable inverted_residual shuffle shuffle_v2_block squeeze_excite networks bn_act stem_conv activation"

@@ -193,3 +193,16 @@ def test_gpu_check_script_parses():
     script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_gpu_kernel_times_dry_run_on_cpu(tmp_path):
+    """bench/gpu_kernel_times.py (CUDA graph replays against Python-launched calls) on a CPU: the
+    calls are timed, the graph column says why there is none."""
+    from bench import gpu_kernel_times
+
+    out = tmp_path / "kt.json"
+    assert gpu_kernel_times.main(["--device", "cpu", "--ops", "shuffle", "-k", "g2 8x232x14x14", "--mode", "fwd",
+                                  "--layout", "channels_last", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["contender"] for r in rows] == ["eager", "fastops"]
+    assert all(r["called_ms"] > 0 and r["graph_ms"] == "no CUDA" for r in rows), rows
