@@ -93,6 +93,15 @@ rc=$?
 summary+=("GPU tests: rc=$rc $(grep -E '(passed|failed|error)' "$out/tests-gpu.log" | tail -1)")
 grep -E "^(FAILED|ERROR)" "$out/tests-gpu.log" | head -30
 
+# 2b. If a kernel that raises took its process down (torch 2.11 on an H200, 2026-11-30), where:
+# cuda-gdb stops host programs too (that machine has no gdb); a CPU call that raises in C++.
+if grep -q "FAILED test_raising_kernels" "$out/tests-gpu.log" && command -v cuda-gdb >/dev/null; then
+  stamp "backtrace of a raising kernel's crash"
+  (cd /tmp && timeout 90 cuda-gdb -batch -ex run -ex bt --args "$py" -c \
+    "import torch, fastops; torch.ops.fastops.channel_shuffle(torch.randn(2, 6, 3, 3), 4)") >"$work/crash-backtrace.txt" 2>&1
+  grep -E "^#[0-9]+|signal" "$work/crash-backtrace.txt" | head -40 | cut -c1-200 | tee -a "$out/summary.txt"
+fi
+
 # 3. + 4. Benchmarks on CUDA (cases at N=64).
 bench() {  # bench NAME SECONDS ARGS...: one bench/run.py call, its JSON into OUTDIR
   local name=$1 secs=$2; shift 2
