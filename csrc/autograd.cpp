@@ -35,6 +35,31 @@ using OptTensor = c10::optional<at::Tensor>;
 bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
 OptTensor as_optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
 
+// The op `name` with the C++ signature F (held in a function-local static by each caller).
+template <typename F>
+c10::TypedOperatorHandle<F> typed_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<F>();
+}
+
+// A convolution's stride, padding, dilation and activation, kept in the context for the backward.
+struct ConvGeometry {
+  std::vector<int64_t> stride, padding, dilation;
+  std::string act;
+
+  static void save(AutogradContext* ctx, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                   c10::string_view act) {
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["act"] = std::string(act);
+  }
+
+  static ConvGeometry load(AutogradContext* ctx) {
+    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+            ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["act"].toStringRef()};
+  }
+};
+
 // ---------------------------------------------------------------------------- bn_act_train
 
 using BnActTrainFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const OptTensor&,
@@ -46,9 +71,7 @@ using BnActTrainBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
 struct BnActTrain : public torch::autograd::Function<BnActTrain> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptTensor& weight,
                                const OptTensor& bias, double eps, c10::string_view act) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fastops::bn_act_train", "")
-                               .typed<BnActTrainFn>();
+    static const auto op = typed_op<BnActTrainFn>("fastops::bn_act_train");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [y, mean, var] = op.call(x, weight, bias, eps, act);
     ctx->mark_non_differentiable({mean, var});
@@ -59,9 +82,7 @@ struct BnActTrain : public torch::autograd::Function<BnActTrain> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fastops::bn_act_train_backward", "")
-                               .typed<BnActTrainBackwardFn>();
+    static const auto op = typed_op<BnActTrainBackwardFn>("fastops::bn_act_train_backward");
     const variable_list s = ctx->get_saved_variables();
     const OptTensor weight = as_optional(s[3]), bias = as_optional(s[4]);
     const std::string act = ctx->saved_data["act"].toStringRef();
@@ -91,29 +112,20 @@ struct DwConvBnAct : public torch::autograd::Function<DwConvBnAct> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const OptTensor& scale, const OptTensor& shift, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view act) {
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow("fastops::dwconv_bn_act", "").typed<DwConvFn>();
+    static const auto op = typed_op<DwConvFn>("fastops::dwconv_bn_act");
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor y = op.call(x, weight, scale, shift, stride, padding, dilation, act);
     ctx->save_for_backward({x, weight, scale.value_or(at::Tensor()), shift.value_or(at::Tensor())});
-    ctx->saved_data["stride"] = stride.vec();
-    ctx->saved_data["padding"] = padding.vec();
-    ctx->saved_data["dilation"] = dilation.vec();
-    ctx->saved_data["act"] = std::string(act);
+    ConvGeometry::save(ctx, stride, padding, dilation, act);
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fastops::dwconv_bn_act_backward", "")
-                               .typed<DwConvBackwardFn>();
+    static const auto op = typed_op<DwConvBackwardFn>("fastops::dwconv_bn_act_backward");
     const variable_list s = ctx->get_saved_variables();
     const OptTensor scale = as_optional(s[2]), shift = as_optional(s[3]);
-    const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector(),
-                               padding = ctx->saved_data["padding"].toIntVector(),
-                               dilation = ctx->saved_data["dilation"].toIntVector();
-    const std::string act = ctx->saved_data["act"].toStringRef();
-    auto [gx, gw, gs, gb] = op.call(grads[0], s[0], s[1], scale, shift, stride, padding, dilation, act);
+    const ConvGeometry g = ConvGeometry::load(ctx);
+    auto [gx, gw, gs, gb] = op.call(grads[0], s[0], s[1], scale, shift, g.stride, g.padding, g.dilation, g.act);
     const at::Tensor none;
     return {gx, gw, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none, none, none};
   }
@@ -134,8 +146,7 @@ using ConcatShuffleBackwardFn = std::tuple<at::Tensor, at::Tensor>(const at::Ten
 // The gradient of channel_shuffle(x, G) is channel_shuffle(grad, C / G).
 struct ChannelShuffle : public torch::autograd::Function<ChannelShuffle> {
   static const c10::TypedOperatorHandle<ChannelShuffleFn>& op() {
-    static const auto h =
-        c10::Dispatcher::singleton().findSchemaOrThrow("fastops::channel_shuffle", "").typed<ChannelShuffleFn>();
+    static const auto h = typed_op<ChannelShuffleFn>("fastops::channel_shuffle");
     return h;
   }
 
@@ -156,8 +167,7 @@ at::Tensor channel_shuffle_autograd(const at::Tensor& x, int64_t groups) { retur
 // The gradient of concat_shuffle(a, b) is concat_shuffle_backward(grad, a's channels).
 struct ConcatShuffle : public torch::autograd::Function<ConcatShuffle> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b) {
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow("fastops::concat_shuffle", "").typed<ConcatShuffleFn>();
+    static const auto op = typed_op<ConcatShuffleFn>("fastops::concat_shuffle");
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor y = op.call(a, b);
     ctx->saved_data["split"] = a.size(1);
@@ -165,9 +175,7 @@ struct ConcatShuffle : public torch::autograd::Function<ConcatShuffle> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fastops::concat_shuffle_backward", "")
-                               .typed<ConcatShuffleBackwardFn>();
+    static const auto op = typed_op<ConcatShuffleBackwardFn>("fastops::concat_shuffle_backward");
     auto [ga, gb] = op.call(grads[0], ctx->saved_data["split"].toInt());
     return {ga, gb};
   }
@@ -179,17 +187,14 @@ at::Tensor concat_shuffle_autograd(const at::Tensor& a, const at::Tensor& b) { r
 // backward of concat_shuffle).
 struct ConcatShuffleBackward : public torch::autograd::Function<ConcatShuffleBackward> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_out, int64_t split) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fastops::concat_shuffle_backward", "")
-                               .typed<ConcatShuffleBackwardFn>();
+    static const auto op = typed_op<ConcatShuffleBackwardFn>("fastops::concat_shuffle_backward");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [ga, gb] = op.call(grad_out, split);
     return {ga, gb};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow("fastops::concat_shuffle", "").typed<ConcatShuffleFn>();
+    static const auto op = typed_op<ConcatShuffleFn>("fastops::concat_shuffle");
     return {op.call(grads[0], grads[1]), at::Tensor()};
   }
 };
@@ -211,8 +216,7 @@ struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1, const OptTensor& b1,
                             const at::Tensor& w2, const OptTensor& b2, c10::string_view act,
                             c10::string_view gate) {
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow("fastops::squeeze_excite", "").typed<SqueezeExciteFn>();
+    static const auto op = typed_op<SqueezeExciteFn>("fastops::squeeze_excite");
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor y = op.call(x, w1, b1, w2, b2, act, gate);
     ctx->save_for_backward({x, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor())});
@@ -222,9 +226,7 @@ struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fastops::squeeze_excite_backward", "")
-                               .typed<SqueezeExciteBackwardFn>();
+    static const auto op = typed_op<SqueezeExciteBackwardFn>("fastops::squeeze_excite_backward");
     const variable_list s = ctx->get_saved_variables();
     const OptTensor b1 = as_optional(s[2]), b2 = as_optional(s[4]);
     const std::string act = ctx->saved_data["act"].toStringRef(), gate = ctx->saved_data["gate"].toStringRef();
@@ -252,8 +254,7 @@ struct PwConvBnAct : public torch::autograd::Function<PwConvBnAct> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const OptTensor& scale, const OptTensor& shift, int64_t groups, c10::string_view act,
                             const OptTensor& residual, int64_t shuffle_groups) {
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow("fastops::pwconv_bn_act", "").typed<PwConvFn>();
+    static const auto op = typed_op<PwConvFn>("fastops::pwconv_bn_act");
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor y = op.call(x, weight, scale, shift, groups, act, residual, shuffle_groups);
     ctx->save_for_backward({x, weight, scale.value_or(at::Tensor()), shift.value_or(at::Tensor()),
@@ -265,9 +266,7 @@ struct PwConvBnAct : public torch::autograd::Function<PwConvBnAct> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fastops::pwconv_bn_act_backward", "")
-                               .typed<PwConvBackwardFn>();
+    static const auto op = typed_op<PwConvBackwardFn>("fastops::pwconv_bn_act_backward");
     const variable_list s = ctx->get_saved_variables();
     const OptTensor scale = as_optional(s[2]), shift = as_optional(s[3]), residual = as_optional(s[4]);
     const std::string act = ctx->saved_data["act"].toStringRef();
@@ -299,31 +298,21 @@ struct SeparableConvBnAct : public torch::autograd::Function<SeparableConvBnAct>
                             const at::Tensor& pw_weight, const OptTensor& scale, const OptTensor& shift,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             c10::string_view act) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fastops::separable_conv_bn_act", "")
-                               .typed<SeparableFn>();
+    static const auto op = typed_op<SeparableFn>("fastops::separable_conv_bn_act");
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor y = op.call(x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act);
     ctx->save_for_backward({x, dw_weight, pw_weight, scale.value_or(at::Tensor()), shift.value_or(at::Tensor())});
-    ctx->saved_data["stride"] = stride.vec();
-    ctx->saved_data["padding"] = padding.vec();
-    ctx->saved_data["dilation"] = dilation.vec();
-    ctx->saved_data["act"] = std::string(act);
+    ConvGeometry::save(ctx, stride, padding, dilation, act);
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("fastops::separable_conv_bn_act_backward", "")
-                               .typed<SeparableBackwardFn>();
+    static const auto op = typed_op<SeparableBackwardFn>("fastops::separable_conv_bn_act_backward");
     const variable_list s = ctx->get_saved_variables();
     const OptTensor scale = as_optional(s[3]), shift = as_optional(s[4]);
-    const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector(),
-                               padding = ctx->saved_data["padding"].toIntVector(),
-                               dilation = ctx->saved_data["dilation"].toIntVector();
-    const std::string act = ctx->saved_data["act"].toStringRef();
+    const ConvGeometry g = ConvGeometry::load(ctx);
     auto [gx, gd, gp, gs, gb] =
-        op.call(grads[0], s[0], s[1], s[2], scale, shift, stride, padding, dilation, act);
+        op.call(grads[0], s[0], s[1], s[2], scale, shift, g.stride, g.padding, g.dilation, g.act);
     const at::Tensor none;
     return {gx, gd, gp, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none, none, none};
   }
