@@ -64,6 +64,7 @@ def make_case(shape, dtype, layout, mode, device) -> harness.Case:
         bytes_moved=TENSORS_MOVED[mode] * harness.tensor_bytes((n, c, h, w), dtype),
         make_inputs=make,
         contenders=harness.standard_contenders(fastops_fn, eager, mode),
+        truth=harness.float64_truth(eager, mode),
     )
 
 

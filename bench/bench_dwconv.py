@@ -127,15 +127,24 @@ def make_separable_case(n, block, dtype, layout, device) -> harness.Case:
     def make(_k):
         return {"args": (base_x.clone(memory_format=fmt).requires_grad_(),), "grad": base_g.clone(memory_format=fmt)}
 
-    def modules():
+    def modules(dt=dtype):
         fastops = importlib.import_module("fastops")
-        ours = fastops.nn.DepthwiseSeparable(cin, cout, 3, 1, act="relu6")
         eager = nn.Sequential(
             nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(inplace=True)),
             nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True)),
         )
+        # the same weights for every contender (each builds its own copy; until 2026-11-30 each
+        # drew its own, and the outputs were checked against another network's: "mismatch")
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            eager[0][0].weight.copy_(torch.randn(eager[0][0].weight.shape, generator=gen) * 0.3)
+            eager[1][0].weight.copy_(torch.randn(eager[1][0].weight.shape, generator=gen) / cin ** 0.5)
+            for bn in (eager[0][1], eager[1][1]):
+                bn.weight.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+                bn.bias.copy_(torch.randn(bn.num_features, generator=gen))
+        ours = fastops.nn.DepthwiseSeparable(cin, cout, 3, 1, act="relu6")
         ours.load_state_dict(eager.state_dict())
-        return [m.to(device=device, dtype=dtype, memory_format=fmt).train() for m in (eager, ours)]
+        return [m.to(device=device, dtype=dt, memory_format=fmt).train() for m in (eager, ours)]
 
     def runner(module):
         def run(s):
@@ -143,6 +152,10 @@ def make_separable_case(n, block, dtype, layout, device) -> harness.Case:
             return torch.autograd.grad(module(x), [x] + list(module.parameters()), s["grad"])
 
         return run
+
+    def truth(s):  # the eager twin in float64
+        x = s["args"][0].detach().double().contiguous(memory_format=fmt).requires_grad_()
+        return runner(modules(torch.float64)[0])({"args": (x,), "grad": s["grad"].double().contiguous(memory_format=fmt)})
 
     return harness.Case(
         op="separable3x3+bn+relu6",
@@ -159,6 +172,7 @@ def make_separable_case(n, block, dtype, layout, device) -> harness.Case:
             "eager": lambda: runner(modules()[0]),
             **harness.compile_contenders(lambda: modules()[0], runner, "fwd+bwd", lambda: make(0)),
         },
+        truth=truth,
     )
 
 

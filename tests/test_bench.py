@@ -206,3 +206,38 @@ def test_gpu_kernel_times_dry_run_on_cpu(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["contender"] for r in rows] == ["eager", "fastops"]
     assert all(r["called_ms"] > 0 and r["graph_ms"] == "no CUDA" for r in rows), rows
+
+
+def test_depthwise_separable_training_case_contenders_agree():
+    """Issue 3's training case: every contender builds its own DepthwiseSeparable / eager twin;
+    they must hold the same weights, or the outputs are checked against another network's (until
+    2026-11-30 each drew its own and fastops' row always read "mismatch")."""
+    from bench import bench_dwconv
+
+    case = bench_dwconv.make_separable_case(2, (16, 24, 10, 10), torch.float32, "channels_last", "cpu")
+    s = case.make_inputs(0)
+    ref = case.contenders["eager"]()(s)
+    status, err = harness._check(case.contenders["fastops"]()(s), ref, backward=True)
+    assert status == "ok", (status, err)
+
+
+def test_a_mismatch_is_arbitrated_by_the_float64_truth():
+    """Where a contender and the reference disagree, Case.truth (float64) decides: a contender at
+    least as close to it as the reference is ok (with a note); one further off stays "mismatch"."""
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(3))
+    off = torch.zeros_like(x)
+    off.view(-1)[:40] = 1.0  # 40 elements off by 1: as a kink flipped in a float32 program
+
+    def case(reference_off, contender_off):
+        return harness.Case(
+            op="toy", shape=tuple(x.shape), dtype=torch.float32, layout="nchw", mode="fwd", device="cpu",
+            bytes_moved=2 * x.numel() * 4, make_inputs=lambda k: {"args": (x,)},
+            contenders={"eager": lambda: (lambda s: s["args"][0] * 2 + reference_off),
+                        "fastops": lambda: (lambda s: s["args"][0] * 2 + contender_off)},
+            truth=lambda s: s["args"][0].double() * 2)
+
+    settings = harness.Settings(rounds=1, warmup=0, target_s=1e-4, rotate=False, memory=False)
+    right = {r["contender"]: r for r in harness.run_case(case(off, 0), settings).rows}["fastops"]
+    assert right["status"] == "ok" and "nearer float64 (0 elements out of tolerance, eager 40)" in right["check_note"]
+    wrong = {r["contender"]: r for r in harness.run_case(case(0, off), settings).rows}["fastops"]
+    assert wrong["status"] == "mismatch" and "float64: 40 elements out of tolerance, eager 0" in wrong["check_note"]
