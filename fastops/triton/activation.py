@@ -59,7 +59,9 @@ def _store(ptr, offs, v, mask, BF16_RNE: tl.constexpr):
 
 @triton.jit
 def _load(ptr, offs, mask, FP64: tl.constexpr):
-    v = tl.load(ptr + offs, mask=mask)
+    """Masked load (0 where masked off) in the compute precision (float64 or float32); the other
+    Triton kernels load their operands through it too."""
+    v = tl.load(ptr + offs, mask=mask, other=0.0)
     # one return: compiled Triton (unlike its interpreter) rejects an early return whose type
     # differs from the final one, even under a constexpr condition
     if FP64:

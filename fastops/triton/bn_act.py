@@ -35,8 +35,8 @@ import triton.language as tl
 
 from .. import _checks, _layout
 from ._pointwise import needs_manual_bf16_rounding
-from .activation import _store
-from .dwconv import _act, _act_grad, _ld
+from .activation import _load, _store
+from .dwconv import _act, _act_grad
 
 OP = "bn_act_train"
 
@@ -77,18 +77,18 @@ def _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, cmask, eps,
                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, FP64: tl.constexpr):
     """(mean, invstd, weight, bias) of channels c, in the compute dtype (weight 1 and bias 0
     where absent)."""
-    mean = _ld(mean_ptr, c, cmask, FP64)
-    var = _ld(var_ptr, c, cmask, FP64)
+    mean = _load(mean_ptr, c, cmask, FP64)
+    var = _load(var_ptr, c, cmask, FP64)
     if FP64:
         invstd = 1.0 / tl.sqrt(var + eps)  # IEEE for float64
     else:
         invstd = 1.0 / tl.sqrt_rn(var + eps)  # tl.sqrt is the approximate one for float32
     if HAS_W:
-        w = _ld(w_ptr, c, cmask, FP64)
+        w = _load(w_ptr, c, cmask, FP64)
     else:
         w = tl.full(mean.shape, 1.0, mean.dtype)
     if HAS_B:
-        b = _ld(b_ptr, c, cmask, FP64)
+        b = _load(b_ptr, c, cmask, FP64)
     else:
         b = tl.zeros(mean.shape, mean.dtype)
     return mean, invstd, w, b
@@ -187,7 +187,7 @@ def _forward_kernel(
     p, pmask = _pixel_ids(tl.program_id(0), M, BLOCK_P, P64)
     mask = cmask & pmask
     mean, invstd, w, b = _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, cmask, eps, HAS_W, HAS_B, FP64)
-    x = _ld(x_ptr, _pixels(p, HW, sxn, sxhw, SPLIT) + c * sxc, mask, FP64)
+    x = _load(x_ptr, _pixels(p, HW, sxn, sxhw, SPLIT) + c * sxc, mask, FP64)
     u = tl.where(mask, (x - mean) * invstd, 0.0)  # masked lanes stay finite
     if HAS_W:
         u = u * w
@@ -216,8 +216,8 @@ def _backward_reduce_kernel(
     for i in range(TILES):
         p, pmask = _pixel_ids(k * TILES + i, M, BLOCK_P, P64)
         mask = cmask & pmask
-        x = _ld(x_c, _pixels(p, HW, sxn, sxhw, SPLIT), mask, FP64)
-        g = _ld(g_c, _pixels(p, HW, sgn, sghw, SPLIT), mask, FP64)
+        x = _load(x_c, _pixels(p, HW, sxn, sxhw, SPLIT), mask, FP64)
+        g = _load(g_c, _pixels(p, HW, sgn, sghw, SPLIT), mask, FP64)
         xhat = tl.where(mask, (x - mean) * invstd, 0.0)  # (finite where masked: g is 0 there)
         gu = _act_grad(g, xhat * w + b, ACT)
         acc_b += gu
@@ -241,10 +241,10 @@ def _backward_dx_kernel(
     p, pmask = _pixel_ids(tl.program_id(0), M, BLOCK_P, P64)
     mask = cmask & pmask
     mean, invstd, w, b = _channel_params(mean_ptr, var_ptr, w_ptr, b_ptr, c, cmask, eps, HAS_W, HAS_B, FP64)
-    mean_gb = _ld(sums_ptr, c, cmask, FP64) / M
-    mean_gw = _ld(sums_ptr + C, c, cmask, FP64) / M
-    x = _ld(x_ptr, _pixels(p, HW, sxn, sxhw, SPLIT) + c * sxc, mask, FP64)
-    g = _ld(g_ptr, _pixels(p, HW, sgn, sghw, SPLIT) + c * sgc, mask, FP64)
+    mean_gb = _load(sums_ptr, c, cmask, FP64) / M
+    mean_gw = _load(sums_ptr + C, c, cmask, FP64) / M
+    x = _load(x_ptr, _pixels(p, HW, sxn, sxhw, SPLIT) + c * sxc, mask, FP64)
+    g = _load(g_ptr, _pixels(p, HW, sgn, sghw, SPLIT) + c * sgc, mask, FP64)
     xhat = tl.where(mask, (x - mean) * invstd, 0.0)  # masked lanes stay finite
     gu = _act_grad(g, xhat * w + b, ACT)
     gx = (w * invstd) * (gu - mean_gb - xhat * mean_gw)

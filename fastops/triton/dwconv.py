@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .. import _checks, _layout
 from ._pointwise import needs_manual_bf16_rounding
-from .activation import _hardsigmoid, _hardsigmoid_grad, _hardswish, _hardswish_grad, _store
+from .activation import _hardsigmoid, _hardsigmoid_grad, _hardswish, _hardswish_grad, _load, _store
 
 OP = "dwconv_bn_act"
 
@@ -99,19 +99,6 @@ def _act_grad(g, u, ACT: tl.constexpr):
 
 
 @triton.jit
-def _ld(ptr, offs, mask, FP64: tl.constexpr):
-    """Masked load (0 where masked off) in the compute precision."""
-    v = tl.load(ptr + offs, mask=mask, other=0.0)
-    # one return: compiled Triton (unlike its interpreter) rejects an early return whose type
-    # differs from the final one, even under a constexpr condition
-    if FP64:
-        v = v.to(tl.float64)
-    else:
-        v = v.to(tl.float32)
-    return v
-
-
-@triton.jit
 def _tile(pid_p, pid_c, TILES, NC, NPIX, NCOL, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """The tile of program (pid_p, pid_c): image n, channels c [BLOCK_C, 1], flat pixels
     p [1, BLOCK_P] (row-major over an NCOL-wide plane of NPIX pixels), masks, all 64-bit."""
@@ -155,12 +142,12 @@ def _affine(z, scale_ptr, shift_ptr, oc, cmask, HAS_SCALE: tl.constexpr, HAS_SHI
             FP64: tl.constexpr):
     """(u, scale): u = z * scale + shift; scale is 1 when absent."""
     if HAS_SCALE:
-        scale = _ld(scale_ptr, oc, cmask, FP64)
+        scale = _load(scale_ptr, oc, cmask, FP64)
     else:
         scale = tl.full(oc.shape, 1.0, z.dtype)
     u = z * scale
     if HAS_SHIFT:
-        u += _ld(shift_ptr, oc, cmask, FP64)
+        u += _load(shift_ptr, oc, cmask, FP64)
     return u, scale
 
 
@@ -205,7 +192,7 @@ def _backward_gz_kernel(
     z = _conv(x_ptr, w_ptr, x_img, xc, w_row, oh, ow, cmask, mask, H, W, sxh, sxw,
               SH, SW, PH, PW, DH, DW, KH, KW, FP64)
     u, scale = _affine(z, scale_ptr, shift_ptr, oc, cmask, HAS_SCALE, HAS_SHIFT, FP64)
-    g = _ld(g_ptr, n * sgn + oc * sgc + oh * sgh + ow * sgw, mask, FP64)
+    g = _load(g_ptr, n * sgn + oc * sgc + oh * sgh + ow * sgw, mask, FP64)
     gu = tl.where(mask, _act_grad(g, u, ACT), 0.0)
     gz = gu * scale
     tl.store(gz_ptr + n * szn + oc * szc + oh * szh + ow * szw, gz, mask=mask)

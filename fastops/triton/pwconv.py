@@ -28,9 +28,9 @@ import triton.language as tl
 
 from .. import _checks, _layout
 from ._pointwise import INTERPRETING, needs_manual_bf16_rounding
-from .activation import _store
+from .activation import _load, _store
 from .bn_act import _addressable, _pixel_strides, _pixels
-from .dwconv import _act, _act_grad, _affine, _ld
+from .dwconv import _act, _act_grad, _affine
 
 OP = "pwconv_bn_act"
 
@@ -90,7 +90,7 @@ def _forward_kernel(
     mask = pmask & omask
     u, _ = _affine(z, scale_ptr, shift_ptr, o, omask, HAS_SCALE, HAS_SHIFT, FP64)
     if HAS_RES:
-        u += _ld(res_ptr, _pixels(p, HW, srn, srp, SPLIT) + o * src, mask, FP64)
+        u += _load(res_ptr, _pixels(p, HW, srn, srp, SPLIT) + o * src, mask, FP64)
     q = (o % OCS) * SG + o // OCS
     _store(y_ptr, _pixels(p, HW, syn, syp, SPLIT) + q * syc, _act(u, ACT), mask, BF16_RNE)
 
@@ -114,9 +114,9 @@ def _backward_kernel(
     mask = pmask & omask
     u, scale = _affine(z, scale_ptr, shift_ptr, o, omask, HAS_SCALE, HAS_SHIFT, FP64)
     if HAS_RES:
-        u += _ld(res_ptr, _pixels(p, HW, srn, srp, SPLIT) + o * src, mask, FP64)
+        u += _load(res_ptr, _pixels(p, HW, srn, srp, SPLIT) + o * src, mask, FP64)
     q = (o % OCS) * SG + o // OCS
-    g = _ld(g_ptr, _pixels(p, HW, sgn, sgp, SPLIT) + q * sgc, mask, FP64)
+    g = _load(g_ptr, _pixels(p, HW, sgn, sgp, SPLIT) + q * sgc, mask, FP64)
     gu = tl.where(mask, _act_grad(g, u, ACT), 0.0)
     tl.store(gz_ptr + (_pixels(p, HW, szn, szp, SPLIT) + o * szc), gu * scale, mask=mask)
     if WRITE_GR:

@@ -22,9 +22,8 @@ import triton.language as tl
 
 from .. import _checks, _layout, reference
 from ._pointwise import needs_manual_bf16_rounding
-from .activation import _store
+from .activation import _load, _store
 from .bn_act import _addressable, _pixel_strides
-from .dwconv import _ld
 
 OP = "squeeze_excite"
 TILE = 1024  # elements per program (and per step of the reduction loop)
@@ -52,10 +51,10 @@ def _reduce_kernel(
     for p0 in range(0, HW, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P).to(tl.int64)[None, :]
         mask = cmask & (p < HW)
-        x = _ld(x_c, p * sxp, mask, FP64)
+        x = _load(x_c, p * sxp, mask, FP64)
         acc += x
         if HAS_G:
-            acc_g += _ld(g_c, p * sgp, mask, FP64) * x
+            acc_g += _load(g_c, p * sgp, mask, FP64) * x
     out = out_ptr + n * C + c
     tl.store(out, tl.sum(acc, axis=1)[:, None], mask=cmask)
     if HAS_G:
@@ -78,9 +77,9 @@ def _scale_kernel(
     cmask = c < C
     mask = cmask & (p < HW)
     nc = n * C + c
-    y = _ld(x_ptr, n * sxn + c * sxc + p * sxp, mask, FP64) * _ld(s_ptr, nc, cmask, FP64)
+    y = _load(x_ptr, n * sxn + c * sxc + p * sxp, mask, FP64) * _load(s_ptr, nc, cmask, FP64)
     if HAS_B:
-        y += _ld(b_ptr, nc, cmask, FP64)
+        y += _load(b_ptr, nc, cmask, FP64)
     _store(y_ptr, n * syn + c * syc + p * syp, y, mask, BF16_RNE)
 
 
