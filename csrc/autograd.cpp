@@ -1,9 +1,9 @@
-// Autograd of the fastops ops that have a backward op, in C++: bn_act_train, dwconv_bn_act,
-// channel_shuffle, concat_shuffle (and its backward's, for double backward), squeeze_excite,
-// pwconv_bn_act and separable_conv_bn_act.
+// Autograd of the fused conv / BatchNorm / shuffle / squeeze-excite ops, in C++: bn_act_train,
+// dwconv_bn_act, channel_shuffle, concat_shuffle (and its backward's, for double backward),
+// squeeze_excite, pwconv_bn_act and separable_conv_bn_act.
 //
 // The block ops' autograd (inverted_residual, shuffle_v2_block, stem_conv_bn_act: composites of
-// the ones here) and the activations' stay in Python (fastops/ops.py,
+// the ones here) and the activations' (hardswish, hardsigmoid) stay in Python (fastops/ops.py,
 // torch.library.register_autograd). Why C++: the per-call cost. A training step runs
 // bn_act_train and dwconv_bn_act once per BatchNorm and depthwise conv, and there the Python
 // layer cost more than the kernels on small maps: a bn_act_train forward call on 2x16x2x2 took

@@ -470,9 +470,9 @@ if _extension.has_extension():
     register_stem_conv("fastops")
     register_activation("fastops", "hardswish", hardswish_second_derivative)
     register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
-    # autograd in C++ (csrc/autograd.cpp) for the ops with a backward op: a training step runs
-    # them once per depthwise conv / BatchNorm / shuffle, where the Python autograd layer cost
-    # ~30-50 us a forward call, ~20-30 a backward
+    # autograd in C++ (csrc/autograd.cpp) for the fused conv / BN / shuffle / SE ops: a training
+    # step runs them once per depthwise conv / BatchNorm / shuffle, where the Python autograd
+    # layer cost ~30-50 us a forward call, ~20-30 a backward
     register_dwconv("fastops", autograd=False)
     register_bn_act("fastops", autograd=False)
     register_shuffle("fastops", autograd=False)
