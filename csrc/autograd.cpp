@@ -1,9 +1,9 @@
-// Autograd of the fused conv / BatchNorm / shuffle / squeeze-excite ops, in C++: bn_act_train,
-// dwconv_bn_act, channel_shuffle, concat_shuffle (and its backward's, for double backward),
-// squeeze_excite, pwconv_bn_act and separable_conv_bn_act.
+// Autograd of the fastops ops, in C++: bn_act_train, dwconv_bn_act, channel_shuffle,
+// concat_shuffle (and its backward's, for double backward), squeeze_excite, pwconv_bn_act,
+// separable_conv_bn_act, and hardswish / hardsigmoid (and their backward's).
 //
 // The block ops' autograd (inverted_residual, shuffle_v2_block, stem_conv_bn_act: composites of
-// the ones here) and the activations' (hardswish, hardsigmoid) stay in Python (fastops/ops.py,
+// the ones here) stays in Python (fastops/ops.py,
 // torch.library.register_autograd). Why C++: the per-call cost. A training step runs
 // bn_act_train and dwconv_bn_act once per BatchNorm and depthwise conv, and there the Python
 // layer cost more than the kernels on small maps: a bn_act_train forward call on 2x16x2x2 took
@@ -16,6 +16,7 @@
 // torch.compile go through them; the forward runs the op below autograd, the backward calls the
 // op's backward op, as the Python formulas do (fastops_triton's ops keep those).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -325,9 +326,85 @@ at::Tensor separable_conv_bn_act_autograd(const at::Tensor& x, const at::Tensor&
   return SeparableConvBnAct::apply(x, dw_weight, pw_weight, scale, shift, stride, padding, dilation, act);
 }
 
+// ---------------------------------------------------------------------------- activations
+
+using ActivationFn = at::Tensor(const at::Tensor&);
+using ActivationBackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&);
+
+// The ops' names, and the second derivative contracted with gg:
+// d(<name>_backward(grad_out, x)) / dx . gg = gg * grad_out * f''(x).
+struct HardswishOps {
+  static constexpr const char* forward = "fastops::hardswish";
+  static constexpr const char* backward = "fastops::hardswish_backward";
+  static at::Tensor second(const at::Tensor& gg, const at::Tensor& grad_out, const at::Tensor& x) {
+    const at::Tensor inside = x.gt(-3).logical_and(x.lt(3)).to(x.scalar_type());  // hardswish'' = 1/3 there
+    return gg.mul(grad_out).mul(inside).div(3);
+  }
+};
+
+struct HardsigmoidOps {
+  static constexpr const char* forward = "fastops::hardsigmoid";
+  static constexpr const char* backward = "fastops::hardsigmoid_backward";
+  static at::Tensor second(const at::Tensor&, const at::Tensor&, const at::Tensor& x) {
+    return at::zeros_like(x);
+  }
+};
+
+// f(x); its backward is <name>_backward, called through the dispatcher so that it is itself
+// differentiable (double backward: gradient penalties, gradgradcheck).
+template <typename Self, typename Ops>
+struct ActivationFunction : public torch::autograd::Function<Self> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
+    static const auto op = typed_op<ActivationFn>(Ops::forward);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({x});
+    return op.call(x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = typed_op<ActivationBackwardFn>(Ops::backward);
+    return {op.call(grads[0], ctx->get_saved_variables()[0])};
+  }
+};
+
+// <name>_backward(grad_out, x) = grad_out * f'(x): linear in grad_out, f'' for x.
+template <typename Self, typename Ops>
+struct ActivationBackwardFunction : public torch::autograd::Function<Self> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_out, const at::Tensor& x) {
+    static const auto op = typed_op<ActivationBackwardFn>(Ops::backward);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({grad_out, x});
+    return op.call(grad_out, x);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = typed_op<ActivationBackwardFn>(Ops::backward);
+    const variable_list s = ctx->get_saved_variables();
+    return {op.call(grads[0], s[1]), Ops::second(grads[0], s[0], s[1])};
+  }
+};
+
+struct Hardswish : ActivationFunction<Hardswish, HardswishOps> {};
+struct HardswishBackward : ActivationBackwardFunction<HardswishBackward, HardswishOps> {};
+struct Hardsigmoid : ActivationFunction<Hardsigmoid, HardsigmoidOps> {};
+struct HardsigmoidBackward : ActivationBackwardFunction<HardsigmoidBackward, HardsigmoidOps> {};
+
+at::Tensor hardswish_autograd(const at::Tensor& x) { return Hardswish::apply(x); }
+at::Tensor hardswish_backward_autograd(const at::Tensor& g, const at::Tensor& x) {
+  return HardswishBackward::apply(g, x);
+}
+at::Tensor hardsigmoid_autograd(const at::Tensor& x) { return Hardsigmoid::apply(x); }
+at::Tensor hardsigmoid_backward_autograd(const at::Tensor& g, const at::Tensor& x) {
+  return HardsigmoidBackward::apply(g, x);
+}
+
 }  // namespace autograd
 
 TORCH_LIBRARY_IMPL(fastops, Autograd, m) {
+  m.impl("hardswish", &autograd::hardswish_autograd);
+  m.impl("hardswish_backward", &autograd::hardswish_backward_autograd);
+  m.impl("hardsigmoid", &autograd::hardsigmoid_autograd);
+  m.impl("hardsigmoid_backward", &autograd::hardsigmoid_backward_autograd);
   m.impl("bn_act_train", &autograd::bn_act_train_autograd);
   m.impl("dwconv_bn_act", &autograd::dwconv_bn_act_autograd);
   m.impl("channel_shuffle", &autograd::channel_shuffle_autograd);

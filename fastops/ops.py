@@ -26,9 +26,10 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
-def register_activation(ns, name, second_derivative):
+def register_activation(ns, name, second_derivative, autograd=True):
     """fake + autograd for <ns>::<name>, <ns>::<name>_backward and <ns>::<name>_ (the C++ ops in
-    namespace "fastops", the Triton ones in "fastops_triton").
+    namespace "fastops", the Triton ones in "fastops_triton"; autograd=False: the autograd is in
+    C++, csrc/autograd.cpp).
 
     `second_derivative(gg, grad_out, x)` is d(<name>_backward)/dx contracted with gg, so that
     double backward (gradient penalties, gradgradcheck) works as it does for torch's own op."""
@@ -58,8 +59,6 @@ def register_activation(ns, name, second_derivative):
         (x,) = ctx.saved_tensors
         return bwd_op(grad, x)
 
-    torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup)
-
     def setup_backward(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
@@ -67,7 +66,9 @@ def register_activation(ns, name, second_derivative):
         grad_out, x = ctx.saved_tensors
         return bwd_op(gg, x), second_derivative(gg, grad_out, x)
 
-    torch.library.register_autograd(f"{ns}::{bwd}", backward_backward, setup_context=setup_backward)
+    if autograd:
+        torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup)
+        torch.library.register_autograd(f"{ns}::{bwd}", backward_backward, setup_context=setup_backward)
 
 
 def hardswish_second_derivative(gg, grad_out, x):
@@ -468,11 +469,11 @@ if _extension.has_extension():
     register_inverted_residual("fastops")
     register_shuffle_v2_block("fastops")
     register_stem_conv("fastops")
-    register_activation("fastops", "hardswish", hardswish_second_derivative)
-    register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative)
-    # autograd in C++ (csrc/autograd.cpp) for the fused conv / BN / shuffle / SE ops: a training
-    # step runs them once per depthwise conv / BatchNorm / shuffle, where the Python autograd
-    # layer cost ~30-50 us a forward call, ~20-30 a backward
+    # autograd in C++ (csrc/autograd.cpp) for every op but the blocks: a training step runs them
+    # once per depthwise conv / BatchNorm / shuffle / activation, where the Python autograd layer
+    # cost ~30-50 us a forward call, ~20-30 a backward
+    register_activation("fastops", "hardswish", hardswish_second_derivative, autograd=False)
+    register_activation("fastops", "hardsigmoid", hardsigmoid_second_derivative, autograd=False)
     register_dwconv("fastops", autograd=False)
     register_bn_act("fastops", autograd=False)
     register_shuffle("fastops", autograd=False)

@@ -113,11 +113,11 @@ def test_every_schema_has_cpu_cuda_fake_and_autograd():
     assert has("fastops::hardswish_backward", "Autograd") and has("fastops::concat_shuffle_backward", "Autograd")
 
 
-def test_fused_ops_have_cpp_autograd():
-    """The fused conv / BN / shuffle / SE ops run their autograd as C++ Functions
-    (csrc/autograd.cpp), not through torch.library's Python layer, which cost ~30-50 us a call in
-    every training step: their grad_fn is a CppNode of fastops::autograd. Each gradient against
-    the reference's, every optional input given."""
+def test_ops_have_cpp_autograd():
+    """Every op but the blocks runs its autograd as C++ Functions (csrc/autograd.cpp), not through
+    torch.library's Python layer, which cost ~30-50 us a call in every training step: their
+    grad_fn is a CppNode of fastops::autograd. Each gradient against the reference's, every
+    optional input given; the activations' backward ops (double backward) against ATen's."""
     x = randn((2, 16, 5, 6)).requires_grad_()
     w = randn((16, 1, 3, 3)).requires_grad_()
     a, b = randn((2, 8, 5, 6)).requires_grad_(), randn((2, 8, 5, 6)).requires_grad_()
@@ -145,6 +145,13 @@ def test_fused_ops_have_cpp_autograd():
         "PwConvBnAct": (lambda: fastops.ops.pwconv_bn_act(a, pw, sc, sh, 1, "relu6", res, 3),
                         lambda: fastops.reference.pwconv_bn_act(a, pw, sc, sh, 1, "relu6", res, 3),
                         (a, pw, sc, sh, res)),
+        "Hardswish": (lambda: fastops.ops.hardswish(x), lambda: torch.nn.functional.hardswish(x), (x,)),
+        "Hardsigmoid": (lambda: fastops.ops.hardsigmoid(x), lambda: torch.nn.functional.hardsigmoid(x), (x,)),
+        "HardswishBackward": (lambda: torch.ops.fastops.hardswish_backward(go, x),
+                              lambda: torch.ops.aten.hardswish_backward(go, x), (go, x)),
+        "HardsigmoidBackward": (lambda: torch.ops.fastops.hardsigmoid_backward(go, x),
+                                # ATen's has no double backward; hardsigmoid'' = 0 (0 * x keeps x in the graph)
+                                lambda: go * ((x > -3) & (x < 3)).to(x.dtype) / 6 + 0 * x, (go, x)),
         "SeparableConvBnAct": (lambda: fastops.ops.separable_conv_bn_act(x, w, pw16, sc, sh, 1, 1, 1, "hardswish"),
                                lambda: fastops.reference.separable_conv_bn_act(x, w, pw16, sc, sh, 1, 1, 1,
                                                                                 "hardswish"),
