@@ -5,7 +5,8 @@ Python layer, fastops.ops, checks first otherwise).
 On an H200 machine (torch 2.11, 2026-11-30) such calls crashed the process, on CPU tensors too;
 here (torch 2.14) they raise. Each case runs in its own process, so that a crash fails one case
 and says which path crashed: through the C++ autograd Functions (csrc/autograd.cpp), through a
-Python autograd formula (hardswish's), and below autograd (inference mode: the kernel alone)."""
+Python autograd formula (stem_conv_bn_act's, CPU), and below autograd (inference mode: the
+kernel alone)."""
 
 import os
 import subprocess
@@ -34,15 +35,13 @@ CASES = {
                        "torch.randn(6, 2, device=dev), None, 'relu', 'sigmoid')", "ValueError", "argument 'w1' must have shape"),
     "dwconv_bn_act": ("torch.ops.fastops.dwconv_bn_act(x, torch.randn(6, 1, 3, 3, device=dev), None, None, "
                       "[0, 0], [1, 1], [1, 1], 'relu')", "ValueError", "stride"),
-    "hardswish-python_autograd": ("torch.ops.fastops.hardswish(torch.arange(4, device=dev))", "TypeError",
-                                  "must be a floating-point tensor"),
+    "hardswish": ("torch.ops.fastops.hardswish(torch.arange(4, device=dev))", "TypeError",
+                  "must be a floating-point tensor"),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_kernel_argument_errors_raise_never_crash(device, case):
+def _raises_in_a_process(device, stmt, exc, text):
     pytest.importorskip("fastops._C")
-    stmt, exc, text = CASES[case]
     code = (SETUP.format(device=device) + "try:\n" + textwrap.indent(stmt, "    ") + "\n"
             + f"except {exc} as e:\n    print('RAISED', e)\nelse:\n    print('NO ERROR')\n")
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
@@ -50,3 +49,15 @@ def test_kernel_argument_errors_raise_never_crash(device, case):
                             cwd=os.path.dirname(os.path.abspath(__file__)))
     assert result.returncode == 0, f"the process died (rc {result.returncode}):\n{result.stderr[-3000:]}"
     assert "RAISED" in result.stdout and text in result.stdout and "fastops." in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_argument_errors_raise_never_crash(device, case):
+    _raises_in_a_process(device, *CASES[case])
+
+
+def test_kernel_argument_error_below_a_python_autograd_formula_raises():
+    """stem_conv_bn_act's autograd is a Python formula (torch.library.register_autograd) and its
+    CPU kernel C++ (on CUDA the op is the Python reference, which raises in Python)."""
+    _raises_in_a_process("cpu", "torch.ops.fastops.stem_conv_bn_act(x, torch.randn(4, 5, 3, 3), None, None, "
+                         "[2, 2], [1, 1], 'relu')", "ValueError", "argument 'weight' must have shape")
