@@ -112,7 +112,7 @@ bench() {  # bench NAME SECONDS ARGS...: one bench/run.py call, its JSON into OU
     ${GPU_CHECK_BENCH_ARGS:-} >>"$out/bench.log" 2>&1
   local rc=$?
   cp "$work/bench-$name.json" "$out/" 2>/dev/null
-  summary+=("bench $name: rc=$rc $("$py" -c "import json,sys; r=json.load(open(sys.argv[1])); print(len(r.get('cases', r.get('rows', []))), 'rows, complete', r.get('complete'))" "$out/bench-$name.json" 2>&1 | tail -1)")
+  summary+=("bench $name: rc=$rc $("$py" -c "import json,sys; r=json.load(open(sys.argv[1])); print(len(r['rows']), 'rows, complete', r['complete'])" "$out/bench-$name.json" 2>&1 | tail -1)")
 }
 # issue 3's GPU goals: depthwise conv + BN + act, fp16 channels_last, against eager (cuDNN) and
 # torch.compile; the copy bandwidth is measured in the same run

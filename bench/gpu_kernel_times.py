@@ -30,26 +30,11 @@ WARMUP, REPS, ROUNDS = 3, 20, 7
 
 
 def _events_ms(fn, reps: int) -> float:
-    """Median over ROUNDS of the per-call time of `reps` back-to-back fn() calls, in ms."""
-    times = []
-    for _ in range(ROUNDS):
-        if torch.cuda.is_available():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            for _ in range(reps):
-                fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / reps)
-        else:
-            import time
-
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            times.append((time.perf_counter() - t0) * 1e3 / reps)
-    return statistics.median(times)
+    """Median over ROUNDS of the per-call time of `reps` back-to-back fn() calls, in ms (harness's
+    timing: CUDA events around the calls on a GPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return statistics.median(harness._time_calls(lambda _: fn(), [None] * reps, device) * 1e3
+                             for _ in range(ROUNDS))
 
 
 def _graph_ms(call) -> float | str:
