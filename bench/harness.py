@@ -408,6 +408,21 @@ def tensor_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
+def _function_run(f: Callable[..., torch.Tensor], mode: str) -> Run:
+    """A standard_contenders run of f: f(*args), and in fwd+bwd its gradient for `grad` w.r.t.
+    the args that require grad."""
+    if mode == "fwd":
+        return lambda s: f(*s["args"])
+    if mode == "fwd+bwd":
+
+        def fwd_bwd(s):
+            wrt = [a for a in s["args"] if isinstance(a, torch.Tensor) and a.requires_grad]
+            return torch.autograd.grad(f(*s["args"]), wrt, s["grad"])
+
+        return fwd_bwd
+    raise ValueError(f"unknown mode {mode!r}")
+
+
 def standard_contenders(
     fastops_fn: Callable[[], Callable[..., torch.Tensor]],
     eager_fn: Callable[..., torch.Tensor],
@@ -423,16 +438,7 @@ def standard_contenders(
         than y.backward(g) so that .grad is not accumulated (which would add a read + write)."""
 
     def wrap(f: Callable[..., torch.Tensor]) -> Run:
-        if mode == "fwd":
-            return lambda s: f(*s["args"])
-        if mode == "fwd+bwd":
-
-            def fwd_bwd(s):
-                wrt = [a for a in s["args"] if isinstance(a, torch.Tensor) and a.requires_grad]
-                return torch.autograd.grad(f(*s["args"]), wrt, s["grad"])
-
-            return fwd_bwd
-        raise ValueError(f"unknown mode {mode!r}")
+        return _function_run(f, mode)
 
     def compiled() -> Run:
         # (run_case resets dynamo before each case.) Forward only is compiled; in fwd+bwd
@@ -450,7 +456,7 @@ def standard_contenders(
 def float64_truth(eager_fn: Callable[..., torch.Tensor], mode: str) -> Callable[[InputSet], Any]:
     """Case.truth for a standard_contenders case: eager_fn's run on the input set upcast to
     float64 (layouts and requires_grad kept)."""
-    run = standard_contenders(lambda: eager_fn, eager_fn, mode)["eager"]()
+    run = _function_run(eager_fn, mode)
 
     def up(t):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
