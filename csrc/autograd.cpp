@@ -10,8 +10,8 @@
 // 42 us with it, 14 us with the Function below (the kernel alone 7 us), forward + backward 145
 // against 95 us; channel_shuffle forward + backward 98 against 64 us; pwconv_bn_act on 2x16x2x2
 // 62-73 against 21 us forward, 257-272 against 175-178 us forward + backward; squeeze_excite
-// 56-70 against 18-19 us, 234-244 against 156-159 us (one thread, the Python formulas
-// re-registered in the same build).
+// 56-70 against 18-19 us, 234-244 against 156-159 us; hardswish 22-23 against 7-8 us, 125-131
+// against 85-87 us (one thread, the Python formulas re-registered in the same build).
 // Registered for the Autograd key, so every backend (CPU, CUDA) and the fake tensors of
 // torch.compile go through them; the forward runs the op below autograd, the backward calls the
 // op's backward op, as the Python formulas do (fastops_triton's ops keep those).

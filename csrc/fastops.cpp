@@ -2,9 +2,10 @@
 //
 // Kernels are added per dispatch key next to their code (csrc/cpu/<family>.cpp registers CPU,
 // csrc/cuda/<family>.cu registers CUDA). Fake (meta) impls and autograd are registered in Python
-// (fastops/ops.py), except the autograd of bn_act_train, dwconv_bn_act, channel_shuffle and
-// concat_shuffle (csrc/autograd.cpp: their per-call cost shows in training steps). Backward passes are operators of their own so
-// that they too can be checked, compiled and exported.
+// (fastops/ops.py), except the autograd of every op but the blocks (inverted_residual,
+// shuffle_v2_block, stem_conv_bn_act): csrc/autograd.cpp, as their per-call cost shows in
+// training steps. Backward passes are operators of their own so that they too can be checked,
+// compiled and exported.
 #include <Python.h>
 #include <torch/library.h>
 
