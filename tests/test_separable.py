@@ -10,7 +10,7 @@ from torch import nn
 
 import fastops
 from fastops import reference
-from helpers import TOL, make_layout, poisoned_memory, randn
+from helpers import TOL, make_layout, num_threads, poisoned_memory, randn
 
 LAYOUTS = ("contiguous", "channels_last", "strided", "permuted")
 
@@ -69,6 +69,30 @@ def test_large_images_in_steps(device, layout):
     y = fastops.ops.separable_conv_bn_act(x, dw, pw, sc, sh, 1, 1, 1, "relu6")
     _close(y, reference.separable_conv_bn_act(x.double(), dw.double(), pw.double(), sc.double(), sh.double(), 1, 1, 1,
                                               "relu6"), torch.float32)
+
+
+# channels_last float32 with padding k // 2 runs the inverted-residual engine on CPU: one image
+# split between threads (N=1), fewer than 16 channels, several small images to a thread, bands
+# of rows, stride 2 with odd sizes, 5x5; and one thread or two
+ENGINE_CASES = [  # n, c, oc, h, w, k, stride
+    (1, 8, 5, 9, 10, 3, 1),
+    (1, 40, 33, 17, 23, 5, 2),
+    (8, 24, 40, 7, 7, 3, 1),
+    (3, 96, 24, 64, 61, 3, 2),
+    (2, 17, 64, 31, 30, 5, 1),
+]
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("case", ENGINE_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_channels_last_engine_paths(device, case, threads):
+    n, c, oc, h, w, k, s = case
+    x, dw, pw, sc, sh = _case(device, torch.float32, n, c, oc, h, w, k, layout="channels_last")
+    with num_threads(threads), poisoned_memory(torch.empty(n, oc, h, w, device=device)):
+        y = fastops.ops.separable_conv_bn_act(x, dw, pw, sc, sh, s, k // 2, 1, "hardswish")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, reference.separable_conv_bn_act(x.double(), dw.double(), pw.double(), sc.double(), sh.double(), s,
+                                              k // 2, 1, "hardswish"), torch.float32)
 
 
 @pytest.mark.parametrize("act", reference.ACTIVATIONS)
