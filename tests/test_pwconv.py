@@ -10,7 +10,7 @@ from torch import nn
 
 import fastops
 from fastops import reference
-from helpers import TOL, make_layout, poisoned_memory, randn
+from helpers import TOL, make_layout, num_threads, poisoned_memory, randn
 
 ACTS = reference.ACTIVATIONS
 LAYOUTS = ("contiguous", "channels_last", "strided", "permuted", "cl_sliced")
@@ -135,6 +135,20 @@ def test_shapes_spanning_tiles(device, shape, layout):
     g = randn(y.shape, device=device)
     got = torch.ops.fastops.pwconv_bn_act_backward(g, x, wt, sc, sh, 1, "hardswish", res, 1)
     want = reference.pwconv_bn_act_backward(g.double(), x.double(), wt.double(), _d(sc), _d(sh), 1, "hardswish", _d(res), 1)
+    for a, b in zip(got, want):
+        _close(a, b, torch.float32)
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_backward_tiles_shuffled_threads(device, threads, layout):
+    """The float32 backward's tiles with a shuffle and a residual, dealt to one, two or three
+    parts (each with its own grad_weight and sums): several tiles per image and per part."""
+    x, wt, sc, sh, res = _case(device, torch.float32, 3, 10, 12, 47, 45, residual=True, layout=layout)
+    g = make_layout(randn((3, 12, 47, 45), device=device), layout)
+    with num_threads(threads):
+        got = torch.ops.fastops.pwconv_bn_act_backward(g, x, wt, sc, sh, 1, "relu6", res, 4)
+    want = reference.pwconv_bn_act_backward(g.double(), x.double(), wt.double(), _d(sc), _d(sh), 1, "relu6", _d(res), 4)
     for a, b in zip(got, want):
         _close(a, b, torch.float32)
 

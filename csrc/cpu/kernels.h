@@ -26,10 +26,10 @@ void pwconv_forward_into(const at::Tensor& x, const at::Tensor& weight, const c1
                          const c10::optional<at::Tensor>& shift, const PwShape& s, Act act,
                          const c10::optional<at::Tensor>& residual, at::Tensor& y);
 
-// Row-major C[M, N] = A[M, K] @ B[K, N], A and B transposed as flagged (lda / ldb / ldc: row
-// strides of the matrices as stored), with sgemm (csrc/cpu/pwconv.cpp).
+// Row-major C[M, N] = A[M, K] @ B[K, N] (+ beta * C), A and B transposed as flagged (lda / ldb /
+// ldc: row strides of the matrices as stored), with sgemm (csrc/cpu/pwconv.cpp).
 void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                   const float* B, int64_t ldb, float* C, int64_t ldc);
+                   const float* B, int64_t ldb, float* C, int64_t ldc, float beta = 0.f);
 
 // pwconv_bn_act's channels_last float32 epilogue (no shuffle) over `rows` pixels:
 // y[r, o] = act(z[r * ldz + o] * scale[o] + shift[o] (+ res[r * OC + o])); y rows of OC values,

@@ -223,7 +223,7 @@ void forward_tiled(const at::Tensor& x, const at::Tensor& w, const float* res, f
 }  // namespace
 
 void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                   const float* B, int64_t ldb, float* C, int64_t ldc) {
+                   const float* B, int64_t ldb, float* C, int64_t ldc, float beta) {
   if (!sgemm_) {  // ATen's mm on the same memory
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     const auto view = [&](const float* p, int64_t rows, int64_t cols, int64_t ld, bool t) {
@@ -231,13 +231,16 @@ void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const floa
       return t ? v.t() : v;
     };
     at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, f32);
-    at::mm_out(c, view(A, M, K, lda, ta), view(B, K, N, ldb, tb));
+    if (beta == 0.f)
+      at::mm_out(c, view(A, M, K, lda, ta), view(B, K, N, ldb, tb));
+    else
+      c.addmm_(view(A, M, K, lda, ta), view(B, K, N, ldb, tb), beta, 1.0);
     return;
   }
   const int m = int(N), n = int(M), k = int(K), la = int(ldb), lb = int(lda), lc = int(ldc);
-  const float one = 1.f, zero = 0.f;
+  const float one = 1.f;
   const char tA = tb ? 'T' : 'N', tB = ta ? 'T' : 'N';
-  sgemm_(&tA, &tB, &m, &n, &k, &one, B, &la, A, &lb, &zero, C, &lc);
+  sgemm_(&tA, &tB, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
 }
 
 void pwconv_epilogue_cl_f32(const float* z, int64_t ldz, const float* res, float* y, int64_t rows, int64_t OC,
@@ -521,6 +524,96 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_grads(const at::Tensor& gz, const at:
   return {gx.to(x.scalar_type()), gw.reshape(weight.sizes()).to(weight.scalar_type())};
 }
 
+// float32, ungrouped, with sgemm: the whole backward in tiles of pixels, each tile's z (one
+// GEMM), fused pass (gu, gz, grad_residual, the sums) and GEMMs for grad_x and grad_weight run
+// while the tile is in cache, so neither z nor gz is written to memory (the recomputed z took
+// oneDNN's whole-tensor conv, gz another tensor written and read twice). The tiles are dealt to
+// at most `threads` parts in order; each part keeps its own grad_weight ([OC, C], sgemm with
+// beta 1) and double sums, added in part order after.
+//   channels_last: tile = Pt pixels, z = x_t W^T [Pt, OC], gx_t = gz W, gw += gz^T x_t;
+//   NCHW: tile = HWt columns of one image, z = W x_t [OC, HWt], gx_t = W^T gz, gw += gz x_t^T.
+std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const at::Tensor& g, const float* res,
+                                                      const at::Tensor& weight, const PwShape& s, bool cl,
+                                                      const Epi<float>& e, at::Tensor& gr, double* sum_gu,
+                                                      double* sum_guz) {
+  const int64_t C = s.C, OC = s.OC, HW = s.H * s.W, P = s.N * HW;
+  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  const float *xp = x.const_data_ptr<float>(), *gp = g.const_data_ptr<float>(), *wp = w.const_data_ptr<float>();
+  float* grp = gr.mutable_data_ptr<float>();
+  at::Tensor gx = at::empty({s.N, C, s.H, s.W}, x.options(), layout_of(cl));
+  float* gxp = gx.mutable_data_ptr<float>();
+  // pixels per tile: x_t, z and gz in kTileBytes
+  const int64_t tile = std::clamp<int64_t>(kTileBytes / int64_t(sizeof(float) * (C + 2 * OC)), 256, 2048) / 16 * 16;
+  const int64_t per_image = cl ? 0 : (HW + tile - 1) / tile;
+  const int64_t tiles = cl ? (P + tile - 1) / tile : s.N * per_image;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
+  std::vector<float> gw_parts(parts * OC * C);
+  std::vector<double> sum_parts(2 * parts * OC, 0.0);
+  std::vector<int64_t> dest(OC);
+  for (int64_t o = 0; o < OC; ++o) dest[o] = e.dest(o);
+  const bool shuffled = e.G > 1;
+  at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+    std::vector<float> z(tile * OC), gz(tile * OC), grow(shuffled && cl ? OC : 0), a1(OC), a2(OC);
+    for (int64_t part = part_begin; part < part_end; ++part) {
+      float* gw = gw_parts.data() + part * OC * C;
+      double* d1 = sum_parts.data() + 2 * part * OC;
+      double* d2 = d1 + OC;
+      const int64_t t0 = tiles * part / parts, t1 = tiles * (part + 1) / parts;
+      for (int64_t t = t0; t < t1; ++t) {
+        const float beta = t == t0 ? 0.f : 1.f;
+        if (cl) {
+          const int64_t p0 = t * tile, rows = std::min(tile, P - p0);
+          const float* xt = xp + p0 * C;
+          gemm_rowmajor(false, true, rows, OC, C, xt, C, wp, C, z.data(), OC);
+          for (int64_t q0 = 0; q0 < rows; q0 += kSumChunk) {
+            std::fill(a1.begin(), a1.end(), 0.f);
+            std::fill(a2.begin(), a2.end(), 0.f);
+            for (int64_t q = q0; q < std::min(rows, q0 + kSumChunk); ++q) {
+              const int64_t p = p0 + q;
+              const float* gq = gp + p * OC;
+              if (shuffled) {
+                for (int64_t o = 0; o < OC; ++o) grow[o] = gq[dest[o]];
+                gq = grow.data();
+              }
+              bwd_run<float>(e.act, z.data() + q * OC, gq, res ? res + p * OC : nullptr, grp + p * OC,
+                             gz.data() + q * OC, OC, e.scale, e.shift, 1, a1.data(), a2.data());
+            }
+            for (int64_t o = 0; o < OC; ++o) d1[o] += a1[o], d2[o] += a2[o];
+          }
+          gemm_rowmajor(false, false, rows, C, OC, gz.data(), OC, wp, C, gxp + p0 * C, C);
+          gemm_rowmajor(true, false, OC, C, rows, gz.data(), OC, xt, C, gw, C, beta);
+        } else {
+          const int64_t n = t / per_image, j0 = (t % per_image) * tile, cols = std::min(tile, HW - j0);
+          const float* xt = xp + n * C * HW + j0;
+          gemm_rowmajor(false, false, OC, cols, C, wp, C, xt, HW, z.data(), cols);
+          for (int64_t o = 0; o < OC; ++o) {
+            const int64_t row = (n * OC + o) * HW + j0;
+            for (int64_t j = 0; j < cols; j += kSumChunk * L) {
+              const int64_t len = std::min(cols - j, kSumChunk * L);
+              float s1 = 0.f, s2 = 0.f;
+              bwd_run<float>(e.act, z.data() + o * cols + j, gp + (n * OC + dest[o]) * HW + j0 + j,
+                             res ? res + row + j : nullptr, grp + row + j, gz.data() + o * cols + j, len, e.scale + o,
+                             e.shift + o, 0, &s1, &s2);
+              d1[o] += s1, d2[o] += s2;
+            }
+          }
+          gemm_rowmajor(true, false, C, cols, OC, wp, C, gz.data(), cols, gxp + n * C * HW + j0, HW);
+          gemm_rowmajor(false, true, OC, C, cols, gz.data(), cols, xt, HW, gw, C, beta);
+        }
+      }
+    }
+  });
+  at::Tensor gw = at::empty({OC, C, 1, 1}, weight.options().dtype(at::kFloat));
+  float* gwp = gw.mutable_data_ptr<float>();
+  std::copy(gw_parts.begin(), gw_parts.begin() + OC * C, gwp);
+  for (int64_t part = 1; part < parts; ++part)
+    for (int64_t i = 0; i < OC * C; ++i) gwp[i] += gw_parts[part * OC * C + i];
+  for (int64_t part = 0; part < parts; ++part)
+    for (int64_t o = 0; o < OC; ++o)
+      sum_gu[o] += sum_parts[2 * part * OC + o], sum_guz[o] += sum_parts[(2 * part + 1) * OC + o];
+  return {gx, gw.to(weight.scalar_type())};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn_act_backward(
     const at::Tensor& grad_out, const at::Tensor& x_, const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
     const c10::optional<at::Tensor>& shift, int64_t groups, c10::string_view act,
@@ -549,6 +642,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
             g.clone(layout_of(cl))};
   }
   const at::Tensor sc = param(scale, s.OC, 1.0, acc), sh = param(shift, s.OC, 0.0, acc);
+  if (x.scalar_type() == at::kFloat && groups == 1 && sgemm_ && s.N * s.H * s.W > 0) {
+    at::Tensor gr = at::empty({s.N, s.OC, s.H, s.W}, x.options(), layout_of(cl));
+    std::vector<double> sum_gu(s.OC, 0.0), sum_guz(s.OC, 0.0);
+    const Epi<float> e{sc.data_ptr<float>(), sh.data_ptr<float>(), s.OC, s.shuffle, s.OC / s.shuffle, a};
+    const auto [gx, gw] = tiled_backward_f32(x, g, has_res ? res.const_data_ptr<float>() : nullptr, weight, s, cl, e,
+                                             gr, sum_gu.data(), sum_guz.data());
+    return {gx, gw, param_grad(sum_guz, scale, x), param_grad(sum_gu, shift, x), gr};
+  }
   const at::Tensor z = conv_z(x, weight, groups, cl, acc);
   at::Tensor gr = at::empty({s.N, s.OC, s.H, s.W}, x.options(), layout_of(cl));
   at::Tensor gz = at::empty_like(z);
