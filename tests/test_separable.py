@@ -71,26 +71,32 @@ def test_large_images_in_steps(device, layout):
                                               "relu6"), torch.float32)
 
 
-# channels_last float32 with padding k // 2 runs the inverted-residual engine on CPU: one image
-# split between threads (N=1), fewer than 16 channels, several small images to a thread, bands
-# of rows, stride 2 with odd sizes, 5x5; and one thread or two
+# float32 with padding k // 2 goes by bands of rows on CPU (channels_last: the inverted-residual
+# engine; NCHW: the rows transposed into a channels_last buffer): one image split between threads
+# (N=1), fewer than 16 channels, several small images to a thread, several bands, stride 2 with
+# odd sizes, 5x5; one thread or two
 ENGINE_CASES = [  # n, c, oc, h, w, k, stride
     (1, 8, 5, 9, 10, 3, 1),
     (1, 40, 33, 17, 23, 5, 2),
     (8, 24, 40, 7, 7, 3, 1),
     (3, 96, 24, 64, 61, 3, 2),
     (2, 17, 64, 31, 30, 5, 1),
+    (3, 96, 24, 64, 61, 3, 1),   # NCHW: 14-row bands of 854 pixels
+    (1, 12, 20, 40, 40, 3, 1),   # NCHW: C < 16, one image in two parts
+    (2, 48, 32, 70, 66, 5, 2),   # NCHW: 13-row bands of 429 pixels, stride 2
 ]
 
 
 @pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
 @pytest.mark.parametrize("case", ENGINE_CASES, ids=lambda c: "x".join(map(str, c)))
-def test_channels_last_engine_paths(device, case, threads):
+def test_band_paths(device, case, layout, threads):
     n, c, oc, h, w, k, s = case
-    x, dw, pw, sc, sh = _case(device, torch.float32, n, c, oc, h, w, k, layout="channels_last")
-    with num_threads(threads), poisoned_memory(torch.empty(n, oc, h, w, device=device)):
+    x, dw, pw, sc, sh = _case(device, torch.float32, n, c, oc, h, w, k, layout=layout)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    with num_threads(threads), poisoned_memory(torch.empty(n, oc, h, w, device=device).to(memory_format=fmt)):
         y = fastops.ops.separable_conv_bn_act(x, dw, pw, sc, sh, s, k // 2, 1, "hardswish")
-    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert y.is_contiguous(memory_format=fmt)
     _close(y, reference.separable_conv_bn_act(x.double(), dw.double(), pw.double(), sc.double(), sh.double(), s,
                                               k // 2, 1, "hardswish"), torch.float32)
 

@@ -641,31 +641,6 @@ FASTOPS_CPU_INLINE void nchw_planes(const E* x, E* y, const float* w, const floa
 // tiled channels_last kernel (rowblock) on it, and transposes the result back into the 16 output
 // planes. x and y are read and written once; the scratch stays in the core's cache.
 
-// r[i][j] <- r[j][i]: four stages, stage b swapping bit b of the row index with bit b of the
-// column index (rows i and i | b exchange the halves of their pairs: two two-source permutes).
-FASTOPS_CPU_INLINE void transpose16x16(f32x16 (&r)[16]) {
-  const auto stage = [&](auto bit, u32x16 lo, u32x16 hi) FASTOPS_CPU_INLINE_LAMBDA {
-    constexpr int B = decltype(bit)::value;
-    unroll<16>([&](auto ii) FASTOPS_CPU_INLINE_LAMBDA {
-      constexpr int i = decltype(ii)::value;
-      if constexpr ((i & B) == 0) {
-        const f32x16 a = r[i], b = r[i | B];
-        r[i] = __builtin_shuffle(a, b, lo);
-        r[i | B] = __builtin_shuffle(a, b, hi);
-      }
-    });
-  };
-  // lo[c] = c if bit B of c is 0, else 16 + (c ^ B); hi[c] = c ^ B if it is 0, else 16 + c
-  stage(std::integral_constant<int, 1>{}, u32x16{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
-        u32x16{1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31});
-  stage(std::integral_constant<int, 2>{}, u32x16{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
-        u32x16{2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31});
-  stage(std::integral_constant<int, 4>{}, u32x16{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
-        u32x16{4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31});
-  stage(std::integral_constant<int, 8>{}, u32x16{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
-        u32x16{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
-}
-
 // px[p * 16 + k] = planes[k * HW + p] for the HW pixels of 16 planes.
 template <typename E>
 FASTOPS_CPU_INLINE void planes_to_pixels(const E* planes, int64_t HW, float* px) {

@@ -37,6 +37,11 @@ void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const floa
 void pwconv_epilogue_cl_f32(const float* z, int64_t ldz, const float* res, float* y, int64_t rows, int64_t OC,
                             const float* scale, const float* shift, Act act);
 
+// The same over conv channels o < OC of NCHW rows (no residual, no shuffle): y[o * ld + j] =
+// act(z[o * ldz + j] * scale[o] + shift[o]) for j < cols; y may be z when ldz == ld.
+void pwconv_epilogue_nchw_f32(const float* z, int64_t ldz, float* y, int64_t ld, int64_t cols, int64_t OC,
+                              const float* scale, const float* shift, Act act);
+
 // A scale's or shift's gradient (one value per output channel) in the dtype of that parameter
 // p, or of x where it was not given: the ops return both gradients either way
 // (csrc/cpu/pwconv.cpp, for pwconv_bn_act and dwconv_bn_act).

@@ -248,6 +248,11 @@ void pwconv_epilogue_cl_f32(const float* z, int64_t ldz, const float* res, float
   epi_cl_f32(z, ldz, res, y, rows, Epi<float>{scale, shift, OC, 1, OC, act}, nullptr);
 }
 
+void pwconv_epilogue_nchw_f32(const float* z, int64_t ldz, float* y, int64_t ld, int64_t cols, int64_t OC,
+                              const float* scale, const float* shift, Act act) {
+  epi_nchw_f32(z, ldz, nullptr, y, ld, cols, Epi<float>{scale, shift, OC, 1, OC, act});
+}
+
 // The forward into y ([N, OC, H, W], dense in the layout of output_channels_last(x)), arguments
 // already checked (csrc/cpu/kernels.h).
 void pwconv_forward_into(const at::Tensor& x_, const at::Tensor& weight, const c10::optional<at::Tensor>& scale,

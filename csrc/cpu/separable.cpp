@@ -5,7 +5,10 @@
 // (block_forward_f32, csrc/cpu/inverted_residual.cpp) without its expansion, each thread taking
 // a band of output rows: the band's depthwise rows into an L2-sized buffer, then sgemm + the
 // affine and activation into y. Against the step-wise path below (N=8, inputs from memory,
-// interleaved): 128 -> 128 at 56x56 1.3x, the others within a few percent.
+// interleaved): 128 -> 128 at 56x56 1.3x, the others within a few percent. NCHW float32, same
+// shapes, bands of at least kMinBandPixels pixels: the same bands, each band's input rows
+// transposed into a channels_last buffer first and the GEMM writing the output planes' columns
+// (forward_nchw_by_bands).
 // Otherwise a few images at a time: the depthwise result of the step (fastops::dwconv_bn_act's
 // CPU kernel, no affine, no activation; at most kStepBytes, at least one image) stays in the
 // cache while the pointwise conv with its epilogue (pwconv_bn_act's tiled GEMM + affine +
@@ -13,17 +16,20 @@
 // written to memory; each step runs on all cores.
 // Backward: the depthwise result is recomputed, then pwconv_bn_act_backward and
 // dwconv_bn_act_backward (their CPU kernels) chain the gradients.
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <tuple>
 #include <vector>
 
 #include "../separable.h"
 #include "kernels.h"
+#include "simd.h"
 
 namespace fastops {
 namespace cpu {
@@ -34,6 +40,7 @@ using OptT = c10::optional<at::Tensor>;
 // The depthwise result of one step of images: enough pixels for the pointwise GEMM's tiles to
 // run at full speed, small enough to stay in the last-level cache until the GEMM reads it.
 constexpr int64_t kStepBytes = 4 << 20;
+constexpr int L = kLanes;
 
 at::Tensor dwconv(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
                   at::IntArrayRef dilation) {
@@ -55,6 +62,95 @@ bool by_bands(const at::Tensor& x, const SeparableShape& s) {
 at::Tensor vec_or(const OptT& t, int64_t n, float fill) {
   if (t.has_value() && t->defined()) return t->to(at::kFloat).contiguous();
   return at::full({n}, fill, at::TensorOptions().dtype(at::kFloat));
+}
+
+// Bytes of input rows one band of the NCHW path may take (the engine's band size: with the
+// band's depthwise rows, well inside L2).
+constexpr int64_t kBandBytes = 384 << 10;
+
+// Output rows per band of the NCHW path: the band's input rows ((band - 1) * S + K) within
+// kBandBytes.
+int64_t nchw_band_rows(const SeparableShape& s) {
+  const DwConvShape& d = s.dw;
+  const int64_t row_bytes = d.W * d.C * int64_t(sizeof(float));
+  return std::clamp<int64_t>((kBandBytes / std::max<int64_t>(row_bytes, 1) - d.KH) / d.SH + 1, 1, d.OH);
+}
+int64_t nchw_band_pixels(const SeparableShape& s) { return nchw_band_rows(s) * s.dw.OW; }
+// Below this many pixels a band's GEMM (W @ d^T into strided output rows) ran slower than the
+// step-wise path's tiles: 728 -> 728 at 19x19 (76-pixel bands) 16.7 -> 20.1 ms, 512 -> 512 at
+// 14x14 (154) 4.5 -> 4.7; 64 -> 128 at 112x112 stride 2 (336) 5.9 -> 4.1 ms, 128 -> 128 at
+// 56x56 (616) 6.7 -> 5.0 (N=8, inputs from memory, one run each).
+constexpr int64_t kMinBandPixels = 256;
+
+// out[p * C + c] = x[c * plane + p] for pixels p < npix and channels c < C: NCHW rows (plane:
+// one channel's stride) as channels_last pixels, 16 x 16 blocks transposed in registers (the last
+// channel block overlaps the one before when C % 16 != 0).
+FASTOPS_CPU_MULTIVERSION void planes_to_pixels_f32(const float* x, int64_t plane, int64_t C, int64_t npix,
+                                                    float* out) {
+  if (C < L) {
+    for (int64_t p = 0; p < npix; ++p)
+      for (int64_t c = 0; c < C; ++c) out[p * C + c] = x[c * plane + p];
+    return;
+  }
+  for (int64_t c = 0; c < C; c += L) {
+    const int64_t c0 = std::min(c, C - L);
+    int64_t p = 0;
+    for (; p + L <= npix; p += L) {
+      f32x16 r[16];
+      unroll<16>([&](auto k) FASTOPS_CPU_INLINE_LAMBDA { r[k] = load16(x + (c0 + k) * plane + p); });
+      transpose16x16(r);
+      unroll<16>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA { store16(out + (p + j) * C + c0, r[j]); });
+    }
+    for (; p < npix; ++p)
+      for (int64_t k = 0; k < L; ++k) out[p * C + c0 + k] = x[(c0 + k) * plane + p];
+  }
+}
+
+// y (NCHW, dense) = act(pointwise(depthwise(x)) * scale + shift) for NCHW float32 x, by bands
+// of output rows as the engine goes: a band's input rows transposed into a channels_last buffer,
+// its depthwise rows by dwconv_bn_act's channels_last kernel, then y[n][:, band] = W @ d^T
+// (sgemm straight into the band's columns of every output plane) and the affine + activation
+// there. Taken when a band has at least kMinBandPixels pixels.
+void forward_nchw_by_bands(const at::Tensor& x, const at::Tensor& dw_weight, const at::Tensor& pw_weight,
+                           const OptT& scale, const OptT& shift, const SeparableShape& s, Act act, at::Tensor& y) {
+  const DwConvShape& d = s.dw;
+  const int64_t N = d.N, C = d.C, H = d.H, W = d.W, OH = d.OH, OW = d.OW, K = d.KH, S = d.SH, P = K / 2;
+  const int64_t OC = s.OC, HW = H * W, OHW = OH * OW;
+  const at::Tensor xc = x.contiguous();
+  const std::vector<float> wt = dwconv_weights_by_tap_f32(dw_weight);  // [K*K][C]
+  const std::vector<float> ones(C, 1.f), zeros(C, 0.f);
+  const at::Tensor w3 = pw_weight.to(at::kFloat).contiguous();
+  const at::Tensor s3 = vec_or(scale, OC, 1.f), b3 = vec_or(shift, OC, 0.f);
+  const float *xp = xc.const_data_ptr<float>(), *w3p = w3.const_data_ptr<float>();
+  const float *s3p = s3.const_data_ptr<float>(), *b3p = b3.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  const int64_t band = nchw_band_rows(s);
+  // fewer images than threads: each image's rows split into parts
+  const int64_t threads = at::get_num_threads();
+  const int64_t parts = std::min<int64_t>(OH, N >= threads ? 1 : (threads + N - 1) / N);
+  const int64_t rows_per_part = (OH + parts - 1) / parts;
+  const int64_t max_in_rows = std::min<int64_t>(H, (band - 1) * S + K);
+  at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
+    const std::unique_ptr<float[]> in(new float[max_in_rows * W * C]), dbuf(new float[band * OW * C]);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / parts, part = t % parts;
+      const int64_t oa = part * rows_per_part, ob = std::min(OH, oa + rows_per_part);
+      for (int64_t o = oa; o < ob; o += band) {
+        const int64_t o1 = std::min(ob, o + band);
+        const int64_t lo = std::max<int64_t>(0, o * S - P), hi = std::min<int64_t>(H, (o1 - 1) * S - P + K);
+        planes_to_pixels_f32(xp + n * C * HW + lo * W, HW, C, (hi - lo) * W, in.get());
+        // the band's input rows as an image of their own, its top padding what is left of P
+        DwConvShape ds{};
+        ds.N = 1, ds.C = C, ds.H = hi - lo, ds.W = W, ds.OC = C, ds.mult = 1, ds.KH = K, ds.KW = K;
+        ds.SH = S, ds.SW = S, ds.PH = lo - (o * S - P), ds.PW = P, ds.DH = 1, ds.DW = 1, ds.OH = o1 - o, ds.OW = OW;
+        dwconv_nhwc_rows_f32(in.get(), dbuf.get(), wt.data(), ones.data(), zeros.data(), ds, Act::None, 0, o1 - o);
+        const int64_t M = (o1 - o) * OW;
+        float* yb = yp + n * OC * OHW + o * OW;
+        gemm_rowmajor(false, true, OC, M, C, w3p, C, dbuf.get(), C, yb, OHW);
+        pwconv_epilogue_nchw_f32(yb, OHW, yb, OHW, M, OC, s3p, b3p, act);
+      }
+    }
+  });
 }
 
 // y (channels_last, dense) = act(pointwise(depthwise(x)) * scale + shift) by the engine: the
@@ -89,8 +185,11 @@ at::Tensor separable_conv_bn_act(const at::Tensor& x, const at::Tensor& dw_weigh
   at::Tensor y = at::empty({s.dw.N, s.OC, s.dw.OH, s.dw.OW}, x.options(),
                            cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   if (y.numel() == 0) return y;
-  if (cl && by_bands(x, s)) {
-    forward_by_bands(x, dw_weight, pw_weight, scale, shift, s, a, y);
+  if (by_bands(x, s) && (cl || nchw_band_pixels(s) >= kMinBandPixels)) {
+    if (cl)
+      forward_by_bands(x, dw_weight, pw_weight, scale, shift, s, a, y);
+    else
+      forward_nchw_by_bands(x, dw_weight, pw_weight, scale, shift, s, a, y);
     return y;
   }
   // images per step: their depthwise result within kStepBytes (at least one image)
