@@ -84,6 +84,7 @@ ENGINE_CASES = [  # n, c, oc, h, w, k, stride
     (3, 96, 24, 64, 61, 3, 1),   # NCHW: 14-row bands of 854 pixels
     (1, 12, 20, 40, 40, 3, 1),   # NCHW: C < 16, one image in two parts
     (2, 48, 32, 70, 66, 5, 2),   # NCHW: 13-row bands of 429 pixels, stride 2
+    (1, 20, 16, 50, 52, 3, 3),   # stride 3: the depthwise kernel's general rows
 ]
 
 
