@@ -537,9 +537,9 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_grads(const at::Tensor& gz, const at:
 // 144 -> 24 + residual at 56x56 3.9-4.4 / 4.3-4.5 channels_last, 4.1-4.2 / 5.2-5.5 NCHW;
 // 24 -> 144 + ReLU6 3.8-4.3 / 5.0-5.2, 3.7-4.2 / 6.0-6.8; 128 -> 128 11.2-11.8 / 12.4-13.2,
 // 12.1-12.2 / 14.1-15.3; 512 -> 512 at 14x14 9.0-9.7 / 9.3-9.5; 728 -> 728 at 19x19 NCHW
-// 34.5-35.4 / 35.2-36.6. The tiles are dealt to
-// at most `threads` parts in order; each part keeps its own grad_weight ([OC, C], sgemm with
-// beta 1) and double sums, added in part order after.
+// 34.5-35.4 / 35.2-36.6. The tiles are dealt to at most `threads` parts in order; each part
+// keeps its own grad_weight ([OC, C], sgemm with beta 1) and double sums, added in part order
+// after.
 //   channels_last: tile = Pt pixels, z = x_t W^T [Pt, OC], gx_t = gz W, gw += gz^T x_t;
 //   NCHW: tile = HWt columns of one image, z = W x_t [OC, HWt], gx_t = W^T gz, gw += gz x_t^T.
 std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const at::Tensor& g, const float* res,
@@ -652,7 +652,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
             g.clone(layout_of(cl))};
   }
   const at::Tensor sc = param(scale, s.OC, 1.0, acc), sh = param(shift, s.OC, 0.0, acc);
-  if (x.scalar_type() == at::kFloat && groups == 1 && sgemm_ && s.N * s.H * s.W > 0) {
+  constexpr int64_t kIntLimit = int64_t(1) << 30;  // sgemm's sizes and strides are int
+  if (x.scalar_type() == at::kFloat && groups == 1 && sgemm_ && s.N * s.H * s.W > 0 && s.C < kIntLimit &&
+      s.OC < kIntLimit && s.H * s.W < kIntLimit) {
     at::Tensor gr = at::empty({s.N, s.OC, s.H, s.W}, x.options(), layout_of(cl));
     std::vector<double> sum_gu(s.OC, 0.0), sum_guz(s.OC, 0.0);
     const Epi<float> e{sc.data_ptr<float>(), sh.data_ptr<float>(), s.OC, s.shuffle, s.OC / s.shuffle, a};

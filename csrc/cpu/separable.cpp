@@ -185,7 +185,8 @@ at::Tensor separable_conv_bn_act(const at::Tensor& x, const at::Tensor& dw_weigh
   at::Tensor y = at::empty({s.dw.N, s.OC, s.dw.OH, s.dw.OW}, x.options(),
                            cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   if (y.numel() == 0) return y;
-  if (by_bands(x, s) && (cl || nchw_band_pixels(s) >= kMinBandPixels)) {
+  const bool nchw_bands = nchw_band_pixels(s) >= kMinBandPixels && s.dw.OH * s.dw.OW < (int64_t(1) << 30);
+  if (by_bands(x, s) && (cl || nchw_bands)) {
     if (cl)
       forward_by_bands(x, dw_weight, pw_weight, scale, shift, s, a, y);
     else
