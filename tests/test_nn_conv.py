@@ -98,22 +98,24 @@ def test_train_matches_unfused_including_running_stats(kwargs, momentum, layout)
     assert ours[1].num_batches_tracked.item() == 3
 
 
-@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
-def test_train_depthwise_conv_runs_the_fastops_kernel_on_channels_last(layout):
-    """In training, a CPU channels_last float32 depthwise conv runs as dwconv_bn_act (for its
-    channels_last backward kernel; the values are checked by the training tests above); NCHW,
-    which that kernel does not take, keeps ATen's convolution."""
-    ours, _ = _pair(DW_CASES[0], "relu6")
+@pytest.mark.parametrize("case, layout, fastops_conv", [
+    (0, "channels_last", True), (0, "nchw", False), (1, "channels_last", True), (1, "nchw", True)])
+def test_train_depthwise_conv_runs_the_fastops_kernel(case, layout, fastops_conv):
+    """In training, a CPU channels_last float32 depthwise conv (3x3 or 5x5) runs as dwconv_bn_act
+    (for its channels_last backward kernel), and so does an NCHW 5x5 one (faster than ATen's
+    there); an NCHW 3x3 one keeps ATen's convolution. The values are checked by the training
+    tests above (DW_CASES[1] is the 5x5 one)."""
+    ours, _ = _pair(DW_CASES[case], "relu6")
     ours.train()
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = randn((2, 24, 9, 10)).to(memory_format=fmt).requires_grad_()
+    x = randn((2, DW_CASES[case]["in_channels"], 9, 10)).to(memory_format=fmt).requires_grad_()
     nodes, stack = set(), [ours(x).grad_fn]
     while stack:
         node = stack.pop()
         if node is not None and node.name() not in nodes:
             nodes.add(node.name())
             stack += [n for n, _ in node.next_functions]
-    assert any("DwConvBnAct" in n for n in nodes) == (layout == "channels_last"), nodes
+    assert any("DwConvBnAct" in n for n in nodes) == fastops_conv, nodes
 
 
 def test_dense_conv_folds_bn_with_same_answer():

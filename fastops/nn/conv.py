@@ -268,14 +268,27 @@ def _tiled_depthwise_cl(x: torch.Tensor, conv: nn.Conv2d) -> bool:
             and conv.dilation == (1, 1) and conv.in_channels == conv.out_channels and conv.in_channels >= 16)
 
 
+def _nchw_depthwise_5x5(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """x (4-D, on the CPU) NCHW float32 and a 5x5 depthwise conv, stride 1 or 2, unit dilation,
+    no multiplier, at least 16 channels: MobileNet V3's 5x5 layers, where dwconv_bn_act's forward
+    + backward took a fraction of ATen's (N=8, ms, ATen / fastops: C72 56x56 s2 14.2 / 6.1, C120
+    28x28 19.0 / 5.3, C240 14x14 4.1 / 3.0, C672 14x14 s2 5.8 / 4.6, C960 7x7 6.2 / 3.9-4.3,
+    C576 7x7 3.7 / 2.2, C96 28x28 s2 2.7 / 2.2). On 3x3 layers in NCHW it was 1.1-1.25x slower
+    than ATen's (C144 56x56, C96 112x112 s2, C384 14x14, C32 112x112), so those keep ATen's."""
+    return (x.dtype == torch.float32 and x.is_contiguous() and conv.kernel_size == (5, 5)
+            and conv.stride in ((1, 1), (2, 2)) and conv.dilation == (1, 1)
+            and conv.in_channels == conv.out_channels and conv.in_channels >= 16)
+
+
 def _train_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """conv(x) ahead of a training-mode BatchNorm. A CPU channels_last float32 depthwise conv
     that dwconv_bn_act's channels_last backward kernel takes (`_tiled_depthwise_cl`) runs as the
     plain `dwconv_bn_act(x, w)`: its forward as fast as ATen's, its backward the one-sweep
     kernel (MobileNet V2's depthwise layers, N=8: ATen's gradient call took 1.6-2.6x the time its
-    memory traffic needs). Not while compiling: the compiler keeps its own convolution."""
-    if (x.device.type == "cpu" and x.dim() == 4 and _is_depthwise(conv) and not x.is_contiguous()
-            and _tiled_depthwise_cl(x, conv) and not torch.compiler.is_compiling()):
+    memory traffic needs); so does an NCHW 5x5 one (`_nchw_depthwise_5x5`). Not while
+    compiling: the compiler keeps its own convolution."""
+    if (x.device.type == "cpu" and x.dim() == 4 and _is_depthwise(conv) and not torch.compiler.is_compiling()
+            and ((not x.is_contiguous() and _tiled_depthwise_cl(x, conv)) or _nchw_depthwise_5x5(x, conv))):
         return ops.dwconv_bn_act(x, conv.weight, None, conv.bias, conv.stride, conv.padding, conv.dilation, "none")
     return conv(x)
 
