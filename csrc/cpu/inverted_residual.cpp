@@ -177,10 +177,7 @@ void block_forward_f32(const BlockArgs& a) {
   // The depthwise step's shape for `images` images of `rows` expanded rows each (a whole image,
   // or the band's rows as an image of their own, its top padding `pad_top`), `out_rows` rows out.
   const auto dw_shape = [&](int64_t images, int64_t rows, int64_t pad_top, int64_t out_rows) {
-    DwConvShape ds{};
-    ds.N = images, ds.C = E, ds.H = rows, ds.W = W, ds.OC = E, ds.mult = 1, ds.KH = K, ds.KW = K;
-    ds.SH = S, ds.SW = S, ds.PH = pad_top, ds.PW = P, ds.DH = 1, ds.DW = 1, ds.OH = out_rows, ds.OW = OW;
-    return ds;
+    return dw_rows_shape(images, E, rows, W, K, S, pad_top, out_rows, OW);
   };
   // M pixel rows from x (pixel i0 onwards) expanded into e: [pixels, C] @ w1^T, affine, activation
   const auto expand_rows = [&](int64_t i0, int64_t M, float* e) {

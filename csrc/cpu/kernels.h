@@ -26,6 +26,10 @@ void pwconv_forward_into(const at::Tensor& x, const at::Tensor& weight, const c1
                          const c10::optional<at::Tensor>& shift, const PwShape& s, Act act,
                          const c10::optional<at::Tensor>& residual, at::Tensor& y);
 
+// A scale or shift (1-D, n values) as a contiguous vector of type acc, or n copies of `fill` where
+// it is not given (csrc/cpu/pwconv.cpp).
+at::Tensor param_vector(const c10::optional<at::Tensor>& t, int64_t n, double fill, at::ScalarType acc);
+
 // Row-major C[M, N] = A[M, K] @ B[K, N] (+ beta * C), A and B transposed as flagged (lda / ldb /
 // ldc: row strides of the matrices as stored), with sgemm (csrc/cpu/pwconv.cpp).
 void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
@@ -53,6 +57,18 @@ at::Tensor param_grad(const std::vector<double>& v, const c10::optional<at::Tens
 // = sum_k w[o, k] grad_w[o, k], so z need not be recomputed (csrc/cpu/pwconv.cpp).
 std::pair<at::Tensor, at::Tensor> plain_conv_affine_sums(const at::Tensor& w, const at::Tensor& grad_w,
                                                          const at::Tensor& g);
+
+// The shape dwconv_nhwc_rows_f32 takes for `images` images of `rows` input rows (a band's rows
+// as an image of their own, its top padding `pad_top`), C channels, W wide, a K x K kernel at
+// stride S with padding K / 2 at the sides, `out_rows` x OW out: the bands of the
+// inverted-residual engine and of separable_conv_bn_act's NCHW path.
+inline DwConvShape dw_rows_shape(int64_t images, int64_t C, int64_t rows, int64_t W, int64_t K, int64_t S,
+                                 int64_t pad_top, int64_t out_rows, int64_t OW) {
+  DwConvShape ds{};
+  ds.N = images, ds.C = C, ds.H = rows, ds.W = W, ds.OC = C, ds.mult = 1, ds.KH = K, ds.KW = K;
+  ds.SH = S, ds.SW = S, ds.PH = pad_top, ds.PW = K / 2, ds.DH = 1, ds.DW = 1, ds.OH = out_rows, ds.OW = OW;
+  return ds;
+}
 
 // A depthwise weight [C, 1, KH, KW] as float32 [KH * KW][C], the layout dwconv_nhwc_rows_f32 reads
 // (csrc/cpu/dwconv.cpp).

@@ -169,12 +169,6 @@ void epi_nchw(const Acc<E>* z, int64_t ldz, const E* res, E* y, int64_t ld, int6
 
 at::MemoryFormat layout_of(bool cl) { return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
 
-// scale / shift as contiguous vectors of the accumulation type (1 / 0 where not given).
-at::Tensor param(const c10::optional<at::Tensor>& t, int64_t n, double fill, at::ScalarType acc) {
-  if (t.has_value() && t->defined()) return t->to(acc).contiguous();
-  return at::full({n}, fill, at::TensorOptions().dtype(acc));
-}
-
 // The 1x1 convolution by ATen, dense in the output layout, in the accumulation type.
 at::Tensor conv_z(const at::Tensor& x, const at::Tensor& weight, int64_t groups, bool cl, at::ScalarType acc) {
   return at::convolution(x, weight, c10::nullopt, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, groups)
@@ -222,6 +216,11 @@ void forward_tiled(const at::Tensor& x, const at::Tensor& w, const float* res, f
 
 }  // namespace
 
+at::Tensor param_vector(const c10::optional<at::Tensor>& t, int64_t n, double fill, at::ScalarType acc) {
+  if (t.has_value() && t->defined()) return t->to(acc).contiguous();
+  return at::full({n}, fill, at::TensorOptions().dtype(acc));
+}
+
 void gemm_rowmajor(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                    const float* B, int64_t ldb, float* C, int64_t ldc, float beta) {
   if (!sgemm_) {  // ATen's mm on the same memory
@@ -265,7 +264,7 @@ void pwconv_forward_into(const at::Tensor& x_, const at::Tensor& weight, const c
   const bool has_res = residual.has_value() && residual->defined();
   const at::Tensor res = has_res ? residual->contiguous(layout_of(cl)) : at::Tensor();
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor sc = param(scale, s.OC, 1.0, acc), sh = param(shift, s.OC, 0.0, acc);
+  const at::Tensor sc = param_vector(scale, s.OC, 1.0, acc), sh = param_vector(shift, s.OC, 0.0, acc);
   const int64_t G = s.shuffle, HW = s.H * s.W;
   dispatch_storage("pwconv_bn_act", x.scalar_type(), [&](auto tag) {
     using E = decltype(tag);
@@ -442,6 +441,46 @@ void bwd_run(Act act, const Acc<E>* z, const E* g, const E* res, E* gr, Acc<E>* 
 
 constexpr int64_t kSumChunk = 256;  // values per accumulator summed in the accumulation type, then in double
 
+// The fused pass along one NCHW run of `len` values of conv channel o (z, res, gr and gz at the
+// run's start, g at the same place in the plane of o's shuffled position): adds the run's sums
+// of gu and gu * z into d1 and d2, kSumChunk vectors at a time in the accumulation type.
+template <typename E, typename T>
+void pass_plane_run(const T* z, const E* g, const E* res, E* gr, T* gz, int64_t len, const Epi<T>& e, int64_t o,
+                    double& d1, double& d2) {
+  for (int64_t j = 0; j < len; j += kSumChunk * L) {
+    const int64_t n = std::min(len - j, kSumChunk * L);
+    T a1 = 0, a2 = 0;
+    bwd_run<E>(e.act, z + j, g + j, res ? res + j : nullptr, gr + j, gz + j, n, e.scale + o, e.shift + o, 0, &a1,
+               &a2);
+    d1 += a1, d2 += a2;
+  }
+}
+
+// The fused pass over `rows` channels_last pixels (rows of OC values from z, g, res, gr and gz
+// on), each shuffled g row first gathered into conv-channel order (dest[o]: conv channel o's
+// output channel; grow: OC values of scratch): adds the per-channel sums of gu and gu * z into
+// d1 and d2 [OC], kSumChunk pixels at a time in the accumulation type (a1, a2: OC values of
+// scratch).
+template <typename E, typename T>
+void pass_pixel_rows(const T* z, const E* g, const E* res, E* gr, T* gz, int64_t rows, const Epi<T>& e,
+                     const int64_t* dest, E* grow, T* a1, T* a2, double* d1, double* d2) {
+  const int64_t OC = e.OC;
+  for (int64_t q0 = 0; q0 < rows; q0 += kSumChunk) {
+    std::fill(a1, a1 + OC, T(0));
+    std::fill(a2, a2 + OC, T(0));
+    for (int64_t q = q0; q < std::min(rows, q0 + kSumChunk); ++q) {
+      const E* gq = g + q * OC;
+      if (e.G > 1) {
+        for (int64_t o = 0; o < OC; ++o) grow[o] = gq[dest[o]];
+        gq = grow;
+      }
+      bwd_run<E>(e.act, z + q * OC, gq, res ? res + q * OC : nullptr, gr + q * OC, gz + q * OC, OC, e.scale, e.shift,
+                 1, a1, a2);
+    }
+    for (int64_t o = 0; o < OC; ++o) d1[o] += a1[o], d2[o] += a2[o];
+  }
+}
+
 // The backward's fused pass over all (pixel, conv channel) pairs: from z, g (shuffled) and the
 // residual, gu = act'(u) * g, gr = gu, gz = gu * scale; per-channel sums of gu and gu * z.
 // NCHW: channels in parallel, each along its N planes (g's plane of the channel's shuffled
@@ -458,14 +497,9 @@ void backward_pass(const T* z, const E* g, const E* res, E* gr, T* gz, const PwS
       for (int64_t o = o0; o < o1; ++o) {
         double d1 = 0, d2 = 0;
         for (int64_t n = 0; n < s.N; ++n) {
-          const int64_t zi = (n * OC + o) * HW, gi = (n * OC + dest[o]) * HW;
-          for (int64_t j = 0; j < HW; j += kSumChunk * L) {
-            const int64_t len = std::min(HW - j, kSumChunk * L);
-            T a1 = 0, a2 = 0;
-            bwd_run<E>(e.act, z + zi + j, g + gi + j, res ? res + zi + j : nullptr, gr + zi + j, gz + zi + j, len,
-                       e.scale + o, e.shift + o, 0, &a1, &a2);
-            d1 += a1, d2 += a2;
-          }
+          const int64_t zi = (n * OC + o) * HW;
+          pass_plane_run<E>(z + zi, g + (n * OC + dest[o]) * HW, res ? res + zi : nullptr, gr + zi, gz + zi, HW, e, o,
+                            d1, d2);
         }
         sum_gu[o] = d1, sum_guz[o] = d2;
       }
@@ -473,29 +507,15 @@ void backward_pass(const T* z, const E* g, const E* res, E* gr, T* gz, const PwS
     return;
   }
   const int64_t rows = std::max<int64_t>(kSumChunk, kPointwiseGrain / OC), chunks = (P + rows - 1) / rows;
-  const bool shuffled = e.G > 1;
   std::vector<double> part(2 * chunks * OC, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t end) {
     std::vector<T> a1(OC), a2(OC);
-    std::vector<E> grow(shuffled ? OC : 0);
+    std::vector<E> grow(OC);
     for (int64_t t = b; t < end; ++t) {
       double* d1 = part.data() + 2 * t * OC;
-      double* d2 = d1 + OC;
-      const int64_t p1 = std::min(P, (t + 1) * rows);
-      for (int64_t p0 = t * rows; p0 < p1; p0 += kSumChunk) {
-        std::fill(a1.begin(), a1.end(), T(0));
-        std::fill(a2.begin(), a2.end(), T(0));
-        for (int64_t p = p0; p < std::min(p1, p0 + kSumChunk); ++p) {
-          const E* gp = g + p * OC;
-          if (shuffled) {
-            for (int64_t o = 0; o < OC; ++o) grow[o] = gp[dest[o]];
-            gp = grow.data();
-          }
-          bwd_run<E>(e.act, z + p * OC, gp, res ? res + p * OC : nullptr, gr + p * OC, gz + p * OC, OC, e.scale,
-                     e.shift, 1, a1.data(), a2.data());
-        }
-        for (int64_t o = 0; o < OC; ++o) d1[o] += a1[o], d2[o] += a2[o];
-      }
+      const int64_t p0 = t * rows, p = p0 * OC;
+      pass_pixel_rows<E>(z + p, g + p, res ? res + p : nullptr, gr + p, gz + p, std::min(P, p0 + rows) - p0, e,
+                         dest.data(), grow.data(), a1.data(), a2.data(), d1, d1 + OC);
     }
   });
   for (int64_t t = 0; t < chunks; ++t)
@@ -561,9 +581,8 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
   std::vector<double> sum_parts(2 * parts * OC, 0.0);
   std::vector<int64_t> dest(OC);
   for (int64_t o = 0; o < OC; ++o) dest[o] = e.dest(o);
-  const bool shuffled = e.G > 1;
   at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-    std::vector<float> z(tile * OC), gz(tile * OC), grow(shuffled && cl ? OC : 0), a1(OC), a2(OC);
+    std::vector<float> z(tile * OC), gz(tile * OC), grow(OC), a1(OC), a2(OC);
     for (int64_t part = part_begin; part < part_end; ++part) {
       float* gw = gw_parts.data() + part * OC * C;
       double* d1 = sum_parts.data() + 2 * part * OC;
@@ -575,21 +594,8 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
           const int64_t p0 = t * tile, rows = std::min(tile, P - p0);
           const float* xt = xp + p0 * C;
           gemm_rowmajor(false, true, rows, OC, C, xt, C, wp, C, z.data(), OC);
-          for (int64_t q0 = 0; q0 < rows; q0 += kSumChunk) {
-            std::fill(a1.begin(), a1.end(), 0.f);
-            std::fill(a2.begin(), a2.end(), 0.f);
-            for (int64_t q = q0; q < std::min(rows, q0 + kSumChunk); ++q) {
-              const int64_t p = p0 + q;
-              const float* gq = gp + p * OC;
-              if (shuffled) {
-                for (int64_t o = 0; o < OC; ++o) grow[o] = gq[dest[o]];
-                gq = grow.data();
-              }
-              bwd_run<float>(e.act, z.data() + q * OC, gq, res ? res + p * OC : nullptr, grp + p * OC,
-                             gz.data() + q * OC, OC, e.scale, e.shift, 1, a1.data(), a2.data());
-            }
-            for (int64_t o = 0; o < OC; ++o) d1[o] += a1[o], d2[o] += a2[o];
-          }
+          pass_pixel_rows<float>(z.data(), gp + p0 * OC, res ? res + p0 * OC : nullptr, grp + p0 * OC, gz.data(),
+                                 rows, e, dest.data(), grow.data(), a1.data(), a2.data(), d1, d2);
           gemm_rowmajor(false, false, rows, C, OC, gz.data(), OC, wp, C, gxp + p0 * C, C);
           gemm_rowmajor(true, false, OC, C, rows, gz.data(), OC, xt, C, gw, C, beta);
         } else {
@@ -598,14 +604,8 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
           gemm_rowmajor(false, false, OC, cols, C, wp, C, xt, HW, z.data(), cols);
           for (int64_t o = 0; o < OC; ++o) {
             const int64_t row = (n * OC + o) * HW + j0;
-            for (int64_t j = 0; j < cols; j += kSumChunk * L) {
-              const int64_t len = std::min(cols - j, kSumChunk * L);
-              float s1 = 0.f, s2 = 0.f;
-              bwd_run<float>(e.act, z.data() + o * cols + j, gp + (n * OC + dest[o]) * HW + j0 + j,
-                             res ? res + row + j : nullptr, grp + row + j, gz.data() + o * cols + j, len, e.scale + o,
-                             e.shift + o, 0, &s1, &s2);
-              d1[o] += s1, d2[o] += s2;
-            }
+            pass_plane_run<float>(z.data() + o * cols, gp + (n * OC + dest[o]) * HW + j0, res ? res + row : nullptr,
+                                  grp + row, gz.data() + o * cols, cols, e, o, d1[o], d2[o]);
           }
           gemm_rowmajor(true, false, C, cols, OC, wp, C, gz.data(), cols, gxp + n * C * HW + j0, HW);
           gemm_rowmajor(false, true, OC, C, cols, gz.data(), cols, xt, HW, gw, C, beta);
@@ -651,7 +651,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
     return {gx.contiguous(layout_of(cl)), gw.contiguous(), param_grad(sum_gz, scale, x), param_grad(sum_g, shift, x),
             g.clone(layout_of(cl))};
   }
-  const at::Tensor sc = param(scale, s.OC, 1.0, acc), sh = param(shift, s.OC, 0.0, acc);
+  const at::Tensor sc = param_vector(scale, s.OC, 1.0, acc), sh = param_vector(shift, s.OC, 0.0, acc);
   constexpr int64_t kIntLimit = int64_t(1) << 30;  // sgemm's sizes and strides are int
   if (x.scalar_type() == at::kFloat && groups == 1 && sgemm_ && s.N * s.H * s.W > 0 && s.C < kIntLimit &&
       s.OC < kIntLimit && s.H * s.W < kIntLimit) {

@@ -18,7 +18,6 @@
 // dwconv_bn_act_backward (their CPU kernels) chain the gradients.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -56,12 +55,6 @@ bool by_bands(const at::Tensor& x, const SeparableShape& s) {
   const DwConvShape& d = s.dw;
   return x.scalar_type() == at::kFloat && d.mult == 1 && d.KH == d.KW && d.KH % 2 == 1 && d.PH == d.KH / 2 &&
          d.PW == d.KW / 2 && d.DH == 1 && d.DW == 1 && d.SH == d.SW;
-}
-
-// float32 [n] of t, or of `fill` where t is not given.
-at::Tensor vec_or(const OptT& t, int64_t n, float fill) {
-  if (t.has_value() && t->defined()) return t->to(at::kFloat).contiguous();
-  return at::full({n}, fill, at::TensorOptions().dtype(at::kFloat));
 }
 
 // Bytes of input rows one band of the NCHW path may take (the engine's band size: with the
@@ -106,6 +99,19 @@ FASTOPS_CPU_MULTIVERSION void planes_to_pixels_f32(const float* x, int64_t plane
   }
 }
 
+// What both band paths pass their kernels, float32: the depthwise weights by tap ([K*K][C]), with
+// unit scale and zero shift (the depthwise step has no affine), the pointwise weight [OC, C] and
+// the op's scale and shift [OC].
+struct BandParams {
+  std::vector<float> wt, ones, zeros;
+  at::Tensor w3, s3, b3;
+  BandParams(const at::Tensor& dw_weight, const at::Tensor& pw_weight, const OptT& scale, const OptT& shift,
+             const SeparableShape& s)
+      : wt(dwconv_weights_by_tap_f32(dw_weight)), ones(s.dw.C, 1.f), zeros(s.dw.C, 0.f),
+        w3(pw_weight.to(at::kFloat).contiguous()), s3(param_vector(scale, s.OC, 1.0, at::kFloat)),
+        b3(param_vector(shift, s.OC, 0.0, at::kFloat)) {}
+};
+
 // y (NCHW, dense) = act(pointwise(depthwise(x)) * scale + shift) for NCHW float32 x, by bands
 // of output rows as the engine goes: a band's input rows transposed into a channels_last buffer,
 // its depthwise rows by dwconv_bn_act's channels_last kernel, then y[n][:, band] = W @ d^T
@@ -117,12 +123,9 @@ void forward_nchw_by_bands(const at::Tensor& x, const at::Tensor& dw_weight, con
   const int64_t N = d.N, C = d.C, H = d.H, W = d.W, OH = d.OH, OW = d.OW, K = d.KH, S = d.SH, P = K / 2;
   const int64_t OC = s.OC, HW = H * W, OHW = OH * OW;
   const at::Tensor xc = x.contiguous();
-  const std::vector<float> wt = dwconv_weights_by_tap_f32(dw_weight);  // [K*K][C]
-  const std::vector<float> ones(C, 1.f), zeros(C, 0.f);
-  const at::Tensor w3 = pw_weight.to(at::kFloat).contiguous();
-  const at::Tensor s3 = vec_or(scale, OC, 1.f), b3 = vec_or(shift, OC, 0.f);
-  const float *xp = xc.const_data_ptr<float>(), *w3p = w3.const_data_ptr<float>();
-  const float *s3p = s3.const_data_ptr<float>(), *b3p = b3.const_data_ptr<float>();
+  const BandParams p(dw_weight, pw_weight, scale, shift, s);
+  const float *xp = xc.const_data_ptr<float>(), *w3p = p.w3.const_data_ptr<float>();
+  const float *s3p = p.s3.const_data_ptr<float>(), *b3p = p.b3.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   const int64_t band = nchw_band_rows(s);
   // fewer images than threads: each image's rows split into parts
@@ -140,10 +143,9 @@ void forward_nchw_by_bands(const at::Tensor& x, const at::Tensor& dw_weight, con
         const int64_t lo = std::max<int64_t>(0, o * S - P), hi = std::min<int64_t>(H, (o1 - 1) * S - P + K);
         planes_to_pixels_f32(xp + n * C * HW + lo * W, HW, C, (hi - lo) * W, in.get());
         // the band's input rows as an image of their own, its top padding what is left of P
-        DwConvShape ds{};
-        ds.N = 1, ds.C = C, ds.H = hi - lo, ds.W = W, ds.OC = C, ds.mult = 1, ds.KH = K, ds.KW = K;
-        ds.SH = S, ds.SW = S, ds.PH = lo - (o * S - P), ds.PW = P, ds.DH = 1, ds.DW = 1, ds.OH = o1 - o, ds.OW = OW;
-        dwconv_nhwc_rows_f32(in.get(), dbuf.get(), wt.data(), ones.data(), zeros.data(), ds, Act::None, 0, o1 - o);
+        const DwConvShape ds = dw_rows_shape(1, C, hi - lo, W, K, S, lo - (o * S - P), o1 - o, OW);
+        dwconv_nhwc_rows_f32(in.get(), dbuf.get(), p.wt.data(), p.ones.data(), p.zeros.data(), ds, Act::None, 0,
+                             o1 - o);
         const int64_t M = (o1 - o) * OW;
         float* yb = yp + n * OC * OHW + o * OW;
         gemm_rowmajor(false, true, OC, M, C, w3p, C, dbuf.get(), C, yb, OHW);
@@ -160,15 +162,12 @@ void forward_by_bands(const at::Tensor& x, const at::Tensor& dw_weight, const at
                       const OptT& shift, const SeparableShape& s, Act act, at::Tensor& y) {
   const DwConvShape& d = s.dw;
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const std::vector<float> wt = dwconv_weights_by_tap_f32(dw_weight);  // [K*K][C]
-  const std::vector<float> ones(d.C, 1.f), zeros(d.C, 0.f);
-  const at::Tensor w3 = pw_weight.to(at::kFloat).contiguous();
-  const at::Tensor s3 = vec_or(scale, s.OC, 1.f), b3 = vec_or(shift, s.OC, 0.f);
+  const BandParams p(dw_weight, pw_weight, scale, shift, s);
   BlockArgs a{};
   a.x = xc.const_data_ptr<float>(), a.ldx = d.C, a.N = d.N, a.C = d.C, a.H = d.H, a.W = d.W, a.E = d.C;
   a.O = s.OC, a.K = d.KH, a.S = d.SH;
-  a.w2t = wt.data(), a.s2 = ones.data(), a.b2 = zeros.data();
-  a.w3 = w3.const_data_ptr<float>(), a.s3 = s3.const_data_ptr<float>(), a.b3 = b3.const_data_ptr<float>();
+  a.w2t = p.wt.data(), a.s2 = p.ones.data(), a.b2 = p.zeros.data();
+  a.w3 = p.w3.const_data_ptr<float>(), a.s3 = p.s3.const_data_ptr<float>(), a.b3 = p.b3.const_data_ptr<float>();
   a.act1 = Act::None, a.act2 = Act::None, a.act3 = act;
   a.out = BlockOut::Plain;
   a.y = y.mutable_data_ptr<float>();
