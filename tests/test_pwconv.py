@@ -82,25 +82,33 @@ def test_activations(device, act, residual, affine):
 @pytest.mark.parametrize("affine", (False, True))
 @pytest.mark.parametrize("layout", ("channels_last", "cl_sliced"))
 def test_onednn_route(act, residual, affine, layout):
-    """CPU, channels_last float32, ungrouped, no shuffle: oneDNN's fused 1x1 conv (the affine
-    folded into its weights and bias, residual add and activation as post-ops), exactly when its
-    post-ops cover the case (with a residual: activation none or ReLU); the reference's answer
-    either way, in channels_last. Grouped, shuffled or NCHW convs take the tiled kernel."""
+    """CPU, channels_last float32, ungrouped or grouped with no more outputs than inputs: oneDNN's
+    fused 1x1 conv (the affine folded into its weights and bias, residual add and activation as
+    post-ops, a shuffle then done in place), exactly when its post-ops cover the case (with a
+    residual: activation none or ReLU); the reference's answer either way, in the output layout.
+    Grouped convs with more outputs than inputs and NCHW convs take the tiled kernel."""
     x, w, sc, sh, res = _case("cpu", torch.float32, 2, 19, 23, 6, 7, 1, affine, residual, layout)
+    covered = torch.backends.mkldnn.is_available() and (not residual or act in ("none", "relu"))
 
     def run(*args):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             y = fastops.ops.pwconv_bn_act(*args)
-        return y, any(e.name.startswith("mkldnn::_convolution_pointwise") for e in prof.events())
+        routed = any(e.name.startswith("mkldnn::_convolution_pointwise") for e in prof.events())
+        want = reference.pwconv_bn_act(*(a.double() if torch.is_tensor(a) else a for a in args))
+        _close(y, want, torch.float32)
+        assert y.is_contiguous(memory_format=fastops._layout.conv_output_format(args[0]))
+        return routed
 
-    y, routed = run(x, w, sc, sh, 1, act, res, 1)
-    _close(y, reference.pwconv_bn_act(x.double(), w.double(), _d(sc), _d(sh), 1, act, _d(res), 1), torch.float32)
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    assert routed == (torch.backends.mkldnn.is_available() and (not residual or act in ("none", "relu")))
-    assert not run(x, w, sc, sh, 1, act, res, 23)[1]  # shuffled
-    assert not run(x.contiguous(), w, sc, sh, 1, act, None if res is None else res.contiguous(), 1)[1]  # NCHW
-    xg, wg, scg, shg, _ = _case("cpu", torch.float32, 2, 18, 24, 6, 7, 3, affine, False, layout)
-    assert not run(xg, wg, scg, shg, 3, act, None, 1)[1]  # grouped
+    assert run(x, w, sc, sh, 1, act, res, 1) == covered
+    assert run(x, w, sc, sh, 1, act, res, 23) == covered  # shuffled: 23 groups of 1
+    assert not run(x.contiguous(), w, sc, sh, 1, act, None if res is None else res.contiguous(), 1)  # NCHW
+    # grouped: 33 -> 24 in 3 groups (then shuffled in place: 3 groups of 8, 4 of 6, 24 of 1) runs
+    # there; 18 -> 24 does not
+    xg, wg, scg, shg, rg = _case("cpu", torch.float32, 3, 33, 24, 9, 11, 3, affine, residual, layout)
+    for shuffle in (1, 3, 4, 24):
+        assert run(xg, wg, scg, shg, 3, act, rg, shuffle) == covered
+    xg, wg, scg, shg, rg = _case("cpu", torch.float32, 2, 18, 24, 6, 7, 3, affine, residual, layout)
+    assert not run(xg, wg, scg, shg, 3, act, rg, 3)
 
 
 @pytest.mark.parametrize("plain", (True, False))

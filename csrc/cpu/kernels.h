@@ -84,6 +84,10 @@ void dwconv_nhwc_rows_f32(const float* x, float* y, const float* wt, const float
 // values: concat_shuffle's interleave of two rows (csrc/cpu/shuffle.cpp).
 void interleave_rows_f32(const float* a, int64_t lda, const float* b, int64_t ldb, float* o, int64_t rows, int64_t B);
 
+// channel_shuffle(y, G) in place over `rows` dense channels_last pixels of G * K float32 values
+// (K channels per group): pixel row o[k * G + g] = o[g * K + k] (csrc/cpu/shuffle.cpp).
+void shuffle_pixels_inplace_f32(float* y, int64_t rows, int64_t G, int64_t K);
+
 // Where a block's projection goes (block_forward_f32): y = p; y = p + pass (the residual,
 // stride 1, O == C, pass rows of O values); or y[2i] = pass[i], y[2i + 1] = p[i] (ShuffleNet
 // V2's concat + shuffle of the other branch's output and this one's, y rows of 2 O values).

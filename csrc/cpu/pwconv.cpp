@@ -11,10 +11,12 @@
 //   NCHW: x[n] is [C, HW]; a tile is HWt columns of one image, z = W @ x[n][:, tile]
 //     ([OC, HWt]); the epilogue goes along each row, which a shuffle only sends to another
 //     output channel.
-// channels_last float32, ungrouped, no shuffle (with a residual only before no activation or a
-// ReLU): oneDNN's 1x1 convolution with everything fused as post-ops (onednn_pointwise).
-// Other dtypes (float64 for gradcheck, bfloat16, float16), no BLAS, or channels_last with OC <= C
-// (see pwconv_forward_into): ATen's convolution, then the same epilogue over the whole tensor.
+// channels_last float32, ungrouped or with OC <= C (with a residual only before no activation or
+// a ReLU): oneDNN's 1x1 convolution with the affine, residual and activation fused as post-ops,
+// then a shuffle in place (onednn_pointwise).
+// Other dtypes (float64 for gradcheck, bfloat16, float16), no BLAS, or the remaining
+// channels_last cases with OC <= C (see pwconv_forward_into): ATen's convolution, then the same
+// epilogue over the whole tensor.
 // Backward: z recomputed by ATen's convolution; one fused pass gives gu = act'(u) * g (g read at
 // its shuffled position), grad_residual = gu, gz = gu * scale and the per-channel sums of gu and
 // gu * z; then grad_x and grad_weight from gz: GEMMs (conv1x1_grads) for ungrouped float32 /
@@ -318,19 +320,21 @@ std::pair<at::Tensor, at::Tensor> plain_conv_affine_sums(const at::Tensor& w, co
 
 namespace {
 
-// channels_last float32, ungrouped, no shuffle (with a residual: activation none or ReLU, the
-// post-ops oneDNN fuses after an add): oneDNN's 1x1 convolution with the affine folded into its
-// weights and bias and the residual add and activation as post-ops, the call torch.compile with
-// freezing makes (mkldnn::_convolution_pointwise). Against the tiled sgemm path (the op, N=8,
-// inputs from memory, interleaved): 24 -> 144 + ReLU6 at 56x56 1.35x, 144 -> 24 + x 1.06x,
-// 128 -> 128 + ReLU6 1.31x; grouped 60 -> 240 g3 + x + ReLU 0.90x, so grouped convs stay tiled.
+// channels_last float32, ungrouped or with no more outputs than inputs (with a residual:
+// activation none or ReLU, the post-ops oneDNN fuses after an add): oneDNN's 1x1 convolution with
+// the affine folded into its weights and bias and the residual add and activation as post-ops,
+// the call torch.compile with freezing makes (mkldnn::_convolution_pointwise); a shuffle is then
+// done in place, on L1-sized blocks of pixels. Against the tiled sgemm path (the op, N=8, inputs
+// from memory, interleaved): 24 -> 144 + ReLU6 at 56x56 1.35x, 144 -> 24 + x 1.06x, 128 -> 128 +
+// ReLU6 1.31x; grouped 60 -> 240 g3 + x + ReLU 0.90x, so grouped convs with more outputs stay
+// tiled. Against ATen's conv + a separate epilogue, 240 -> 60 g3 + ReLU + shuffle: 0.83 -> 0.7 ms.
 // Empty where that does not apply or this torch has no oneDNN.
 c10::optional<at::Tensor> onednn_pointwise(const at::Tensor& x, const at::Tensor& weight,
                                            const c10::optional<at::Tensor>& scale,
                                            const c10::optional<at::Tensor>& shift, const PwShape& s, Act a,
                                            const c10::optional<at::Tensor>& residual) {
   const bool has_res = residual.has_value() && residual->defined();
-  if (!output_channels_last(x) || x.scalar_type() != at::kFloat || s.groups != 1 || s.shuffle != 1 ||
+  if (!output_channels_last(x) || x.scalar_type() != at::kFloat || (s.groups != 1 && s.OC > s.C) ||
       s.N * s.H * s.W == 0 || (has_res && a != Act::None && a != Act::ReLU) || !at::hasMKLDNN() ||
       !at::globalContext().userEnabledMkldnn())
     return c10::nullopt;
@@ -348,14 +352,19 @@ c10::optional<at::Tensor> onednn_pointwise(const at::Tensor& x, const at::Tensor
   if (a == Act::ReLU6) scalars = c10::List<c10::optional<at::Scalar>>({at::Scalar(0.0), at::Scalar(6.0)});
   torch::jit::Stack stack{x.contiguous(at::MemoryFormat::ChannelsLast)};
   if (has_res) stack.emplace_back(residual->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast));
-  stack.insert(stack.end(), {w.contiguous(), bias, zero, one, one, int64_t(1)});
+  stack.insert(stack.end(), {w.contiguous(), bias, zero, one, one, s.groups});
   if (has_res)  // binary_attr, alpha, unary_attr, unary_scalars, unary_algorithm
     stack.insert(stack.end(), {"add", at::Scalar(1.0), a == Act::ReLU ? c10::IValue("relu") : c10::IValue(),
                                c10::List<c10::optional<at::Scalar>>(), c10::IValue()});
   else  // attr, scalars, algorithm
     stack.insert(stack.end(), {attrs[int(a)], scalars, c10::IValue()});
   handle->callBoxed(&stack);
-  return stack.back().toTensor();
+  at::Tensor y = stack.back().toTensor();
+  if (s.shuffle > 1) {
+    TORCH_INTERNAL_ASSERT(y.is_contiguous(at::MemoryFormat::ChannelsLast) && y.scalar_type() == at::kFloat);
+    shuffle_pixels_inplace_f32(y.data_ptr<float>(), s.N * s.H * s.W, s.shuffle, s.OC / s.shuffle);
+  }
+  return y;
 }
 
 at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& scale,

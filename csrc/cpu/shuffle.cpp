@@ -18,6 +18,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <tuple>
@@ -329,6 +330,25 @@ std::tuple<at::Tensor, at::Tensor> concat_shuffle_backward(const at::Tensor& g_,
 }
 
 }  // namespace
+
+void shuffle_pixels_inplace_f32(float* y, int64_t rows, int64_t G, int64_t K) {
+  const int64_t C = G * K, block = std::max<int64_t>(1, 4096 / C);  // pixels per block: <= 16 KiB, in L1
+  const int64_t blocks = (rows + block - 1) / block, row = C * int64_t(sizeof(float));
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kPointwiseGrain / (block * C)), [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(block * C);  // the block's pixels, read from here, written back shuffled
+    Rows r;
+    r.in_stride.assign(G, row);
+    r.out_stride = row;
+    for (int64_t a = 0; a < G; ++a) r.in.push_back(reinterpret_cast<const char*>(buf.data() + a * K));
+    r.out.resize(K);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t p0 = t * block, n = std::min(block, rows - p0);
+      std::memcpy(buf.data(), y + p0 * C, n * row);
+      for (int64_t b = 0; b < K; ++b) r.out[b] = reinterpret_cast<char*>(y + p0 * C + b * G);
+      transpose_pixel_range_u32(r, G, K, 0, n, true, false);
+    }
+  });
+}
 
 void interleave_rows_f32(const float* a, int64_t lda, const float* b, int64_t ldb, float* o, int64_t rows,
                          int64_t B) {
