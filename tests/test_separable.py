@@ -85,6 +85,8 @@ ENGINE_CASES = [  # n, c, oc, h, w, k, stride
     (1, 12, 20, 40, 40, 3, 1),   # NCHW: C < 16, one image in two parts
     (2, 48, 32, 70, 66, 5, 2),   # NCHW: 13-row bands of 429 pixels, stride 2
     (1, 20, 16, 50, 52, 3, 3),   # stride 3: the depthwise kernel's general rows
+    (1, 64, 24, 70, 50, 3, 1),   # channels_last: bands of 24, 24 and 22 rows, split between threads
+    (2, 128, 20, 90, 60, 3, 2),  # channels_last: stride 2, bands of 23 and 22 rows
 ]
 
 

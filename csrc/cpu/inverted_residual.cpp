@@ -201,9 +201,11 @@ void block_forward_f32(const BlockArgs& a) {
     gemm_abt(1, E, a.SQ, hidden, a.SQ, a.sw2, gate, E);
     for (int64_t c = 0; c < E; ++c) gate[c] = act_fwd<Act::Hardsigmoid>(gate[c] + a.sb2[c]);
   };
-  // output rows per band: the band's expanded rows ((band - 1) * S + K of them) within kBandBytes
+  // output rows per band: the caller's, or the band's expanded rows ((band - 1) * S + K of them)
+  // within kBandBytes
   const int64_t row_bytes = W * E * int64_t(sizeof(float));
-  const int64_t band = std::clamp<int64_t>((kBandBytes / std::max<int64_t>(row_bytes, 1) - K) / S + 1, 1, OH);
+  const int64_t band = a.band_rows > 0 ? std::min(a.band_rows, OH) : std::clamp<int64_t>(
+      (kBandBytes / std::max<int64_t>(row_bytes, 1) - K) / S + 1, 1, OH);
   const int64_t threads = at::get_num_threads();
   // Small images (7x7 at the end of the network): several whole images per task, so that the
   // GEMMs have more than a handful of rows and share one packing of the weights, as long as

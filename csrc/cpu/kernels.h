@@ -112,6 +112,7 @@ struct BlockArgs {
   const float* pass;  // Residual / Interleave: output pixel i's other values at pass + i * ldpass
   int64_t ldpass;
   float* y;  // [N, OH, OW, O] (Interleave: 2 O)
+  int64_t band_rows = 0;  // output rows per band; 0: the engine's (expanded rows within L2)
 };
 void block_forward_f32(const BlockArgs& a);
 
