@@ -250,6 +250,8 @@ using PwConvFn = at::Tensor(const at::Tensor&, const at::Tensor&, const OptTenso
 using PwConvBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, int64_t,
     c10::string_view, const OptTensor&, int64_t);
+using PwPlainBackwardFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                const at::Tensor&, int64_t);
 
 struct PwConvBnAct : public torch::autograd::Function<PwConvBnAct> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
@@ -268,12 +270,17 @@ struct PwConvBnAct : public torch::autograd::Function<PwConvBnAct> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = typed_op<PwConvBackwardFn>("fastops::pwconv_bn_act_backward");
+    static const auto plain_op = typed_op<PwPlainBackwardFn>("fastops::pwconv_backward");
     const variable_list s = ctx->get_saved_variables();
     const OptTensor scale = as_optional(s[2]), shift = as_optional(s[3]), residual = as_optional(s[4]);
     const std::string act = ctx->saved_data["act"].toStringRef();
-    auto [gx, gw, gs, gb, gr] = op.call(grads[0], s[0], s[1], scale, shift, ctx->saved_data["groups"].toInt(), act,
-                                        residual, ctx->saved_data["shuffle_groups"].toInt());
+    const int64_t groups = ctx->saved_data["groups"].toInt(), shuffle = ctx->saved_data["shuffle_groups"].toInt();
     const at::Tensor none;
+    if (!defined(scale) && !defined(shift) && !defined(residual) && act == "none" && shuffle == 1) {
+      auto [gx, gw] = plain_op.call(grads[0], s[0], s[1], groups);  // a plain conv: no other gradient
+      return {gx, gw, none, none, none, none, none, none};
+    }
+    auto [gx, gw, gs, gb, gr] = op.call(grads[0], s[0], s[1], scale, shift, groups, act, residual, shuffle);
     return {gx, gw, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none,
             defined(residual) ? gr : none, none};
   }

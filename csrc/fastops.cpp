@@ -64,6 +64,10 @@ TORCH_LIBRARY(fastops, m) {
   m.def(
       "pwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? scale, Tensor? shift, "
       "int groups, str act, Tensor? residual, int shuffle_groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // -> (grad_x, grad_weight) of the plain 1x1 conv pwconv_bn_act(x, weight, groups=groups): the
+  // backward autograd takes when there is no scale, shift, residual, activation or shuffle, whose
+  // gradients pwconv_bn_act_backward would also compute
+  m.def("pwconv_backward(Tensor grad_out, Tensor x, Tensor weight, int groups) -> (Tensor, Tensor)");
 
   // --- depthwise conv then 1x1 conv + affine + activation (csrc/separable.h, cpu/separable.cpp,
   // cuda/separable.cu) ---

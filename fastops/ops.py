@@ -263,6 +263,15 @@ def register_pwconv(ns, autograd=True):
         return (torch.empty_like(x, memory_format=fmt), torch.empty_like(weight, memory_format=torch.contiguous_format),
                 _like_vector(scale, oc, x), _like_vector(shift, oc, x), x.new_empty(shape).contiguous(memory_format=fmt))
 
+    if hasattr(getattr(torch.ops, ns), "pwconv_backward"):  # the C++ ops' plain-conv backward
+        @torch.library.register_fake(f"{ns}::pwconv_backward")
+        def _fake_plain_backward(grad_out, x, weight, groups):
+            op = "pwconv_backward"
+            shape = _checks.check_pwconv(op, x, weight, None, None, groups, "none", None, 1)
+            _checks.check_grad_out(op, grad_out, shape)
+            return (torch.empty_like(x, memory_format=_layout.conv_output_format(x)),
+                    torch.empty_like(weight, memory_format=torch.contiguous_format))
+
     def setup(ctx, inputs, output):
         x, weight, scale, shift, groups, act, residual, shuffle_groups = inputs
         ctx.save_for_backward(x, weight, scale, shift, residual)

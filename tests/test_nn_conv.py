@@ -118,6 +118,41 @@ def test_train_depthwise_conv_runs_the_fastops_kernel(case, layout, fastops_conv
     assert any("DwConvBnAct" in n for n in nodes) == fastops_conv, nodes
 
 
+@pytest.mark.parametrize("hw, layout, fastops_conv", [
+    ((28, 29), "nchw", True), ((27, 29), "nchw", False), ((28, 29), "channels_last", False)])
+def test_train_pointwise_conv_on_large_maps_runs_pwconv(hw, layout, fastops_conv):
+    """In training, an NCHW float32 ungrouped 1x1 conv on a map of at least 28x28 pixels runs as
+    the plain pwconv_bn_act (its GEMM forward and backward beat ATen's there); smaller maps and
+    channels_last keep ATen's. Two SGD steps against torchvision's block, running stats and
+    parameters included."""
+    kwargs = dict(in_channels=10, out_channels=14, kernel_size=1)
+    ours, theirs = _pair(kwargs, "relu6")
+    ours.train(), theirs.train()
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (ours, theirs)]
+    for step in range(2):
+        x = randn((3, 10, *hw)).to(memory_format=fmt).requires_grad_()
+        ya, yb = ours(x), theirs(x)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        nodes, stack = set(), [ya.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is not None and node.name() not in nodes:
+                nodes.add(node.name())
+                stack += [n for n, _ in node.next_functions]
+        assert any("PwConvBnAct" in n for n in nodes) == fastops_conv, nodes
+        g = randn(ya.shape) / ya.numel() ** 0.5
+        grads = [torch.autograd.grad(y, [x] + list(m.parameters()), g) for y, m in ((ya, ours), (yb, theirs))]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for opt, m, gs in zip(opts, (ours, theirs), grads):
+            for p, gp in zip(m.parameters(), gs[1:]):
+                p.grad = gp
+            opt.step()
+    for (name, ba), (_, bb) in zip(ours.named_buffers(), theirs.named_buffers()):
+        torch.testing.assert_close(ba, bb, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_dense_conv_folds_bn_with_same_answer():
     ours, theirs = _pair(dict(in_channels=8, out_channels=12, kernel_size=3, groups=1), "relu6")
     ours.eval(), theirs.eval()

@@ -191,10 +191,12 @@ def _opcheck_cases(device):
         (ns.pwconv_bn_act.default, (cl(x.detach()), w.detach(), None, None, 2, "none", None, 1)),
         (ns.pwconv_bn_act_backward.default, (g, x.detach(), w.detach(), sc, sh.detach(), 2, "hardswish", res.detach(), 2)),
         (ns.pwconv_bn_act_backward.default, (cl(g), cl(x.detach()), w.detach(), None, None, 2, "relu", None, 1)),
+        (ns.pwconv_backward.default, (g, x.detach(), w.detach(), 2)),
+        (ns.pwconv_backward.default, (cl(g), cl(x.detach()), randn((4, 6, 1, 1), device=device), 1)),
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(6))
 def test_opcheck(device, case):
     op, args = _opcheck_cases(device)[case]
     torch.library.opcheck(op, args)
@@ -214,6 +216,36 @@ def test_compile_fullgraph(device):
     g = randn(y.shape, device=device)
     for a, b in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(f(x, w, sc, sh, res), (x, w), g)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("groups", (1, 3))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last", "permuted"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_plain_conv_backward(device, groups, layout, dtype):
+    """pwconv_bn_act(x, w): autograd takes pwconv_backward (grad_x, grad_weight only: no sums, no
+    residual gradient), which equals the plain convolution's gradients in x's layout; with any of
+    scale, shift, residual, an activation or a shuffle it takes pwconv_bn_act_backward."""
+    x, w, _, _, _ = _case(device, dtype, 3, 18, 12, 7, 5, groups, layout=layout)
+    g = make_layout(randn((3, 12, 7, 5), dtype, device), layout)
+    gx, gw = torch.ops.fastops.pwconv_backward(g, x, w, groups)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    want = torch.autograd.grad(nn.functional.conv2d(xd, wd, groups=groups), (xd, wd), g.double())
+    _close(gx, want[0], dtype), _close(gw, want[1], dtype)
+    assert gx.is_contiguous(memory_format=fastops._layout.conv_output_format(x)) and gw.is_contiguous()
+    assert gx.dtype == gw.dtype == dtype
+
+    def backward_ops(*args):
+        leaves = [t.detach().requires_grad_() for t in args[:2]]
+        y = fastops.ops.pwconv_bn_act(*leaves, *args[2:])
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            got = torch.autograd.grad(y, leaves, g)
+        return got, {e.name for e in prof.events() if e.name.startswith("fastops::")}
+
+    got, names = backward_ops(x, w, None, None, groups)
+    assert "fastops::pwconv_backward" in names and "fastops::pwconv_bn_act_backward" not in names, names
+    _close(got[0], want[0], dtype), _close(got[1], want[1], dtype)
+    _, names = backward_ops(x, w, None, None, groups, "relu")
+    assert "fastops::pwconv_bn_act_backward" in names and "fastops::pwconv_backward" not in names, names
 
 
 def test_errors(device):
@@ -237,3 +269,10 @@ def test_errors(device):
         op(x, w, sc, sh, 2, "gelu")
     with pytest.raises(ValueError, match=r"fastops.pwconv_bn_act: argument 'groups' \(4\) does not divide"):
         torch.ops.fastops.pwconv_bn_act(x, w, sc, sh, 4, "relu", None, 1)
+    g = randn((2, 4, 3, 3), device=device)
+    with pytest.raises(ValueError, match=r"fastops.pwconv_backward: argument 'grad_out' must have shape \[2, 4, 3, 3\]"):
+        torch.ops.fastops.pwconv_backward(g[:, :3], x, w, 2)
+    with pytest.raises(ValueError, match=r"fastops.pwconv_backward: argument 'groups' \(4\) does not divide"):
+        torch.ops.fastops.pwconv_backward(g, x, w, 4)
+    with pytest.raises(TypeError, match="fastops.pwconv_backward: argument 'grad_out' has dtype Double but 'x' has dtype Float"):
+        torch.ops.fastops.pwconv_backward(g.double(), x, w, 2)

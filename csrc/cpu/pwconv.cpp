@@ -633,17 +633,46 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
   return {gx, gw.to(weight.scalar_type())};
 }
 
+void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& x, const PwShape& s) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == s.N && grad_out.size(1) == s.OC &&
+                        grad_out.size(2) == s.H && grad_out.size(3) == s.W,
+                    "fastops.", op, ": argument 'grad_out' must have shape [", s.N, ", ", s.OC, ", ", s.H, ", ", s.W,
+                    "], got ", grad_out.sizes());
+  check_same_kind(op, "grad_out", grad_out, "x", x);
+}
+
+// grad_x and grad_weight of the plain 1x1 convolution from g = grad_out (x and g dense in the
+// layout cl): GEMMs for ungrouped float32 / float64, ATen's convolution_backward otherwise.
+std::tuple<at::Tensor, at::Tensor> plain_grads(const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight,
+                                               const PwShape& s, bool cl) {
+  at::Tensor gx, gw;
+  if (s.groups == 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble))
+    std::tie(gx, gw) = conv1x1_grads(g, x, weight, s, cl);
+  else
+    std::tie(gx, gw, std::ignore) = at::convolution_backward(g, x, weight, c10::nullopt, {1, 1}, {0, 0}, {1, 1}, false,
+                                                             {0, 0}, s.groups, {true, true, false});
+  return {gx.contiguous(layout_of(cl)), gw.contiguous()};
+}
+
+// The plain convolution's backward alone (pwconv_backward in csrc/fastops.cpp): no sums, no
+// copy of grad_out as the residual's gradient (MobileNet V1's 128 -> 128 at 56x56, NCHW: 1 ms a
+// training step of a DepthwiseSeparable block).
+std::tuple<at::Tensor, at::Tensor> pwconv_backward(const at::Tensor& grad_out, const at::Tensor& x_,
+                                                   const at::Tensor& weight, int64_t groups) {
+  const char* op = "pwconv_backward";
+  const PwShape s = check_pwconv(op, x_, weight, c10::nullopt, c10::nullopt, groups, c10::nullopt, 1);
+  check_grad_out(op, grad_out, x_, s);
+  const bool cl = output_channels_last(x_);
+  return plain_grads(grad_out.contiguous(layout_of(cl)), x_.contiguous(layout_of(cl)), weight, s, cl);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn_act_backward(
     const at::Tensor& grad_out, const at::Tensor& x_, const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
     const c10::optional<at::Tensor>& shift, int64_t groups, c10::string_view act,
     const c10::optional<at::Tensor>& residual, int64_t shuffle_groups) {
   const char* op = "pwconv_bn_act_backward";
   const PwShape s = check_pwconv(op, x_, weight, scale, shift, groups, residual, shuffle_groups);
-  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == s.N && grad_out.size(1) == s.OC &&
-                        grad_out.size(2) == s.H && grad_out.size(3) == s.W,
-                    "fastops.", op, ": argument 'grad_out' must have shape [", s.N, ", ", s.OC, ", ", s.H, ", ", s.W,
-                    "], got ", grad_out.sizes());
-  check_same_kind(op, "grad_out", grad_out, "x", x_);
+  check_grad_out(op, grad_out, x_, s);
   const Act a = parse_act(op, act);
   const bool cl = output_channels_last(x_);
   const at::Tensor x = x_.contiguous(layout_of(cl)), g = grad_out.contiguous(layout_of(cl));
@@ -655,10 +684,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
   // shuffle): gz is grad_out itself, so neither the recomputed z nor the fused pass is needed.
   if (gemm_grads && a == Act::None && !has_res && s.shuffle == 1 && !(scale.has_value() && scale->defined()) &&
       !(shift.has_value() && shift->defined())) {
-    const auto [gx, gw] = conv1x1_grads(g, x, weight, s, cl);
+    const auto [gx, gw] = plain_grads(g, x, weight, s, cl);
     const auto [sum_gz, sum_g] = plain_conv_affine_sums(weight, gw, g);
-    return {gx.contiguous(layout_of(cl)), gw.contiguous(), param_grad(sum_gz, scale, x), param_grad(sum_g, shift, x),
-            g.clone(layout_of(cl))};
+    return {gx, gw, param_grad(sum_gz, scale, x), param_grad(sum_g, shift, x), g.clone(layout_of(cl))};
   }
   const at::Tensor sc = param_vector(scale, s.OC, 1.0, acc), sh = param_vector(shift, s.OC, 0.0, acc);
   constexpr int64_t kIntLimit = int64_t(1) << 30;  // sgemm's sizes and strides are int
@@ -700,6 +728,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
 TORCH_LIBRARY_IMPL(fastops, CPU, m) {
   m.impl("pwconv_bn_act", &pwconv_bn_act);
   m.impl("pwconv_bn_act_backward", &pwconv_bn_act_backward);
+  m.impl("pwconv_backward", &pwconv_backward);
 }
 
 }  // namespace cpu

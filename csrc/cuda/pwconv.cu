@@ -717,11 +717,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
                          output_channels_last(x), /*want_grad_residual=*/true);
 }
 
+// The plain convolution's (x, weight) gradients: the same kernels, without the scale, shift
+// and residual gradients' work where the backward skips it.
+std::tuple<at::Tensor, at::Tensor> pwconv_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                                        const at::Tensor& weight, int64_t groups) {
+  constexpr const char* op = "pwconv_backward";
+  const PwShape s = check_pwconv(op, x, weight, c10::nullopt, c10::nullopt, groups, c10::nullopt, 1);
+  const auto grads = pwconv_backward(op, s, grad_out, x, weight, c10::nullopt, c10::nullopt, Act::None,
+                                     c10::nullopt, output_channels_last(x), /*want_grad_residual=*/false);
+  return {std::get<0>(grads), std::get<1>(grads)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastops, CUDA, m) {
   m.impl("pwconv_bn_act", &pwconv_bn_act_cuda);
   m.impl("pwconv_bn_act_backward", &pwconv_bn_act_backward_cuda);
+  m.impl("pwconv_backward", &pwconv_backward_cuda);
 }
 
 }  // namespace cuda

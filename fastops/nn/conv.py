@@ -14,7 +14,8 @@ dicts load both ways and training matches:
     batch statistics + activation in two fused passes, forward and backward), and the running
     statistics updated exactly as nn.BatchNorm2d does (momentum, `momentum=None`,
     `num_batches_tracked`). CPU channels_last float32 depthwise convs run as `dwconv_bn_act`
-    without affine or activation, for its one-sweep backward kernel (`_train_conv`).
+    without affine or activation, for its one-sweep backward kernel, and so do NCHW 5x5 ones;
+    NCHW float32 1x1 convs on maps of 28x28 or more run as `pwconv_bn_act` (`_train_conv`).
 Cases the kernels do not cover (string or non-zero padding modes, unsupported activations,
 conv or BatchNorm subclasses) run the plain modules, with the same answer.
 """
@@ -280,16 +281,34 @@ def _nchw_depthwise_5x5(x: torch.Tensor, conv: nn.Conv2d) -> bool:
             and conv.in_channels == conv.out_channels and conv.in_channels >= 16)
 
 
+def _nchw_pointwise_large(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """x (4-D, on the CPU) NCHW float32, maps of at least 28x28, and an ungrouped 1x1 conv
+    (stride 1, no padding): there pwconv_bn_act's forward (sgemm by tiles) + backward (GEMMs by
+    tiles) beat ATen's conv forward + backward, which reorders NCHW to oneDNN's blocked layout
+    and back (N=8, ATen / fastops, ms: 128 -> 128 at 56x56 15.6 / 13.9, 144 -> 24 at 56x56
+    6.6 / 4.4, 32 -> 64 at 112x112 15.0 / 13.3, 16 -> 96 at 112x112 17.2 / 14.8, 256 -> 256 at
+    28x28 11.1 / 10.4, 192 -> 32 at 28x28 2.5 / 1.9; 1.02-1.48x on the 11 such MobileNet V1 /
+    V2 layers). On 14x14 maps it was 0.93-1.22x, on 7x7 maps 0.68-0.91x (the GEMMs per image
+    too small), in channels_last 0.54-0.94x: those keep ATen's."""
+    return (x.dtype == torch.float32 and x.is_contiguous() and _is_pointwise(conv) and conv.groups == 1
+            and x.shape[2] * x.shape[3] >= 28 * 28)
+
+
 def _train_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """conv(x) ahead of a training-mode BatchNorm. A CPU channels_last float32 depthwise conv
     that dwconv_bn_act's channels_last backward kernel takes (`_tiled_depthwise_cl`) runs as the
     plain `dwconv_bn_act(x, w)`: its forward as fast as ATen's, its backward the one-sweep
     kernel (MobileNet V2's depthwise layers, N=8: ATen's gradient call took 1.6-2.6x the time its
-    memory traffic needs); so does an NCHW 5x5 one (`_nchw_depthwise_5x5`). Not while
+    memory traffic needs); so does an NCHW 5x5 one (`_nchw_depthwise_5x5`). An NCHW 1x1 conv on
+    a large map runs as the plain `pwconv_bn_act(x, w)` (`_nchw_pointwise_large`). Not while
     compiling: the compiler keeps its own convolution."""
-    if (x.device.type == "cpu" and x.dim() == 4 and _is_depthwise(conv) and not torch.compiler.is_compiling()
-            and ((not x.is_contiguous() and _tiled_depthwise_cl(x, conv)) or _nchw_depthwise_5x5(x, conv))):
+    if x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling():
+        return conv(x)
+    if _is_depthwise(conv) and ((not x.is_contiguous() and _tiled_depthwise_cl(x, conv))
+                                or _nchw_depthwise_5x5(x, conv)):
         return ops.dwconv_bn_act(x, conv.weight, None, conv.bias, conv.stride, conv.padding, conv.dilation, "none")
+    if _nchw_pointwise_large(x, conv):
+        return ops.pwconv_bn_act(x, conv.weight, None, conv.bias)
     return conv(x)
 
 
