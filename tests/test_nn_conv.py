@@ -98,6 +98,17 @@ def test_train_matches_unfused_including_running_stats(kwargs, momentum, layout)
     assert ours[1].num_batches_tracked.item() == 3
 
 
+def _autograd_nodes(y):
+    """The names of the autograd nodes y's graph reaches."""
+    nodes, stack = set(), [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node.name() not in nodes:
+            nodes.add(node.name())
+            stack += [n for n, _ in node.next_functions]
+    return nodes
+
+
 @pytest.mark.parametrize("case, layout, fastops_conv", [
     (0, "channels_last", True), (0, "nchw", False), (1, "channels_last", True), (1, "nchw", True)])
 def test_train_depthwise_conv_runs_the_fastops_kernel(case, layout, fastops_conv):
@@ -109,12 +120,7 @@ def test_train_depthwise_conv_runs_the_fastops_kernel(case, layout, fastops_conv
     ours.train()
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = randn((2, DW_CASES[case]["in_channels"], 9, 10)).to(memory_format=fmt).requires_grad_()
-    nodes, stack = set(), [ours(x).grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node.name() not in nodes:
-            nodes.add(node.name())
-            stack += [n for n, _ in node.next_functions]
+    nodes = _autograd_nodes(ours(x))
     assert any("DwConvBnAct" in n for n in nodes) == fastops_conv, nodes
 
 
@@ -134,12 +140,7 @@ def test_train_pointwise_conv_on_large_maps_runs_pwconv(hw, layout, fastops_conv
         x = randn((3, 10, *hw)).to(memory_format=fmt).requires_grad_()
         ya, yb = ours(x), theirs(x)
         torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
-        nodes, stack = set(), [ya.grad_fn]
-        while stack:
-            node = stack.pop()
-            if node is not None and node.name() not in nodes:
-                nodes.add(node.name())
-                stack += [n for n, _ in node.next_functions]
+        nodes = _autograd_nodes(ya)
         assert any("PwConvBnAct" in n for n in nodes) == fastops_conv, nodes
         g = randn(ya.shape) / ya.numel() ** 0.5
         grads = [torch.autograd.grad(y, [x] + list(m.parameters()), g) for y, m in ((ya, ours), (yb, theirs))]
