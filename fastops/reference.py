@@ -337,7 +337,10 @@ def stem_conv_bn_act_backward(grad_out, x, weight, scale=None, shift=None, strid
     gradient routed through its argmax, the activation's derivative, the affine's sums, the
     conv's backward."""
     oc = weight.shape[0]
-    sc, sh = _vector(scale, oc, 1.0, x).view(1, -1, 1, 1), _vector(shift, oc, 0.0, x).view(1, -1, 1, 1)
+    scale, shift = _vector(scale, oc, 1.0, x), _vector(shift, oc, 0.0, x)
+    # the affine in z's dtype, as the forward applies it (scale / shift may be of another float
+    # dtype); their gradients summed in float32 at least, returned in their own dtypes
+    sc, sh = (t.to(x.dtype).view(1, -1, 1, 1) for t in (scale, shift))
     stride, padding = list(_pair(stride)), list(_pair(padding))
     z = F.conv2d(x, weight, None, stride, padding)
     u = z * sc + sh
@@ -349,7 +352,9 @@ def stem_conv_bn_act_backward(grad_out, x, weight, scale=None, shift=None, strid
         grad = torch.ops.aten.max_pool2d_with_indices_backward(grad_out, a, kernel, pstride, ppadding, [1, 1], False,
                                                                idx)
     gu = activation_backward(grad, u, act)
-    gs, gb = (gu * z).sum((0, 2, 3)), gu.sum((0, 2, 3))
+    acc = torch.promote_types(x.dtype, torch.float32)
+    gs, gb = (gu * z).sum((0, 2, 3), dtype=acc), gu.sum((0, 2, 3), dtype=acc)
     gx, gw, _ = torch.ops.aten.convolution_backward(gu * sc, x, weight, None, stride, padding, [1, 1], False, [0, 0], 1,
                                                     [True, True, False])
-    return gx.contiguous(memory_format=conv_output_format(x)), gw.contiguous(), gs, gb
+    return (gx.contiguous(memory_format=conv_output_format(x)), gw.contiguous(), gs.to(scale.dtype),
+            gb.to(shift.dtype))

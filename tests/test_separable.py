@@ -71,6 +71,20 @@ def test_large_images_in_steps(device, layout):
                                               "relu6"), torch.float32)
 
 
+@pytest.mark.parametrize("padding", (0, 1))
+def test_one_channel_slice_of_channels_last(device, padding):
+    """x: one channel of a channels_last tensor (channels_last by its strides, output
+    channels_last); its one-channel depthwise result is dense in both layouts, and the pointwise
+    step must still write y in y's layout (padding 0: the step-wise path, output smaller)."""
+    big = make_layout(randn((2, 6, 12, 11), device=device), "channels_last")
+    x = big[:, 3:4]
+    dw, pw = randn((1, 1, 3, 3), device=device), randn((8, 1, 1, 1), device=device)
+    y = fastops.ops.separable_conv_bn_act(x, dw, pw, None, None, 1, padding, 1, "relu")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, reference.separable_conv_bn_act(x.double(), dw.double(), pw.double(), None, None, 1, padding, 1, "relu"),
+           torch.float32)
+
+
 # float32 with padding k // 2 goes by bands of rows on CPU (channels_last: the inverted-residual
 # engine; NCHW: the rows transposed into a channels_last buffer): one image split between threads
 # (N=1), fewer than 16 channels, several small images to a thread, several bands, stride 2 with

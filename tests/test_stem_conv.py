@@ -94,6 +94,19 @@ def test_gradients_of_the_kernel(pool, affine):
                                       n_grads=4 if affine else 2)
 
 
+@pytest.mark.parametrize("pool", (True, False), ids=("pool", "no_pool"))
+def test_gradients_with_float64_scale_and_shift(pool):
+    """scale / shift in float64 with float32 x (the checks accept any float dtype for them): the
+    affine runs in x's dtype both ways, and each gradient comes back in its input's dtype."""
+    args = _args((2, 3, 9, 8, 10, 3, 2, 1, (3, 2, 1) if pool else None), "relu")
+    args[2], args[3] = args[2].double(), args[3].double()
+    check_gradients_against_reference(torch.ops.fastops.stem_conv_bn_act, reference.stem_conv_bn_act, args,
+                                      n_grads=4)
+    y = fastops.ops.stem_conv_bn_act(*args)
+    got = torch.ops.fastops.stem_conv_bn_act_backward(torch.randn(y.shape), *args)
+    assert [t.dtype for t in got] == [torch.float32, torch.float32, torch.float64, torch.float64]
+
+
 def test_backward_op_gradcheck_float64():
     """The backward op is autograd through the reference: float64 gradcheck of the functional
     path, and the backward op's answer against torch.autograd.grad of it."""

@@ -260,7 +260,9 @@ void pwconv_forward_into(const at::Tensor& x_, const at::Tensor& weight, const c
                          const c10::optional<at::Tensor>& shift, const PwShape& s, Act a,
                          const c10::optional<at::Tensor>& residual, at::Tensor& y) {
   const int64_t groups = s.groups;
-  const bool cl = output_channels_last(x_);
+  // y's layout decides (the op's: output_channels_last of its x; separable's step path passes
+  // its depthwise result, which with one channel is dense in both layouts whichever y has)
+  const bool cl = y.is_contiguous(at::MemoryFormat::ChannelsLast) && !y.is_contiguous();
   const at::Tensor x = x_.contiguous(layout_of(cl));
   if (y.numel() == 0) return;
   const bool has_res = residual.has_value() && residual->defined();
