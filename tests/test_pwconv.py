@@ -218,6 +218,19 @@ def test_compile_fullgraph(device):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("shuffle", (1, 2))
+def test_width_one_channels_last_strides(device, shuffle):
+    """x of width 1 with channels-last strides whose last one is 1 (a permuted view): channels_last
+    by the layout rule, so the output is channels_last too, shuffled or not (oneDNN's answer for
+    such an x is NCHW and is re-laid)."""
+    x = randn((2, 12, 16, 1), device=device).permute(0, 2, 1, 3)  # [2, 16, 12, 1], strides (192, 1, 16, 1)
+    w, sc, sh = randn((48, 16, 1, 1), device=device), randn((48,), device=device), randn((48,), device=device)
+    y = fastops.ops.pwconv_bn_act(x, w, sc, sh, 1, "relu", None, shuffle)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, reference.pwconv_bn_act(x.double(), w.double(), _d(sc), _d(sh), 1, "relu", None, shuffle),
+           torch.float32)
+
+
 @pytest.mark.parametrize("groups", (1, 3))
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last", "permuted"))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)

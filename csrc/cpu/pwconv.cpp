@@ -361,11 +361,9 @@ c10::optional<at::Tensor> onednn_pointwise(const at::Tensor& x, const at::Tensor
   else  // attr, scalars, algorithm
     stack.insert(stack.end(), {attrs[int(a)], scalars, c10::IValue()});
   handle->callBoxed(&stack);
-  at::Tensor y = stack.back().toTensor();
-  if (s.shuffle > 1) {
-    TORCH_INTERNAL_ASSERT(y.is_contiguous(at::MemoryFormat::ChannelsLast) && y.scalar_type() == at::kFloat);
-    shuffle_pixels_inplace_f32(y.data_ptr<float>(), s.N * s.H * s.W, s.shuffle, s.OC / s.shuffle);
-  }
+  // channels_last like x (oneDNN answers in NCHW for an x of width 1 whose last stride is 1)
+  at::Tensor y = stack.back().toTensor().contiguous(at::MemoryFormat::ChannelsLast);
+  if (s.shuffle > 1) shuffle_pixels_inplace_f32(y.data_ptr<float>(), s.N * s.H * s.W, s.shuffle, s.OC / s.shuffle);
   return y;
 }
 
