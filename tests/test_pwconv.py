@@ -111,15 +111,18 @@ def test_onednn_route(act, residual, affine, layout):
     assert not run(xg, wg, scg, shg, 3, act, rg, 3)
 
 
-@pytest.mark.parametrize("plain", (True, False))
+@pytest.mark.parametrize("kind", ("plain", "no_act", "fused"))
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last", "permuted"))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
-def test_backward_ungrouped(device, plain, layout, dtype):
+def test_backward_ungrouped(device, kind, layout, dtype):
     """Ungrouped float32 / float64 backward: grad_x and grad_weight as GEMMs on the CPU (per image
-    in NCHW, one each in channels_last); without scale, shift, residual, activation or shuffle
-    (`pwconv_bn_act(x, w)`) grad_out is the conv's gradient directly. All five outputs
-    against the reference's, the residual's gradient (= grad of the pre-activation) included."""
-    affine, residual, act, shuffle = (False, False, "none", 1) if plain else (True, True, "hardswish", 2)
+    in NCHW, one each in channels_last). Without activation or shuffle grad_out is the gradient
+    of the affine's output, so the CPU takes it without recomputing the conv: the plain conv
+    (`pwconv_bn_act(x, w)`), and with scale, shift and a residual (MobileNet's projections). All
+    five outputs against the reference's, the residual's gradient (= grad of the pre-activation)
+    included."""
+    affine, residual, act, shuffle = {"plain": (False, False, "none", 1), "no_act": (True, True, "none", 1),
+                                      "fused": (True, True, "hardswish", 2)}[kind]
     x, w, sc, sh, res = _case(device, dtype, 3, 19, 22, 7, 5, 1, affine, residual, layout)
     g = make_layout(randn((3, 22, 7, 5), dtype, device), layout)
     got = torch.ops.fastops.pwconv_bn_act_backward(g, x, w, sc, sh, 1, act, res, shuffle)
