@@ -234,6 +234,22 @@ def test_width_one_channels_last_strides(device, shuffle):
            torch.float32)
 
 
+@pytest.mark.parametrize("threads", (1, 2, 3))
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_plain_conv_backward_by_tiles(device, threads, layout):
+    """float32 on maps of 28x28 or more: the plain conv's gradients by tiles of pixels (CPU: 496
+    pixels a tile here, six tiles, dealt to the threads' parts, whose grad_weight parts are
+    added after), against the float64 conv's."""
+    x, w, _, _, _ = _case(device, torch.float32, 3, 200, 120, 30, 33, 1, layout=layout)
+    g = make_layout(randn((3, 120, 30, 33), torch.float32, device), layout)
+    with num_threads(threads), poisoned_memory(x):
+        gx, gw = torch.ops.fastops.pwconv_backward(g, x, w, 1)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    want = torch.autograd.grad(nn.functional.conv2d(xd, wd), (xd, wd), g.double())
+    _close(gx, want[0], torch.float32), _close(gw, want[1], torch.float32)
+    assert gx.is_contiguous(memory_format=fastops._layout.conv_output_format(x))
+
+
 @pytest.mark.parametrize("groups", (1, 3))
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last", "permuted"))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)

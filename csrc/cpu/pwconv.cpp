@@ -571,6 +571,35 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_grads(const at::Tensor& gz, const at:
 // after.
 //   channels_last: tile = Pt pixels, z = x_t W^T [Pt, OC], gx_t = gz W, gw += gz^T x_t;
 //   NCHW: tile = HWt columns of one image, z = W x_t [OC, HWt], gx_t = W^T gz, gw += gz x_t^T.
+// The tiles of pixels the tiled backwards walk (cl: `tile` pixels of [pixels, C]; NCHW: `tile`
+// columns of one image), dealt to at most `threads` parts in order; each part keeps its own
+// grad_weight ([OC, C], the GEMMs add into it with beta 1 after the part's first tile), and the
+// parts are added in part order after. body(part, t0, t1, gw) runs tiles [t0, t1) of a part.
+struct Tiles {
+  int64_t tile, per_image, count, parts;
+  Tiles(const PwShape& s, bool cl, int64_t per_pixel_floats)
+      : tile(std::clamp<int64_t>(kTileBytes / int64_t(sizeof(float) * per_pixel_floats), 256, 2048) / 16 * 16),
+        per_image(cl ? 0 : (s.H * s.W + tile - 1) / tile),
+        count(cl ? (s.N * s.H * s.W + tile - 1) / tile : s.N * per_image),
+        parts(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count))) {}
+};
+
+template <typename Body>
+at::Tensor over_tile_parts(const Tiles& tiles, const PwShape& s, const at::Tensor& weight, Body body) {
+  const int64_t OC = s.OC, C = s.C, parts = tiles.parts;
+  std::vector<float> gw_parts(parts * OC * C);
+  at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+    for (int64_t part = part_begin; part < part_end; ++part)
+      body(part, tiles.count * part / parts, tiles.count * (part + 1) / parts, gw_parts.data() + part * OC * C);
+  });
+  at::Tensor gw = at::empty({OC, C, 1, 1}, weight.options().dtype(at::kFloat));
+  float* gwp = gw.mutable_data_ptr<float>();
+  std::copy(gw_parts.begin(), gw_parts.begin() + OC * C, gwp);
+  for (int64_t part = 1; part < parts; ++part)
+    for (int64_t i = 0; i < OC * C; ++i) gwp[i] += gw_parts[part * OC * C + i];
+  return gw;
+}
+
 std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const at::Tensor& g, const float* res,
                                                       const at::Tensor& weight, const PwShape& s, bool cl,
                                                       const Epi<float>& e, at::Tensor& gr, double* sum_gu,
@@ -581,55 +610,73 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
   float* grp = gr.mutable_data_ptr<float>();
   at::Tensor gx = at::empty({s.N, C, s.H, s.W}, x.options(), layout_of(cl));
   float* gxp = gx.mutable_data_ptr<float>();
-  // pixels per tile: x_t, z and gz in kTileBytes
-  const int64_t tile = std::clamp<int64_t>(kTileBytes / int64_t(sizeof(float) * (C + 2 * OC)), 256, 2048) / 16 * 16;
-  const int64_t per_image = cl ? 0 : (HW + tile - 1) / tile;
-  const int64_t tiles = cl ? (P + tile - 1) / tile : s.N * per_image;
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
-  std::vector<float> gw_parts(parts * OC * C);
+  const Tiles tiles(s, cl, C + 2 * OC);  // x_t, z and gz in kTileBytes
+  const int64_t tile = tiles.tile, per_image = tiles.per_image, parts = tiles.parts;
   std::vector<double> sum_parts(2 * parts * OC, 0.0);
   std::vector<int64_t> dest(OC);
   for (int64_t o = 0; o < OC; ++o) dest[o] = e.dest(o);
-  at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+  at::Tensor gw = over_tile_parts(tiles, s, weight, [&](int64_t part, int64_t t0, int64_t t1, float* gw) {
     std::vector<float> z(tile * OC), gz(tile * OC), grow(OC), a1(OC), a2(OC);
-    for (int64_t part = part_begin; part < part_end; ++part) {
-      float* gw = gw_parts.data() + part * OC * C;
-      double* d1 = sum_parts.data() + 2 * part * OC;
-      double* d2 = d1 + OC;
-      const int64_t t0 = tiles * part / parts, t1 = tiles * (part + 1) / parts;
-      for (int64_t t = t0; t < t1; ++t) {
-        const float beta = t == t0 ? 0.f : 1.f;
-        if (cl) {
-          const int64_t p0 = t * tile, rows = std::min(tile, P - p0);
-          const float* xt = xp + p0 * C;
-          gemm_rowmajor(false, true, rows, OC, C, xt, C, wp, C, z.data(), OC);
-          pass_pixel_rows<float>(z.data(), gp + p0 * OC, res ? res + p0 * OC : nullptr, grp + p0 * OC, gz.data(),
-                                 rows, e, dest.data(), grow.data(), a1.data(), a2.data(), d1, d2);
-          gemm_rowmajor(false, false, rows, C, OC, gz.data(), OC, wp, C, gxp + p0 * C, C);
-          gemm_rowmajor(true, false, OC, C, rows, gz.data(), OC, xt, C, gw, C, beta);
-        } else {
-          const int64_t n = t / per_image, j0 = (t % per_image) * tile, cols = std::min(tile, HW - j0);
-          const float* xt = xp + n * C * HW + j0;
-          gemm_rowmajor(false, false, OC, cols, C, wp, C, xt, HW, z.data(), cols);
-          for (int64_t o = 0; o < OC; ++o) {
-            const int64_t row = (n * OC + o) * HW + j0;
-            pass_plane_run<float>(z.data() + o * cols, gp + (n * OC + dest[o]) * HW + j0, res ? res + row : nullptr,
-                                  grp + row, gz.data() + o * cols, cols, e, o, d1[o], d2[o]);
-          }
-          gemm_rowmajor(true, false, C, cols, OC, wp, C, gz.data(), cols, gxp + n * C * HW + j0, HW);
-          gemm_rowmajor(false, true, OC, C, cols, gz.data(), cols, xt, HW, gw, C, beta);
+    double* d1 = sum_parts.data() + 2 * part * OC;
+    double* d2 = d1 + OC;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float beta = t == t0 ? 0.f : 1.f;
+      if (cl) {
+        const int64_t p0 = t * tile, rows = std::min(tile, P - p0);
+        const float* xt = xp + p0 * C;
+        gemm_rowmajor(false, true, rows, OC, C, xt, C, wp, C, z.data(), OC);
+        pass_pixel_rows<float>(z.data(), gp + p0 * OC, res ? res + p0 * OC : nullptr, grp + p0 * OC, gz.data(), rows,
+                               e, dest.data(), grow.data(), a1.data(), a2.data(), d1, d2);
+        gemm_rowmajor(false, false, rows, C, OC, gz.data(), OC, wp, C, gxp + p0 * C, C);
+        gemm_rowmajor(true, false, OC, C, rows, gz.data(), OC, xt, C, gw, C, beta);
+      } else {
+        const int64_t n = t / per_image, j0 = (t % per_image) * tile, cols = std::min(tile, HW - j0);
+        const float* xt = xp + n * C * HW + j0;
+        gemm_rowmajor(false, false, OC, cols, C, wp, C, xt, HW, z.data(), cols);
+        for (int64_t o = 0; o < OC; ++o) {
+          const int64_t row = (n * OC + o) * HW + j0;
+          pass_plane_run<float>(z.data() + o * cols, gp + (n * OC + dest[o]) * HW + j0, res ? res + row : nullptr,
+                                grp + row, gz.data() + o * cols, cols, e, o, d1[o], d2[o]);
         }
+        gemm_rowmajor(true, false, C, cols, OC, wp, C, gz.data(), cols, gxp + n * C * HW + j0, HW);
+        gemm_rowmajor(false, true, OC, C, cols, gz.data(), cols, xt, HW, gw, C, beta);
       }
     }
   });
-  at::Tensor gw = at::empty({OC, C, 1, 1}, weight.options().dtype(at::kFloat));
-  float* gwp = gw.mutable_data_ptr<float>();
-  std::copy(gw_parts.begin(), gw_parts.begin() + OC * C, gwp);
-  for (int64_t part = 1; part < parts; ++part)
-    for (int64_t i = 0; i < OC * C; ++i) gwp[i] += gw_parts[part * OC * C + i];
   for (int64_t part = 0; part < parts; ++part)
     for (int64_t o = 0; o < OC; ++o)
       sum_gu[o] += sum_parts[2 * part * OC + o], sum_guz[o] += sum_parts[(2 * part + 1) * OC + o];
+  return {gx, gw.to(weight.scalar_type())};
+}
+
+// The plain convolution's gradients, float32, ungrouped, by the same tiles: grad_x_t and the
+// part's grad_weight from each tile of g while it is in cache (per-image GEMMs over whole
+// images, conv1x1_grads, read g twice from memory and ran each GEMM on both threads).
+std::tuple<at::Tensor, at::Tensor> tiled_plain_grads_f32(const at::Tensor& g, const at::Tensor& x,
+                                                         const at::Tensor& weight, const PwShape& s, bool cl) {
+  const int64_t C = s.C, OC = s.OC, HW = s.H * s.W, P = s.N * HW;
+  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  const float *xp = x.const_data_ptr<float>(), *gp = g.const_data_ptr<float>(), *wp = w.const_data_ptr<float>();
+  at::Tensor gx = at::empty({s.N, C, s.H, s.W}, x.options(), layout_of(cl));
+  float* gxp = gx.mutable_data_ptr<float>();
+  const Tiles tiles(s, cl, 2 * C + OC);  // x_t, g_t and gx_t in kTileBytes
+  const int64_t tile = tiles.tile, per_image = tiles.per_image;
+  at::Tensor gw = over_tile_parts(tiles, s, weight, [&](int64_t part, int64_t t0, int64_t t1, float* gw) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float beta = t == t0 ? 0.f : 1.f;
+      if (cl) {
+        const int64_t p0 = t * tile, rows = std::min(tile, P - p0);
+        const float *xt = xp + p0 * C, *gt = gp + p0 * OC;
+        gemm_rowmajor(false, false, rows, C, OC, gt, OC, wp, C, gxp + p0 * C, C);
+        gemm_rowmajor(true, false, OC, C, rows, gt, OC, xt, C, gw, C, beta);
+      } else {
+        const int64_t n = t / per_image, j0 = (t % per_image) * tile, cols = std::min(tile, HW - j0);
+        const float *xt = xp + n * C * HW + j0, *gt = gp + n * OC * HW + j0;
+        gemm_rowmajor(true, false, C, cols, OC, wp, C, gt, HW, gxp + n * C * HW + j0, HW);
+        gemm_rowmajor(false, true, OC, C, cols, gt, HW, xt, HW, gw, C, beta);
+      }
+    }
+  });
   return {gx, gw.to(weight.scalar_type())};
 }
 
@@ -646,7 +693,17 @@ void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> plain_grads(const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight,
                                                const PwShape& s, bool cl) {
   at::Tensor gx, gw;
-  if (s.groups == 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble))
+  // float32 on maps of 28x28 or more: by tiles (tiled_plain_grads_f32). N=8, ms, medians of 35
+  // calls in separate processes, tiles / per image: NCHW 128 -> 128 at 56x56 7.1-7.4 / 7.8-8.0,
+  // 24 -> 144 2.7-2.8 / 3.2-3.4, 32 -> 64 at 112x112 4.3-4.7 / 7.5-8.1, 256 -> 256 at 28x28
+  // 6.0-6.4 / 6.3; channels_last 128 -> 128 6.3-6.4 / 7.5, 144 -> 24 1.9-2.1 / 2.3-2.9. On
+  // smaller maps the whole-tensor GEMMs: 512 at 14x14 6.4-6.5 either way, 960 -> 160 at 7x7
+  // channels_last 1.25 / 0.88.
+  constexpr int64_t kIntLimit = int64_t(1) << 30;  // sgemm's sizes and strides are int
+  if (s.groups == 1 && x.scalar_type() == at::kFloat && sgemm_ && s.N > 0 && s.H * s.W >= 28 * 28 &&
+      s.C < kIntLimit && s.OC < kIntLimit && s.H * s.W < kIntLimit)
+    std::tie(gx, gw) = tiled_plain_grads_f32(g, x, weight, s, cl);
+  else if (s.groups == 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble))
     std::tie(gx, gw) = conv1x1_grads(g, x, weight, s, cl);
   else
     std::tie(gx, gw, std::ignore) = at::convolution_backward(g, x, weight, c10::nullopt, {1, 1}, {0, 0}, {1, 1}, false,
