@@ -15,7 +15,7 @@ dicts load both ways and training matches:
     statistics updated exactly as nn.BatchNorm2d does (momentum, `momentum=None`,
     `num_batches_tracked`). CPU channels_last float32 depthwise convs run as `dwconv_bn_act`
     without affine or activation, for its one-sweep backward kernel, and so do NCHW 5x5 ones;
-    NCHW float32 1x1 convs on maps of 28x28 or more run as `pwconv_bn_act` (`_train_conv`).
+    float32 1x1 convs (NCHW: on maps of 14x14 or more) run as `pwconv_bn_act` (`_train_conv`).
 Cases the kernels do not cover (string or non-zero padding modes, unsupported activations,
 conv or BatchNorm subclasses) run the plain modules, with the same answer.
 """
@@ -281,17 +281,22 @@ def _nchw_depthwise_5x5(x: torch.Tensor, conv: nn.Conv2d) -> bool:
             and conv.in_channels == conv.out_channels and conv.in_channels >= 16)
 
 
-def _nchw_pointwise_large(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """x (4-D, on the CPU) NCHW float32, maps of at least 28x28, and an ungrouped 1x1 conv
-    (stride 1, no padding): there pwconv_bn_act's forward (sgemm by tiles) + backward (GEMMs by
-    tiles) beat ATen's conv forward + backward, which reorders NCHW to oneDNN's blocked layout
-    and back (N=8, ATen / fastops, ms: 128 -> 128 at 56x56 15.6 / 13.9, 144 -> 24 at 56x56
-    6.6 / 4.4, 32 -> 64 at 112x112 15.0 / 13.3, 16 -> 96 at 112x112 17.2 / 14.8, 256 -> 256 at
-    28x28 11.1 / 10.4, 192 -> 32 at 28x28 2.5 / 1.9; 1.02-1.48x on the 11 such MobileNet V1 /
-    V2 layers). On 14x14 maps it was 0.93-1.22x, on 7x7 maps 0.68-0.91x (the GEMMs per image
-    too small), in channels_last 0.54-0.94x: those keep ATen's."""
-    return (x.dtype == torch.float32 and x.is_contiguous() and _is_pointwise(conv) and conv.groups == 1
-            and x.shape[2] * x.shape[3] >= 28 * 28)
+def _pointwise_train_kernel(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """x (4-D, on the CPU) float32, channels_last or NCHW on maps of at least 14x14, and an
+    ungrouped 1x1 conv (stride 1, no padding): there pwconv_bn_act's forward (oneDNN's 1x1 conv in
+    channels_last, sgemm by tiles in NCHW) + backward (`pwconv_backward`: GEMMs, by tiles of
+    pixels on maps of 28x28 or more) beat ATen's conv forward + backward, which in NCHW reorders to
+    oneDNN's blocked layout and back. N=8, ATen / fastops, ms: NCHW 128 -> 128 at 56x56 16.6 /
+    12.0, 32 -> 64 at 112x112 18.1 / 9.3, 144 -> 24 at 56x56 8.5 / 5.1, 256 -> 256 at 28x28
+    14.7 / 10.8, 384 -> 64 at 14x14 1.90 / 1.40, 512 -> 512 at 14x14 10.7 / 10.2 (1.05-1.95x on
+    the 16 such MobileNet V1 / V2 layers; on 7x7 maps 0.79-1.03x, so those keep ATen's);
+    channels_last 128 -> 128 11.5 / 10.3, 144 -> 24 5.1 / 4.0, 1024 -> 1024 at 7x7 14.2 / 10.4,
+    64 -> 384 at 14x14 1.29 / 1.31 (0.98-1.37x on 20 layers)."""
+    if x.dtype != torch.float32 or not _is_pointwise(conv) or conv.groups != 1:
+        return False
+    if x.is_contiguous():
+        return x.shape[2] * x.shape[3] >= 14 * 14
+    return x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _train_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -299,15 +304,15 @@ def _train_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     that dwconv_bn_act's channels_last backward kernel takes (`_tiled_depthwise_cl`) runs as the
     plain `dwconv_bn_act(x, w)`: its forward as fast as ATen's, its backward the one-sweep
     kernel (MobileNet V2's depthwise layers, N=8: ATen's gradient call took 1.6-2.6x the time its
-    memory traffic needs); so does an NCHW 5x5 one (`_nchw_depthwise_5x5`). An NCHW 1x1 conv on
-    a large map runs as the plain `pwconv_bn_act(x, w)` (`_nchw_pointwise_large`). Not while
+    memory traffic needs); so does an NCHW 5x5 one (`_nchw_depthwise_5x5`). A 1x1 conv runs as
+    the plain `pwconv_bn_act(x, w)` where that is faster (`_pointwise_train_kernel`). Not while
     compiling: the compiler keeps its own convolution."""
     if x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling():
         return conv(x)
     if _is_depthwise(conv) and ((not x.is_contiguous() and _tiled_depthwise_cl(x, conv))
                                 or _nchw_depthwise_5x5(x, conv)):
         return ops.dwconv_bn_act(x, conv.weight, None, conv.bias, conv.stride, conv.padding, conv.dilation, "none")
-    if _nchw_pointwise_large(x, conv):
+    if _pointwise_train_kernel(x, conv):
         return ops.pwconv_bn_act(x, conv.weight, None, conv.bias)
     return conv(x)
 
