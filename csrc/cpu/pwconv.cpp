@@ -329,7 +329,7 @@ namespace {
 // done in place, on L1-sized blocks of pixels. Against the tiled sgemm path (the op, N=8, inputs
 // from memory, interleaved): 24 -> 144 + ReLU6 at 56x56 1.35x, 144 -> 24 + x 1.06x, 128 -> 128 +
 // ReLU6 1.31x; grouped 60 -> 240 g3 + x + ReLU 0.90x, so grouped convs with more outputs stay
-// tiled. Against ATen's conv + a separate epilogue, 240 -> 60 g3 + ReLU + shuffle: 0.83 -> 0.7 ms.
+// tiled. Against ATen's conv + a separate epilogue, 240 -> 60 g3 + ReLU + shuffle: 0.83 -> 0.72 ms.
 // Empty where that does not apply or this torch has no oneDNN.
 c10::optional<at::Tensor> onednn_pointwise(const at::Tensor& x, const at::Tensor& weight,
                                            const c10::optional<at::Tensor>& scale,
@@ -574,7 +574,7 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_grads(const at::Tensor& gz, const at:
 // The tiles of pixels the tiled backwards walk (cl: `tile` pixels of [pixels, C]; NCHW: `tile`
 // columns of one image), dealt to at most `threads` parts in order; each part keeps its own
 // grad_weight ([OC, C], the GEMMs add into it with beta 1 after the part's first tile), and the
-// parts are added in part order after. body(part, t0, t1, gw) runs tiles [t0, t1) of a part.
+// parts are added in part order after. body(part, t0, t1, gw_part) runs tiles [t0, t1) of a part.
 struct Tiles {
   int64_t tile, per_image, count, parts;
   Tiles(const PwShape& s, bool cl, int64_t per_pixel_floats)
@@ -615,7 +615,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
   std::vector<double> sum_parts(2 * parts * OC, 0.0);
   std::vector<int64_t> dest(OC);
   for (int64_t o = 0; o < OC; ++o) dest[o] = e.dest(o);
-  at::Tensor gw = over_tile_parts(tiles, s, weight, [&](int64_t part, int64_t t0, int64_t t1, float* gw) {
+  at::Tensor gw = over_tile_parts(tiles, s, weight, [&](int64_t part, int64_t t0, int64_t t1, float* gw_part) {
     std::vector<float> z(tile * OC), gz(tile * OC), grow(OC), a1(OC), a2(OC);
     double* d1 = sum_parts.data() + 2 * part * OC;
     double* d2 = d1 + OC;
@@ -628,7 +628,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
         pass_pixel_rows<float>(z.data(), gp + p0 * OC, res ? res + p0 * OC : nullptr, grp + p0 * OC, gz.data(), rows,
                                e, dest.data(), grow.data(), a1.data(), a2.data(), d1, d2);
         gemm_rowmajor(false, false, rows, C, OC, gz.data(), OC, wp, C, gxp + p0 * C, C);
-        gemm_rowmajor(true, false, OC, C, rows, gz.data(), OC, xt, C, gw, C, beta);
+        gemm_rowmajor(true, false, OC, C, rows, gz.data(), OC, xt, C, gw_part, C, beta);
       } else {
         const int64_t n = t / per_image, j0 = (t % per_image) * tile, cols = std::min(tile, HW - j0);
         const float* xt = xp + n * C * HW + j0;
@@ -639,7 +639,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
                                 grp + row, gz.data() + o * cols, cols, e, o, d1[o], d2[o]);
         }
         gemm_rowmajor(true, false, C, cols, OC, wp, C, gz.data(), cols, gxp + n * C * HW + j0, HW);
-        gemm_rowmajor(false, true, OC, C, cols, gz.data(), cols, xt, HW, gw, C, beta);
+        gemm_rowmajor(false, true, OC, C, cols, gz.data(), cols, xt, HW, gw_part, C, beta);
       }
     }
   });
@@ -661,19 +661,19 @@ std::tuple<at::Tensor, at::Tensor> tiled_plain_grads_f32(const at::Tensor& g, co
   float* gxp = gx.mutable_data_ptr<float>();
   const Tiles tiles(s, cl, 2 * C + OC);  // x_t, g_t and gx_t in kTileBytes
   const int64_t tile = tiles.tile, per_image = tiles.per_image;
-  at::Tensor gw = over_tile_parts(tiles, s, weight, [&](int64_t part, int64_t t0, int64_t t1, float* gw) {
+  at::Tensor gw = over_tile_parts(tiles, s, weight, [&](int64_t part, int64_t t0, int64_t t1, float* gw_part) {
     for (int64_t t = t0; t < t1; ++t) {
       const float beta = t == t0 ? 0.f : 1.f;
       if (cl) {
         const int64_t p0 = t * tile, rows = std::min(tile, P - p0);
         const float *xt = xp + p0 * C, *gt = gp + p0 * OC;
         gemm_rowmajor(false, false, rows, C, OC, gt, OC, wp, C, gxp + p0 * C, C);
-        gemm_rowmajor(true, false, OC, C, rows, gt, OC, xt, C, gw, C, beta);
+        gemm_rowmajor(true, false, OC, C, rows, gt, OC, xt, C, gw_part, C, beta);
       } else {
         const int64_t n = t / per_image, j0 = (t % per_image) * tile, cols = std::min(tile, HW - j0);
         const float *xt = xp + n * C * HW + j0, *gt = gp + n * OC * HW + j0;
         gemm_rowmajor(true, false, C, cols, OC, wp, C, gt, HW, gxp + n * C * HW + j0, HW);
-        gemm_rowmajor(false, true, OC, C, cols, gt, HW, xt, HW, gw, C, beta);
+        gemm_rowmajor(false, true, OC, C, cols, gt, HW, xt, HW, gw_part, C, beta);
       }
     }
   });
