@@ -641,20 +641,6 @@ FASTOPS_CPU_INLINE void nchw_planes(const E* x, E* y, const float* w, const floa
 // tiled channels_last kernel (rowblock) on it, and transposes the result back into the 16 output
 // planes. x and y are read and written once; the scratch stays in the core's cache.
 
-// px[p * 16 + k] = planes[k * HW + p] for the HW pixels of 16 planes.
-template <typename E>
-FASTOPS_CPU_INLINE void planes_to_pixels(const E* planes, int64_t HW, float* px) {
-  int64_t p = 0;
-  for (; p + L <= HW; p += L) {
-    f32x16 r[16];
-    unroll<16>([&](auto k) FASTOPS_CPU_INLINE_LAMBDA { r[k] = load16(planes + k * HW + p); });
-    transpose16x16(r);
-    unroll<16>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA { store16(px + (p + j) * L, r[j]); });
-  }
-  for (; p < HW; ++p)
-    for (int k = 0; k < L; ++k) px[p * L + k] = value(planes[k * HW + p]);
-}
-
 // planes[k * HW + p] = px[p * 16 + k] for channels k0 <= k < 16.
 template <typename E>
 FASTOPS_CPU_INLINE void pixels_to_planes(const float* px, int64_t HW, E* planes, int k0) {
@@ -684,7 +670,7 @@ FASTOPS_CPU_INLINE void nchw_blocks(const E* x, E* y, const float* wt, const flo
   for (int64_t t = begin; t < end; ++t) {
     const int64_t n = t / blocks, c0 = std::min((t % blocks) * L, s.C - L);
     const int k0 = int((t % blocks) * L - c0);
-    planes_to_pixels(x + (n * s.C + c0) * HW, HW, in.data());
+    planes_to_pixels(x + (n * s.C + c0) * HW, HW, HW, in.data(), L);
     for (int64_t tap = 0; tap < K * K; ++tap) std::copy_n(wt + tap * s.C + c0, L, w.data() + tap * L);
     for (int64_t oh = 0; oh < s.OH; oh += RB)
       rowblock<K, S>(in.data(), out.data(), w.data(), sc + c0, sh + c0, b, 0, oh,

@@ -90,8 +90,8 @@ int64_t nchw_band_pixels(const SeparableShape& s) { return nchw_band_rows(s) * s
 constexpr int64_t kMinBandPixels = 256;
 
 // out[p * C + c] = x[c * plane + p] for pixels p < npix and channels c < C: NCHW rows (plane:
-// one channel's stride) as channels_last pixels, 16 x 16 blocks transposed in registers (the last
-// channel block overlaps the one before when C % 16 != 0).
+// one channel's stride) as channels_last pixels, 16 channels at a time (simd.h's
+// planes_to_pixels; the last channel block overlaps the one before when C % 16 != 0).
 FASTOPS_CPU_MULTIVERSION void planes_to_pixels_f32(const float* x, int64_t plane, int64_t C, int64_t npix,
                                                     float* out) {
   if (C < L) {
@@ -101,15 +101,7 @@ FASTOPS_CPU_MULTIVERSION void planes_to_pixels_f32(const float* x, int64_t plane
   }
   for (int64_t c = 0; c < C; c += L) {
     const int64_t c0 = std::min(c, C - L);
-    int64_t p = 0;
-    for (; p + L <= npix; p += L) {
-      f32x16 r[16];
-      unroll<16>([&](auto k) FASTOPS_CPU_INLINE_LAMBDA { r[k] = load16(x + (c0 + k) * plane + p); });
-      transpose16x16(r);
-      unroll<16>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA { store16(out + (p + j) * C + c0, r[j]); });
-    }
-    for (; p < npix; ++p)
-      for (int64_t k = 0; k < L; ++k) out[p * C + c0 + k] = x[(c0 + k) * plane + p];
+    planes_to_pixels(x + c0 * plane, plane, npix, out + c0, C);
   }
 }
 

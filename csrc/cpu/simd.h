@@ -188,6 +188,22 @@ FASTOPS_CPU_INLINE void transpose16x16(f32x16 (&r)[16]) {
         u32x16{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
 }
 
+// px[p * ld + k] = planes[k * plane + p] for pixels p < npix of 16 planes (plane: one plane's
+// stride): NCHW rows as channels_last pixels, 16 x 16 blocks transposed in registers (the
+// blocked NCHW depthwise kernel, ld 16; separable_conv_bn_act's NCHW bands, ld C).
+template <typename E>
+FASTOPS_CPU_INLINE void planes_to_pixels(const E* planes, int64_t plane, int64_t npix, float* px, int64_t ld) {
+  int64_t p = 0;
+  for (; p + kLanes <= npix; p += kLanes) {
+    f32x16 r[16];
+    unroll<16>([&](auto k) FASTOPS_CPU_INLINE_LAMBDA { r[k] = load16(planes + k * plane + p); });
+    transpose16x16(r);
+    unroll<16>([&](auto j) FASTOPS_CPU_INLINE_LAMBDA { store16(px + (p + j) * ld, r[j]); });
+  }
+  for (; p < npix; ++p)
+    for (int k = 0; k < kLanes; ++k) px[p * ld + k] = value(planes[k * plane + p]);
+}
+
 // Elements per parallel task: large enough that the threading overhead vanishes, small enough
 // that a >1M-element tensor splits across all cores.
 constexpr int64_t kPointwiseGrain = 32768;
