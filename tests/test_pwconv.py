@@ -137,15 +137,17 @@ def test_backward_ungrouped(device, kind, layout, dtype):
 
 @pytest.mark.parametrize("shape", ((1, 16, 1, 1), (3, 5, 1, 7), (1, 64, 56, 56), (2, 96, 14, 14), (1, 6, 72, 72)))
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
-def test_shapes_spanning_tiles(device, shape, layout):
-    """Several GEMM tiles, and planes / pixel runs longer than one chunk of the backward's sums."""
+@pytest.mark.parametrize("act", ("hardswish", "none"))
+def test_shapes_spanning_tiles(device, shape, layout, act):
+    """Several GEMM tiles, and planes / pixel runs longer than one chunk of the backward's sums;
+    without an activation the backward's GEMMs on grad_out (by tiles on the large maps)."""
     n, c, h, w = shape
     x, wt, sc, sh, res = _case(device, torch.float32, n, c, 2 * c + 1, h, w, residual=True, layout=layout)
-    y = fastops.ops.pwconv_bn_act(x, wt, sc, sh, 1, "hardswish", res)
-    _close(y, reference.pwconv_bn_act(x.double(), wt.double(), _d(sc), _d(sh), 1, "hardswish", _d(res)), torch.float32)
+    y = fastops.ops.pwconv_bn_act(x, wt, sc, sh, 1, act, res)
+    _close(y, reference.pwconv_bn_act(x.double(), wt.double(), _d(sc), _d(sh), 1, act, _d(res)), torch.float32)
     g = randn(y.shape, device=device)
-    got = torch.ops.fastops.pwconv_bn_act_backward(g, x, wt, sc, sh, 1, "hardswish", res, 1)
-    want = reference.pwconv_bn_act_backward(g.double(), x.double(), wt.double(), _d(sc), _d(sh), 1, "hardswish", _d(res), 1)
+    got = torch.ops.fastops.pwconv_bn_act_backward(g, x, wt, sc, sh, 1, act, res, 1)
+    want = reference.pwconv_bn_act_backward(g.double(), x.double(), wt.double(), _d(sc), _d(sh), 1, act, _d(res), 1)
     for a, b in zip(got, want):
         _close(a, b, torch.float32)
 
