@@ -231,18 +231,20 @@ def test_backward_matches_reference(device, geom, act, layout, affine):
 @pytest.mark.parametrize("k,s", ((3, 1), (3, 2), (5, 1), (5, 2)), ids=str)
 @pytest.mark.parametrize("pad", ("none", "half", "full"))
 @pytest.mark.parametrize("n,c,h,w", ((1, 16, 13, 11), (3, 19, 9, 14), (2, 40, 16, 7), (1, 24, 61, 5)), ids=str)
-def test_backward_channels_last_conv_kernel(k, s, pad, n, c, h, w):
-    """The plain convolution's gradients by the channels_last float32 kernel (3x3 / 5x5, stride
-    1 or 2): grad_x gathered per task of input rows, grad_w and the sum of g over the output rows
-    each task owns, its slots added in task order. Paddings 0, k//2 and k-1 (every border
-    case of the column ranges), 16 channels or a remainder (an overlapping last block whose sums
-    must not count twice), odd maps, one image or several, a tall narrow map (many tasks of a few
-    rows). All four outputs of the backward op against the float64 reference, and the same bits
-    on 1 and 2 threads."""
+@pytest.mark.parametrize("layout", ("channels_last", "contiguous"))
+def test_backward_conv_kernel(k, s, pad, n, c, h, w, layout):
+    """The plain convolution's gradients by the float32 kernel (3x3 / 5x5, stride 1 or 2):
+    grad_x gathered and grad_w and the sum of g summed over the same rows, channels_last per task
+    of input rows (its slots added in task order), NCHW per 16-plane block of an image
+    transposed into a scratch image (its sums added image by image). Paddings 0, k//2 and k-1
+    (every border case of the column ranges), 16 channels or a remainder (an overlapping last
+    block whose sums and grad_x planes must not count twice), odd maps, one image or several, a
+    tall narrow map (many tasks of a few rows). All four outputs of the backward op against the
+    float64 reference, and the same bits on 1 and 2 threads."""
     p = {"none": 0, "half": k // 2, "full": k - 1}[pad]
-    x, weight, _, _ = _case("cpu", torch.float32, n, c, h, w, k, affine=False, layout="channels_last")
+    x, weight, _, _ = _case("cpu", torch.float32, n, c, h, w, k, affine=False, layout=layout)
     y = fastops.ops.dwconv_bn_act(x, weight, None, None, s, p, 1, "none")
-    g = make_layout(randn(y.shape, torch.float32, "cpu"), "channels_last")
+    g = make_layout(randn(y.shape, torch.float32, "cpu"), layout)
     geometry = ([s, s], [p, p], [1, 1])
     got = torch.ops.fastops.dwconv_bn_act_backward(g, x, weight, None, None, *geometry, "none")
     leaves = [x.double().requires_grad_(), weight.double().requires_grad_(),
@@ -252,7 +254,7 @@ def test_backward_channels_last_conv_kernel(k, s, pad, n, c, h, w):
     want = torch.autograd.grad(yr, leaves, g.double())
     for name, a, b in zip(("x", "weight", "scale", "shift"), got, want):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5 * max(1.0, b.abs().max().item()), msg=name)
-    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    assert got[0].is_contiguous(memory_format=_expected_format(x))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -270,9 +272,9 @@ def test_backward_channels_last_conv_kernel(k, s, pad, n, c, h, w):
 def test_backward_stride1_input_gradient_by_the_forward_kernel(k, p, d, c, dtype, layout):
     """Stride 1: the input's gradient is computed as the depthwise convolution of the output's
     gradient with the kernels turned half a turn, padded by d*(k-1) - p, through the forward
-    kernels (the tiled ones from 16 channels on; the padding below, at and above k//2, a
-    rectangular kernel, dilation); a padding beyond d*(k-1) (the (3, 3) case) goes to ATen. Both
-    gradients against the float64 reference, both layouts, bf16 at its tolerance."""
+    kernels (a rectangular kernel, dilation, 1x1; the 3x3 / 5x5 unit-dilation cases take the
+    backward conv kernel instead, tested above, here also in bf16). Both gradients against the
+    float64 reference, both layouts, bf16 at its tolerance."""
     x, weight, scale, shift = _case("cpu", dtype, 2, c, 13, 11, k, layout=layout)
     xr, wr = x.detach().requires_grad_(), weight.detach().requires_grad_()
     y = fastops.ops.dwconv_bn_act(xr, wr, scale, shift, 1, p, d, "relu6")

@@ -110,12 +110,13 @@ def _autograd_nodes(y):
 
 
 @pytest.mark.parametrize("case, layout, fastops_conv", [
-    (0, "channels_last", True), (0, "nchw", False), (1, "channels_last", True), (1, "nchw", True)])
+    (0, "channels_last", True), (0, "nchw", True), (1, "channels_last", True), (1, "nchw", True),
+    (2, "channels_last", False), (2, "nchw", False)])
 def test_train_depthwise_conv_runs_the_fastops_kernel(case, layout, fastops_conv):
-    """In training, a CPU channels_last float32 depthwise conv (3x3 or 5x5) runs as dwconv_bn_act
-    (for its channels_last backward kernel), and so does an NCHW 5x5 one (faster than ATen's
-    there); an NCHW 3x3 one keeps ATen's convolution. The values are checked by the training
-    tests above (DW_CASES[1] is the 5x5 one)."""
+    """In training, a CPU float32 depthwise conv (3x3 or 5x5, stride 1 or 2, no multiplier) runs
+    as dwconv_bn_act, in both layouts (for its backward kernels); others (DW_CASES[2]) keep
+    ATen's convolution. The values are checked by the training tests above (DW_CASES[1] is the
+    5x5 one)."""
     ours, _ = _pair(DW_CASES[case], "relu6")
     ours.train()
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format

@@ -23,9 +23,10 @@
 //   with the same formulas (csrc/activation.h), float64 so gradcheck runs through the kernel.
 // Backward: the activation's derivative and the affine's gradients are one fused pass that
 //   recomputes the convolution (skipped for the plain convolution). The convolution's own
-//   gradients: channels_last float32 on the tiled shapes, one parallel sweep that gathers x's
-//   gradient and sums the weight's over the same rows while they are in cache
-//   (conv_backward_nhwc); otherwise x's is (stride 1) the forward kernel's depthwise
+//   gradients: float32 on the tiled shapes, one parallel sweep that gathers x's gradient and
+//   sums the weight's over the same rows while they are in cache (conv_backward_kernel; NCHW by
+//   blocks of 16 planes transposed into channels_last scratch images, as the forward); otherwise
+//   x's is (stride 1) the forward kernel's depthwise
 //   convolution of that result with the kernels turned half a turn, else ATen's, and the
 //   weight's ATen's on channels_last operands.
 #include <ATen/Dispatch.h>
@@ -1147,27 +1148,70 @@ FASTOPS_CPU_MULTIVERSION void conv_backward_f32(const float* x, const float* g, 
   });
 }
 
+// NCHW, the same kernels by channel blocks (as the blocked NCHW forward): tasks [begin, end) (t =
+// n * blocks + block) each transpose 16 planes of x and of gz into channels_last scratch images
+// of 16 channels, run grad_x's and the weight's rows above over the whole image, and transpose
+// grad_x back into its 16 planes; the block's sums go to slots[n] ([N][K*K + 1][C]). The last
+// block overlaps the one before when C % 16 != 0 and writes only its new planes and sums.
+template <int K, int S>
+FASTOPS_CPU_INLINE void conv_backward_nchw_tasks(const float* x, const float* g, float* gx, const float* wt,
+                                                 const DwConvShape& s, int64_t begin, int64_t end, float* slots) {
+  DwConvShape b = s;  // one image of 16 channels, channels_last, in the scratch
+  b.N = 1, b.C = b.OC = L;
+  const int64_t blocks = (s.C + L - 1) / L, HW = s.H * s.W, OHW = s.OH * s.OW;
+  std::vector<float> in(HW * L), gin(OHW * L), out(HW * L), w(K * K * L), sums((K * K + 1) * L);
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t n = t / blocks, c0 = std::min((t % blocks) * L, s.C - L);
+    const int k0 = int((t % blocks) * L - c0);
+    planes_to_pixels(x + (n * s.C + c0) * HW, HW, HW, in.data(), L);
+    planes_to_pixels(g + (n * s.C + c0) * OHW, OHW, OHW, gin.data(), L);
+    for (int64_t tap = 0; tap < K * K; ++tap) std::copy_n(wt + tap * s.C + c0, L, w.data() + tap * L);
+    conv_grad_x_rows<K, S>(gin.data(), out.data(), w.data(), b, 0, s.H);
+    std::fill(sums.begin(), sums.end(), 0.f);
+    conv_grad_w_rows<K, S>(in.data(), gin.data(), b, 0, s.OH, sums.data());
+    pixels_to_planes(out.data(), HW, gx + (n * s.C + c0) * HW, k0);
+    float* slot = slots + n * (K * K + 1) * s.C + c0;
+    for (int64_t i = 0; i <= K * K; ++i) std::copy(sums.begin() + i * L + k0, sums.begin() + (i + 1) * L, slot + i * s.C + k0);
+  }
+}
+
+FASTOPS_CPU_MULTIVERSION void conv_backward_nchw_f32(const float* x, const float* g, float* gx, const float* wt,
+                                                     const DwConvShape& s, int64_t begin, int64_t end, float* slots) {
+  with_tile(s, [&](auto k, auto st) FASTOPS_CPU_INLINE_LAMBDA {
+    conv_backward_nchw_tasks<decltype(k)::value, decltype(st)::value>(x, g, gx, wt, s, begin, end, slots);
+  });
+}
+
 // The shapes the kernel above takes: the tiled ones, multiplier 1, any padding (the loops check
 // the borders).
 bool conv_backward_by_kernel(const DwConvShape& s) { return s.mult == 1 && tiled_shape(s) && s.OH > 0 && s.OW > 0; }
 
-// The plain depthwise convolution's gradients from gz and x (float32, channels_last, dense).
+// The plain depthwise convolution's gradients.
 struct ConvGrads {
   at::Tensor x, w;                    // grad_x, grad_w [C, 1, K, K]
   std::vector<double> sum_g, sum_gz;  // per channel: sum of gz, and of gz * conv(x) (= sum of w * grad_w)
 };
 
-ConvGrads conv_backward_nhwc(const at::Tensor& gz, const at::Tensor& x, const at::Tensor& w, const DwConvShape& s) {
+// The plain depthwise convolution's gradients from gz and x (float32, dense, both channels_last
+// or both NCHW).
+ConvGrads conv_backward_kernel(const at::Tensor& gz, const at::Tensor& x, const at::Tensor& w, const DwConvShape& s,
+                               bool cl) {
   const int64_t C = s.C, KK = s.KH * s.KW, B = backward_rows_per_task(s);
-  const int64_t tasks = s.N * ((s.H + B - 1) / B);
+  // channels_last: a task per block of B input rows of an image, a slot of sums per task;
+  // NCHW: a task per 16-channel block of an image, a slot per image
+  const int64_t tasks = cl ? s.N * ((s.H + B - 1) / B) : s.N * ((C + L - 1) / L), nslots = cl ? tasks : s.N;
   const std::vector<float> wt = dwconv_weights_by_tap_f32(w);
-  std::vector<float> slots(tasks * (KK + 1) * C);
+  std::vector<float> slots(nslots * (KK + 1) * C);
   at::Tensor gx = at::empty_like(x);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    conv_backward_f32(x.const_data_ptr<float>(), gz.const_data_ptr<float>(), gx.mutable_data_ptr<float>(),
-                      wt.data(), s, B, begin, end, slots.data());
+    if (cl)
+      conv_backward_f32(x.const_data_ptr<float>(), gz.const_data_ptr<float>(), gx.mutable_data_ptr<float>(),
+                        wt.data(), s, B, begin, end, slots.data());
+    else
+      conv_backward_nchw_f32(x.const_data_ptr<float>(), gz.const_data_ptr<float>(), gx.mutable_data_ptr<float>(),
+                             wt.data(), s, begin, end, slots.data());
   });
-  // the slots added in task order, parallel over channels
+  // the slots added in order, parallel over channels
   at::Tensor grad_w = at::empty({C, 1, s.KH, s.KW}, x.options());
   float* gwp = grad_w.mutable_data_ptr<float>();
   const float* wp = w.const_data_ptr<float>();  // [C, 1, K, K] contiguous
@@ -1176,7 +1220,7 @@ ConvGrads conv_backward_nhwc(const at::Tensor& gz, const at::Tensor& x, const at
     std::vector<double> acc(KK + 1);
     for (int64_t c = c0; c < c1; ++c) {
       std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t t = 0; t < tasks; ++t) {
+      for (int64_t t = 0; t < nslots; ++t) {
         const float* slot = slots.data() + t * (KK + 1) * C + c;
         for (int64_t i = 0; i <= KK; ++i) acc[i] += slot[i * C];
       }
@@ -1256,8 +1300,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
     sum_guz.assign(s.OC, 0.0);
   }
   at::Tensor grad_x, grad_w;
-  if (x.numel() > 0 && gz.numel() > 0 && cl && acc_type == at::kFloat && conv_backward_by_kernel(s)) {
-    ConvGrads d = conv_backward_nhwc(gz, xa, wa, s);
+  if (x.numel() > 0 && gz.numel() > 0 && acc_type == at::kFloat && conv_backward_by_kernel(s)) {
+    ConvGrads d = conv_backward_kernel(gz, xa, wa, s, cl);
     const at::Tensor gx = d.x.to(x.scalar_type()), gw = d.w.to(weight.scalar_type());
     // the plain convolution: its gz is g, so the scale's and shift's sums are the kernel's
     return {gx, gw, param_grad(plain ? d.sum_gz : sum_guz, scale, x), param_grad(plain ? d.sum_g : sum_gu, shift, x)};

@@ -269,14 +269,16 @@ def _tiled_depthwise_cl(x: torch.Tensor, conv: nn.Conv2d) -> bool:
             and conv.dilation == (1, 1) and conv.in_channels == conv.out_channels and conv.in_channels >= 16)
 
 
-def _nchw_depthwise_5x5(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """x (4-D, on the CPU) NCHW float32 and a 5x5 depthwise conv, stride 1 or 2, unit dilation,
-    no multiplier, at least 16 channels: MobileNet V3's 5x5 layers, where dwconv_bn_act's forward
-    + backward took a fraction of ATen's (N=8, ms, ATen / fastops: C72 56x56 s2 14.2 / 6.1, C120
-    28x28 19.0 / 5.3, C240 14x14 4.1 / 3.0, C672 14x14 s2 5.8 / 4.6, C960 7x7 6.2 / 3.9-4.3,
-    C576 7x7 3.7 / 2.2, C96 28x28 s2 2.7 / 2.2). On 3x3 layers in NCHW it was 1.1-1.25x slower
-    than ATen's (C144 56x56, C96 112x112 s2, C384 14x14, C32 112x112), so those keep ATen's."""
-    return (x.dtype == torch.float32 and x.is_contiguous() and conv.kernel_size == (5, 5)
+def _nchw_depthwise_tiled(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """x (4-D, on the CPU) NCHW float32 and a depthwise conv in the tiled kernels' shapes (3x3 or
+    5x5, stride 1 or 2, unit dilation, no multiplier, at least 16 channels): dwconv_bn_act's
+    forward and backward run those by blocks of 16 planes transposed into channels_last scratch
+    images, where ATen's backward gathers NCHW planes. Forward + backward, N=8, one thread, ms,
+    ATen / fastops: 3x3 C32 112x112 33.2 / 11.6, C96 112x112 s2 106 / 37.9, C144 56x56 38.9 /
+    11.3, C144 56x56 s2 23.5 / 7.9, C192 28x28 7.95 / 4.25, C384 14x14 4.23 / 2.49, C576 14x14
+    6.32 / 4.03, C960 7x7 2.95 / 1.48; 5x5 C72 56x56 s2 24.4 / 5.0, C120 28x28 27.8 / 4.5, C672
+    14x14 s2 11.9 / 4.4, C960 7x7 12.1 / 2.9."""
+    return (x.dtype == torch.float32 and x.is_contiguous() and conv.kernel_size in ((3, 3), (5, 5))
             and conv.stride in ((1, 1), (2, 2)) and conv.dilation == (1, 1)
             and conv.in_channels == conv.out_channels and conv.in_channels >= 16)
 
@@ -304,13 +306,13 @@ def _train_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     that dwconv_bn_act's channels_last backward kernel takes (`_tiled_depthwise_cl`) runs as the
     plain `dwconv_bn_act(x, w)`: its forward as fast as ATen's, its backward the one-sweep
     kernel (MobileNet V2's depthwise layers, N=8: ATen's gradient call took 1.6-2.6x the time its
-    memory traffic needs); so does an NCHW 5x5 one (`_nchw_depthwise_5x5`). A 1x1 conv runs as
+    memory traffic needs); so does an NCHW one of those shapes (`_nchw_depthwise_tiled`). A 1x1 conv runs as
     the plain `pwconv_bn_act(x, w)` where that is faster (`_pointwise_train_kernel`). Not while
     compiling: the compiler keeps its own convolution."""
     if x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling():
         return conv(x)
     if _is_depthwise(conv) and ((not x.is_contiguous() and _tiled_depthwise_cl(x, conv))
-                                or _nchw_depthwise_5x5(x, conv)):
+                                or _nchw_depthwise_tiled(x, conv)):
         return ops.dwconv_bn_act(x, conv.weight, None, conv.bias, conv.stride, conv.padding, conv.dilation, "none")
     if _pointwise_train_kernel(x, conv):
         return ops.pwconv_bn_act(x, conv.weight, None, conv.bias)
