@@ -53,14 +53,20 @@ def check_writable(op: str, arg: str, t) -> None:
 ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu")
 
 
+def _is_int(v) -> bool:
+    """An int (a SymInt under dynamic shapes, where torch.compile passes the geometry as ints it
+    may trace symbolically), not a bool."""
+    return isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool)
+
+
 def pair(op: str, arg: str, v) -> list:
     """An int or a pair of ints as a list of two ints."""
-    if isinstance(v, int):
+    if _is_int(v):
         return [v, v]
-    v = list(v)
-    if len(v) != 2 or not all(isinstance(i, int) for i in v):
-        raise ValueError(f"fastops.{op}: argument '{arg}' must be an int or a pair of ints, got {v}")
-    return v
+    items = list(v) if isinstance(v, (list, tuple, torch.Size)) else None
+    if items is None or len(items) != 2 or not all(_is_int(i) for i in items):
+        raise ValueError(f"fastops.{op}: argument '{arg}' must be an int or a pair of ints, got {v!r}")
+    return items
 
 
 def check_act(op: str, act) -> None:
@@ -161,7 +167,7 @@ def check_same_kind(op, arg, a, barg, b) -> None:
 
 def _check_int(op, arg, v, least) -> None:
     # (a SymInt under dynamic shapes: the autograd formulas pass sizes derived from the input's)
-    if not isinstance(v, (int, torch.SymInt)) or isinstance(v, bool) or v < least:
+    if not _is_int(v) or v < least:
         raise ValueError(f"fastops.{op}: argument '{arg}' must be an int >= {least}, got {v!r}")
 
 
@@ -329,7 +335,13 @@ def check_shuffle_v2_block(op, x, w1, s1, b1, w2, s2, b2, w3, s3, b3, act, strid
         raise ValueError(f"fastops.{op}: argument 'x' must have at least one row and column (the depthwise kernels "
                          f"are larger than an empty map however padded), got {h}x{w}")
     branch1 = (w4, s4, b4, w5, s5, b5)
-    if any((t is None) != (stride == 1) for t in branch1):
+    # (branches rather than comparing `t is None` with `stride == 1`: under torch.compile the
+    # latter may be symbolic, which a comparison with a plain bool does not take)
+    if stride == 1:
+        mismatched = any(t is not None for t in branch1)
+    else:
+        mismatched = any(t is None for t in branch1)
+    if mismatched:
         raise ValueError(f"fastops.{op}: arguments 'w4', 's4', 'b4', 'w5', 's5' and 'b5' (branch1) are given "
                          f"together, exactly when stride > 1, got stride {stride}")
     if stride == 1 and c % 2 != 0:

@@ -234,6 +234,31 @@ def test_compile_triton_ops():
     assert_close(compiled(x), torch.nn.functional.hardswish(x) * 2)
 
 
+@pytest.mark.parametrize("op", ("dwconv_bn_act", "separable_conv_bn_act"))
+def test_compile_triton_conv_ops_dynamic(op):
+    """The Triton convolutions under dynamic=True: their schema passes the geometry as SymInts,
+    which the argument checks take (they once raised "must be an int or a pair of ints")."""
+    torch._dynamo.reset()
+    dev = _triton_device()
+    x, w, pw = randn((1, 4, 6, 6), device=dev), randn((4, 1, 3, 3), device=dev), randn((5, 4, 1, 1), device=dev)
+    if op == "dwconv_bn_act":
+        f = lambda x, s: fastops.triton.dwconv_bn_act(x, w, None, None, s, 1, 1, "relu")  # noqa: E731
+    else:
+        f = lambda x, s: fastops.triton.separable_conv_bn_act(x, w, pw, None, None, s, 1, 1, "relu")  # noqa: E731
+    compiled = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
+    assert_close(compiled(x, 2), f(x, 2))
+
+
+@pytest.mark.parametrize("value", (2.0, True, None, "2", (1, 2, 3), (1.0, 1)), ids=repr)
+@pytest.mark.parametrize("arg", ("stride", "padding", "dilation"))
+def test_geometry_must_be_ints(arg, value):
+    """Floats, bools, None, strings and wrong-length tuples as a geometry argument: an error
+    naming the op and the argument (a bool was once taken as 1, a float raised a bare TypeError)."""
+    x, w = randn((1, 4, 6, 6)), randn((4, 1, 3, 3))
+    with pytest.raises(ValueError, match=f"fastops.dwconv_bn_act: argument '{arg}' must be an int or a pair"):
+        fastops.ops.dwconv_bn_act(x, w, **{arg: value})
+
+
 def test_compile_reports_bad_dtype_at_trace_time():
     torch._dynamo.reset()
     compiled = torch.compile(torch.ops.fastops.hardswish, fullgraph=True, backend="aot_eager")

@@ -153,6 +153,18 @@ def test_compile_fullgraph(stride):
     torch.testing.assert_close(fn(*args), reference.shuffle_v2_block(*args), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", (1, 2))
+def test_compile_dynamic_with_stride_argument(stride):
+    """fastops.ops.shuffle_v2_block with the stride a traced int (dynamic=True: a SymInt in its
+    Python checks, which once compared `stride == 1` with a plain bool and failed to trace)."""
+    torch._dynamo.reset()
+    args = _args(2, 16, 8, 6, 5, 3, "relu", stride=stride, b=8)
+    fn = torch.compile(lambda x, s, *rest: fastops.ops.shuffle_v2_block(x, *rest[:9], "relu", s, *rest[9:]),
+                       fullgraph=True, dynamic=True, backend="aot_eager")
+    rest = list(args[1:10]) + list(args[12:])
+    torch.testing.assert_close(fn(args[0], stride, *rest), reference.shuffle_v2_block(*args), rtol=1e-5, atol=1e-5)
+
+
 def test_errors_name_the_op_and_argument():
     good = list(_args(1, 16, 12, 6, 6, 3, "relu"))
     strided = list(_args(1, 16, 12, 6, 6, 3, "relu", stride=2, b=8))
