@@ -14,14 +14,21 @@
 // against 85-87 us (one thread, the Python formulas re-registered in the same build).
 // Registered for the Autograd key, so every backend (CPU, CUDA) and the fake tensors of
 // torch.compile go through them; the forward runs the op below autograd, the backward calls the
-// op's backward op, as the Python formulas do (fastops_triton's ops keep those).
+// op's backward op, as the Python formulas do (fastops_triton's ops keep those). The backward
+// ops have no autograd of their own: differentiating their results again raises
+// (once_differentiable below) rather than giving a zero second derivative.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 // The Function classes' names are the autograd nodes' (grad_fn.name(): "torch::autograd::
@@ -40,6 +47,48 @@ OptTensor as_optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) :
 template <typename F>
 c10::TypedOperatorHandle<F> typed_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<F>();
+}
+
+// An autograd node of type N, held as the graph holds nodes: a shared_ptr in older torch, an
+// intrusive_ptr in newer (the GPU machine builds against torch 2.11, this one 2.14).
+using NodePtr = decltype(torch::autograd::Edge::function);
+template <typename N, typename Ptr, typename... Args>
+Ptr make_node(Args&&... args) {
+  if constexpr (std::is_same_v<Ptr, std::shared_ptr<torch::autograd::Node>>)
+    return std::make_shared<N>(std::forward<Args>(args)...);
+  else
+    return c10::make_intrusive<N>(std::forward<Args>(args)...);
+}
+
+// The gradients `compute` returns, for a Function whose backward op has no autograd of its own
+// (the fused ops' *_backward): with create_graph=True (a gradient penalty, double backward) the
+// dispatcher's fallback would let the gradients count as constants, a silently zero second
+// derivative. So, as Python's @once_differentiable does, they are computed without grad mode and,
+// where the graph is being built and an input or saved tensor requires grad, get as grad_fn a
+// node that raises, naming the op, if anything differentiates them.
+template <typename F>
+variable_list once_differentiable(const char* op, AutogradContext* ctx, const variable_list& grads, F&& compute) {
+  const bool build_graph = at::GradMode::is_enabled();
+  variable_list out;
+  {
+    at::NoGradGuard no_grad;
+    out = compute();
+  }
+  if (!build_graph) return out;
+  const variable_list saved = ctx->get_saved_variables();
+  bool requires_grad = false;
+  for (const variable_list& ts : {grads, saved})
+    for (const at::Tensor& t : ts) requires_grad = requires_grad || (t.defined() && t.requires_grad());
+  if (!requires_grad) return out;
+  // the node's edges lead to what the gradients depend on, so that differentiating them with
+  // respect to any of it (autograd.grad(..., inputs=x) included) reaches the node and raises
+  const NodePtr node = make_node<torch::autograd::Error, NodePtr>(
+      std::string("fastops.") + op +
+          ": differentiating its gradient again (double backward, e.g. a gradient penalty through "
+          "torch.autograd.grad(..., create_graph=True)) is not implemented",
+      torch::autograd::collect_next_edges(grads, saved));
+  for (at::Tensor& t : out) torch::autograd::set_history(t, node);
+  return out;
 }
 
 // A convolution's stride, padding, dilation and activation, kept in the context for the backward.
@@ -84,13 +133,15 @@ struct BnActTrain : public torch::autograd::Function<BnActTrain> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = typed_op<BnActTrainBackwardFn>("fastops::bn_act_train_backward");
-    const variable_list s = ctx->get_saved_variables();
-    const OptTensor weight = as_optional(s[3]), bias = as_optional(s[4]);
-    const std::string act = ctx->saved_data["act"].toStringRef();
-    const double eps = ctx->saved_data["eps"].toDouble();
-    auto [gx, gw, gb] = op.call(grads[0], s[0], s[1], s[2], weight, bias, eps, act);
-    const at::Tensor none;
-    return {gx, defined(weight) ? gw : none, defined(bias) ? gb : none, none, none};
+    return once_differentiable("bn_act_train", ctx, grads, [&] {
+      const variable_list s = ctx->get_saved_variables();
+      const OptTensor weight = as_optional(s[3]), bias = as_optional(s[4]);
+      const std::string act = ctx->saved_data["act"].toStringRef();
+      const double eps = ctx->saved_data["eps"].toDouble();
+      auto [gx, gw, gb] = op.call(grads[0], s[0], s[1], s[2], weight, bias, eps, act);
+      const at::Tensor none;
+      return variable_list{gx, defined(weight) ? gw : none, defined(bias) ? gb : none, none, none};
+    });
   }
 };
 
@@ -123,12 +174,14 @@ struct DwConvBnAct : public torch::autograd::Function<DwConvBnAct> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = typed_op<DwConvBackwardFn>("fastops::dwconv_bn_act_backward");
-    const variable_list s = ctx->get_saved_variables();
-    const OptTensor scale = as_optional(s[2]), shift = as_optional(s[3]);
-    const ConvGeometry g = ConvGeometry::load(ctx);
-    auto [gx, gw, gs, gb] = op.call(grads[0], s[0], s[1], scale, shift, g.stride, g.padding, g.dilation, g.act);
-    const at::Tensor none;
-    return {gx, gw, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none, none, none};
+    return once_differentiable("dwconv_bn_act", ctx, grads, [&] {
+      const variable_list s = ctx->get_saved_variables();
+      const OptTensor scale = as_optional(s[2]), shift = as_optional(s[3]);
+      const ConvGeometry g = ConvGeometry::load(ctx);
+      auto [gx, gw, gs, gb] = op.call(grads[0], s[0], s[1], scale, shift, g.stride, g.padding, g.dilation, g.act);
+      const at::Tensor none;
+      return variable_list{gx, gw, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none, none, none};
+    });
   }
 };
 
@@ -228,12 +281,14 @@ struct SqueezeExcite : public torch::autograd::Function<SqueezeExcite> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = typed_op<SqueezeExciteBackwardFn>("fastops::squeeze_excite_backward");
-    const variable_list s = ctx->get_saved_variables();
-    const OptTensor b1 = as_optional(s[2]), b2 = as_optional(s[4]);
-    const std::string act = ctx->saved_data["act"].toStringRef(), gate = ctx->saved_data["gate"].toStringRef();
-    auto [gx, gw1, gb1, gw2, gb2] = op.call(grads[0], s[0], s[1], b1, s[3], b2, act, gate);
-    const at::Tensor none;
-    return {gx, gw1, defined(b1) ? gb1 : none, gw2, defined(b2) ? gb2 : none, none, none};
+    return once_differentiable("squeeze_excite", ctx, grads, [&] {
+      const variable_list s = ctx->get_saved_variables();
+      const OptTensor b1 = as_optional(s[2]), b2 = as_optional(s[4]);
+      const std::string act = ctx->saved_data["act"].toStringRef(), gate = ctx->saved_data["gate"].toStringRef();
+      auto [gx, gw1, gb1, gw2, gb2] = op.call(grads[0], s[0], s[1], b1, s[3], b2, act, gate);
+      const at::Tensor none;
+      return variable_list{gx, gw1, defined(b1) ? gb1 : none, gw2, defined(b2) ? gb2 : none, none, none};
+    });
   }
 };
 
@@ -271,18 +326,20 @@ struct PwConvBnAct : public torch::autograd::Function<PwConvBnAct> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = typed_op<PwConvBackwardFn>("fastops::pwconv_bn_act_backward");
     static const auto plain_op = typed_op<PwPlainBackwardFn>("fastops::pwconv_backward");
-    const variable_list s = ctx->get_saved_variables();
-    const OptTensor scale = as_optional(s[2]), shift = as_optional(s[3]), residual = as_optional(s[4]);
-    const std::string act = ctx->saved_data["act"].toStringRef();
-    const int64_t groups = ctx->saved_data["groups"].toInt(), shuffle = ctx->saved_data["shuffle_groups"].toInt();
-    const at::Tensor none;
-    if (!defined(scale) && !defined(shift) && !defined(residual) && act == "none" && shuffle == 1) {
-      auto [gx, gw] = plain_op.call(grads[0], s[0], s[1], groups);  // a plain conv: no other gradient
-      return {gx, gw, none, none, none, none, none, none};
-    }
-    auto [gx, gw, gs, gb, gr] = op.call(grads[0], s[0], s[1], scale, shift, groups, act, residual, shuffle);
-    return {gx, gw, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none,
-            defined(residual) ? gr : none, none};
+    return once_differentiable("pwconv_bn_act", ctx, grads, [&] {
+      const variable_list s = ctx->get_saved_variables();
+      const OptTensor scale = as_optional(s[2]), shift = as_optional(s[3]), residual = as_optional(s[4]);
+      const std::string act = ctx->saved_data["act"].toStringRef();
+      const int64_t groups = ctx->saved_data["groups"].toInt(), shuffle = ctx->saved_data["shuffle_groups"].toInt();
+      const at::Tensor none;
+      if (!defined(scale) && !defined(shift) && !defined(residual) && act == "none" && shuffle == 1) {
+        auto [gx, gw] = plain_op.call(grads[0], s[0], s[1], groups);  // a plain conv: no other gradient
+        return variable_list{gx, gw, none, none, none, none, none, none};
+      }
+      auto [gx, gw, gs, gb, gr] = op.call(grads[0], s[0], s[1], scale, shift, groups, act, residual, shuffle);
+      return variable_list{gx, gw, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none,
+                           defined(residual) ? gr : none, none};
+    });
   }
 };
 
@@ -316,13 +373,15 @@ struct SeparableConvBnAct : public torch::autograd::Function<SeparableConvBnAct>
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = typed_op<SeparableBackwardFn>("fastops::separable_conv_bn_act_backward");
-    const variable_list s = ctx->get_saved_variables();
-    const OptTensor scale = as_optional(s[3]), shift = as_optional(s[4]);
-    const ConvGeometry g = ConvGeometry::load(ctx);
-    auto [gx, gd, gp, gs, gb] =
-        op.call(grads[0], s[0], s[1], s[2], scale, shift, g.stride, g.padding, g.dilation, g.act);
-    const at::Tensor none;
-    return {gx, gd, gp, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none, none, none};
+    return once_differentiable("separable_conv_bn_act", ctx, grads, [&] {
+      const variable_list s = ctx->get_saved_variables();
+      const OptTensor scale = as_optional(s[3]), shift = as_optional(s[4]);
+      const ConvGeometry g = ConvGeometry::load(ctx);
+      auto [gx, gd, gp, gs, gb] =
+          op.call(grads[0], s[0], s[1], s[2], scale, shift, g.stride, g.padding, g.dilation, g.act);
+      const at::Tensor none;
+      return variable_list{gx, gd, gp, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none, none, none};
+    });
   }
 };
 

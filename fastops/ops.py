@@ -26,6 +26,46 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
+class _NotTwiceDifferentiable(torch.autograd.Function):
+    """forward(op, n, *tensors): the first n tensors (gradients), as outputs that depend in the
+    graph on all the tensors; backward: an error naming the op."""
+
+    @staticmethod
+    def forward(ctx, op, n, *tensors):
+        ctx.op = op
+        return tuple(t.view_as(t) for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"fastops.{ctx.op}: differentiating its gradient again (double backward, e.g. a gradient "
+                           "penalty through torch.autograd.grad(..., create_graph=True)) is not implemented")
+
+
+def _once_differentiable(op, backward):
+    """`backward` (a register_autograd formula that calls a backward op with no autograd of its
+    own) computed without grad mode; when the graph is being built (create_graph=True) and a
+    gradient or saved tensor requires grad, its gradients come back through a node that raises,
+    naming the op, if they are differentiated again: the dispatcher's fallback would let them count
+    as constants, a silently zero second derivative (csrc/autograd.cpp does the same in C++)."""
+
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            out = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return out
+        deps = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
+        outs = list(out) if isinstance(out, tuple) else [out]
+        where = [i for i, t in enumerate(outs) if isinstance(t, torch.Tensor)]
+        if not deps or not where:
+            return out
+        wrapped = _NotTwiceDifferentiable.apply(op, len(where), *[outs[i] for i in where], *deps)
+        for i, t in zip(where, wrapped):
+            outs[i] = t
+        return tuple(outs) if isinstance(out, tuple) else outs[0]
+
+    return wrapper
+
+
 def register_activation(ns, name, second_derivative, autograd=True):
     """fake + autograd for <ns>::<name>, <ns>::<name>_backward and <ns>::<name>_ (the C++ ops in
     namespace "fastops", the Triton ones in "fastops_triton"; autograd=False: the autograd is in
@@ -113,7 +153,7 @@ def register_dwconv(ns, autograd=True):
         return gx, gw, gs if scale is not None else None, gb if shift is not None else None, None, None, None, None
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::dwconv_bn_act", backward, setup_context=setup)
+        torch.library.register_autograd(f"{ns}::dwconv_bn_act", _once_differentiable("dwconv_bn_act", backward), setup_context=setup)
 
 
 def register_bn_act(ns, autograd=True):
@@ -152,7 +192,7 @@ def register_bn_act(ns, autograd=True):
         return gx, gw if weight is not None else None, gb if bias is not None else None, None, None
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::bn_act_train", backward, setup_context=setup)
+        torch.library.register_autograd(f"{ns}::bn_act_train", _once_differentiable("bn_act_train", backward), setup_context=setup)
 
 
 def _like_vector(t, n, x):
@@ -240,7 +280,7 @@ def register_squeeze_excite(ns, autograd=True):
         return gx, gw1, gb1 if b1 is not None else None, gw2, gb2 if b2 is not None else None, None, None
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::squeeze_excite", backward, setup_context=setup)
+        torch.library.register_autograd(f"{ns}::squeeze_excite", _once_differentiable("squeeze_excite", backward), setup_context=setup)
 
 
 def register_pwconv(ns, autograd=True):
@@ -285,7 +325,7 @@ def register_pwconv(ns, autograd=True):
                 gr if residual is not None else None, None)
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::pwconv_bn_act", backward, setup_context=setup)
+        torch.library.register_autograd(f"{ns}::pwconv_bn_act", _once_differentiable("pwconv_bn_act", backward), setup_context=setup)
 
 
 def register_separable(ns, autograd=True):
@@ -322,7 +362,7 @@ def register_separable(ns, autograd=True):
                 None, None, None, None)
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::separable_conv_bn_act", backward, setup_context=setup)
+        torch.library.register_autograd(f"{ns}::separable_conv_bn_act", _once_differentiable("separable_conv_bn_act", backward), setup_context=setup)
 
 
 def register_inverted_residual(ns):
@@ -374,7 +414,7 @@ def register_inverted_residual(ns):
             gx = gx + grad
         return (gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None, None, None, *gse)[:ctx.n_inputs]
 
-    torch.library.register_autograd(f"{ns}::inverted_residual", backward, setup_context=setup)
+    torch.library.register_autograd(f"{ns}::inverted_residual", _once_differentiable("inverted_residual", backward), setup_context=setup)
 
 
 def register_shuffle_v2_block(ns):
@@ -425,7 +465,7 @@ def register_shuffle_v2_block(ns):
         gx = gx.contiguous(memory_format=_layout.conv_output_format(x))
         return (gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None, None, *g_branch1)[:ctx.n_inputs]
 
-    torch.library.register_autograd(f"{ns}::shuffle_v2_block", backward, setup_context=setup)
+    torch.library.register_autograd(f"{ns}::shuffle_v2_block", _once_differentiable("shuffle_v2_block", backward), setup_context=setup)
 
 
 def register_stem_conv(ns):
@@ -471,7 +511,7 @@ def register_stem_conv(ns):
         gx, gw, gs, gb = ops_.stem_conv_bn_act_backward(grad, x, weight, scale, shift, *ctx.conf)
         return (gx, gw, gs if scale is not None else None, gb if shift is not None else None) + (None,) * 6
 
-    torch.library.register_autograd(f"{ns}::stem_conv_bn_act", backward, setup_context=setup)
+    torch.library.register_autograd(f"{ns}::stem_conv_bn_act", _once_differentiable("stem_conv_bn_act", backward), setup_context=setup)
 
 
 if _extension.has_extension():

@@ -259,6 +259,41 @@ def test_geometry_must_be_ints(arg, value):
         fastops.ops.dwconv_bn_act(x, w, **{arg: value})
 
 
+def _double_backward_cases():
+    c = 4
+    p = [randn((c,)) + 2, randn((c,)), randn((c, 1, 3, 3)), randn((c, c, 1, 1))]
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    return {
+        "bn_act_train": lambda x: fastops.ops.bn_act_train(x, p[0], p[1], 1e-5, "silu")[0],
+        "dwconv_bn_act": lambda x: fastops.ops.dwconv_bn_act(x, p[2], p[0], p[1], 1, 1, 1, "silu"),
+        "pwconv_bn_act": lambda x: fastops.ops.pwconv_bn_act(x, p[3], p[0], p[1], 1, "silu"),
+        "separable_conv_bn_act": lambda x: fastops.ops.separable_conv_bn_act(x, p[2], p[3], p[0], p[1], 1, 1, 1,
+                                                                             "silu"),
+        "squeeze_excite": lambda x: fastops.ops.squeeze_excite(x, p[3][:, :, 0, 0], p[0], p[3][:, :, 0, 0], p[1],
+                                                               "silu", "sigmoid"),
+        "stem_conv_bn_act": lambda x: fastops.ops.stem_conv_bn_act(cl(x), p[3], p[0], p[1], 1, 0, "relu"),
+        "triton dwconv_bn_act": lambda x: fastops.triton.dwconv_bn_act(x, p[2], p[0], p[1], 1, 1, 1, "silu"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_double_backward_cases()))
+def test_double_backward_raises_naming_the_op(case):
+    """create_graph=True through an op whose backward op has no autograd of its own: the first
+    derivative as without it, and differentiating it again raises an error naming the op (it once
+    gave a silently zero second derivative). The activations and shuffles have a real double
+    backward (their own tests)."""
+    fn = _double_backward_cases()[case]
+    x = randn((2, 4, 6, 5)).requires_grad_()
+    (plain,) = torch.autograd.grad(fn(x).pow(2).sum(), x)
+    (g,) = torch.autograd.grad(fn(x).pow(2).sum(), x, create_graph=True)
+    assert_close(g, plain)
+    op = case.split()[-1]
+    with pytest.raises(RuntimeError, match=f"fastops.{op}: differentiating its gradient again"):
+        torch.autograd.grad(g.pow(2).sum(), x)
+    with pytest.raises(RuntimeError, match=f"fastops.{op}: differentiating its gradient again"):
+        g.pow(2).sum().backward()
+
+
 def test_compile_reports_bad_dtype_at_trace_time():
     torch._dynamo.reset()
     compiled = torch.compile(torch.ops.fastops.hardswish, fullgraph=True, backend="aot_eager")
