@@ -491,6 +491,26 @@ def test_kept_inference_plan_with_and_without_residual(act):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("groups", (1, 2))
+@pytest.mark.parametrize("k", (1, 3))
+def test_residual_relu_bfloat16_channels_last(groups, k):
+    """conv_bn_act + residual + ReLU in bfloat16 channels_last inference (ShuffleNet V1's units):
+    a grouped conv there once reached a torch internal assert (oneDNN's binary post-op falls back
+    to an add_relu with no bfloat16 kernel); now it takes another path, with the same answer."""
+    from fastops.nn.conv import conv_bn_act
+
+    conv = nn.Conv2d(16, 16, k, padding=k // 2, groups=groups, bias=False)
+    bn = _randomise(nn.Sequential(nn.BatchNorm2d(16)))[0]
+    conv.eval(), bn.eval()
+    x = randn((2, 16, 6, 7), scale=1.0).to(memory_format=torch.channels_last)
+    r = randn((2, 16, 6, 7), scale=1.0).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = torch.relu(bn(conv(x)) + r)
+        conv.bfloat16(), bn.bfloat16()
+        got = conv_bn_act(x.bfloat16(), conv, bn, nn.ReLU(), residual=r.bfloat16())
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=5e-2)
+
+
 @pytest.mark.parametrize("kwargs", [DW_CASES[0], dict(in_channels=24, out_channels=40, kernel_size=1),
                                     dict(in_channels=24, out_channels=16, kernel_size=3, stride=2, groups=2)], ids=str)
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))

@@ -377,6 +377,8 @@ def _onednn_usable(x: torch.Tensor, conv: nn.Conv2d, bn, name: str, residual, sh
     if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in params)):
         return False  # the fused oneDNN op has no autograd formula
     if residual is not None:  # oneDNN fuses "conv + residual" followed by nothing or ReLU only
+        if name == "relu" and x.dtype == torch.bfloat16 and conv.groups != 1:
+            return False  # torch's grouped bf16 fallback there hits an internal assert (add_relu: no bf16)
         return name in ("none", "relu") and residual.shape[1:] == (conv.out_channels,) + residual.shape[2:] \
             and residual.dtype == x.dtype and residual.is_contiguous(memory_format=torch.channels_last)
     return True
