@@ -217,6 +217,34 @@ def test_compile_fullgraph(mode):
 
 
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_compile_no_grad_does_not_read_the_kept_plans(layout, monkeypatch):
+    """Inference under torch.compile (no_grad, eval): the traced code reads none of the plans kept
+    between eager calls (fastops.nn.conv._KEPT, a weak dict whose entries die with their modules;
+    Dynamo once traced into it and its guards failed with IndexError when an entry died). A
+    stand-in that raises on any read must not be touched; the values equal eager's."""
+    from fastops.nn import conv as conv_mod
+
+    block = _randomise(fastops.nn.DepthwiseSeparable(16, 24, act="relu6")).eval()
+    x = randn((2, 16, 10, 10))
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = block(x)
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"_KEPT.{name} read while compiling")
+
+    monkeypatch.setattr(conv_mod, "_KEPT", Untouchable())
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        got = compiled(x)
+    torch._dynamo.reset()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
 @pytest.mark.parametrize("depthwise", (True, False))
 def test_eval_fold_follows_every_change_of_the_folded_tensors(layout, depthwise):
     """Inference keeps the folded BN (and, on the oneDNN path that channels_last inference takes,

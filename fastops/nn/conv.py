@@ -450,6 +450,8 @@ def _kept_inference(x, conv, bn, act, residual):
     the input's device, dtype, rank and layout, the parameters and buffers (`_inference_state`),
     ONEDNN_CONVS and DWCONV_KERNEL. None otherwise (the caller then
     takes the full path). Saves ~40 us of Python per call, which whole networks feel."""
+    if torch.compiler.is_compiling():  # first: Dynamo would trace (and guard on) the weak dict's entries
+        return None
     kept = _KEPT.get(conv)
     plan = None if kept is None else kept.get("_fastops_inference")
     if plan is None:
@@ -457,7 +459,7 @@ def _kept_inference(x, conv, bn, act, residual):
     bn0, act0, has_residual, dtype, kind, state, dw_kernel, run = plan
     if (bn0 is not bn or act0 is not act or (residual is not None) != has_residual or x.dtype != dtype
             or kind not in ONEDNN_CONVS and kind not in _DW_FORMATS or dw_kernel != DWCONV_KERNEL
-            or x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling()
+            or x.device.type != "cpu" or x.dim() != 4
             or not (x.is_contiguous(memory_format=_DW_FORMATS[kind]) if kind in _DW_FORMATS
                     else _channels_last_view(x))
             or _inference_state(conv, bn) != state):
