@@ -207,7 +207,9 @@ struct ChannelShuffle : public torch::autograd::Function<ChannelShuffle> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t groups) {
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor y = op().call(x, groups);
-    ctx->saved_data["inverse"] = x.size(1) / groups;  // groups divides C: the op checked it
+    // groups divides C: the op checked it. (sym_size: x.size(1) on a tensor with symbolic sizes,
+    // under torch.export / compile, specialised every dimension, the batch's included)
+    ctx->saved_data["inverse"] = x.sym_size(1).guard_int(__FILE__, __LINE__) / groups;
     return y;
   }
 
@@ -224,7 +226,7 @@ struct ConcatShuffle : public torch::autograd::Function<ConcatShuffle> {
     static const auto op = typed_op<ConcatShuffleFn>("fastops::concat_shuffle");
     at::AutoDispatchBelowADInplaceOrView guard;
     at::Tensor y = op.call(a, b);
-    ctx->saved_data["split"] = a.size(1);
+    ctx->saved_data["split"] = a.sym_size(1).guard_int(__FILE__, __LINE__);  // (as in ChannelShuffle)
     return y;
   }
 

@@ -309,3 +309,33 @@ def test_export():
     assert "fastops.hardswish.default" in targets and "fastops.hardsigmoid.default" in targets
     x2 = randn((1, 3, 8, 8))
     assert_close(ep.module()(x2), model(x2))
+
+
+def _export_cases():
+    c = 8
+    w, s, b, pw = randn((c, 1, 3, 3)), randn((c,)) + 2, randn((c,)), randn((c, c, 1, 1))
+    return {
+        "channel_shuffle": lambda x: fastops.ops.channel_shuffle(x, 2),
+        "concat_shuffle": lambda x: fastops.ops.concat_shuffle(x, x * 2),
+        "dwconv_bn_act": lambda x: fastops.ops.dwconv_bn_act(x, w, s, b, 1, 1, 1, "relu"),
+        "pwconv_bn_act": lambda x: fastops.ops.pwconv_bn_act(x, pw, s, b, 1, "relu", None, 2),
+        "squeeze_excite": lambda x: fastops.ops.squeeze_excite(x, pw[:4, :, 0, 0], b[:4], pw[:, :4, 0, 0], b),
+    }
+
+
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("case", list(_export_cases()))
+def test_export_dynamic_batch(case, layout):
+    """torch.export with a dynamic batch size: the exported program runs at another batch size
+    with the eager answer (channel_shuffle's and concat_shuffle's autograd once read the channel
+    count with a call that specialised every dimension, the batch's included)."""
+    fn = _export_cases()[case]
+
+    class M(nn.Module):
+        def forward(self, x):
+            return fn(x)
+
+    x = make_layout(randn((3, 8, 6, 5)), layout)
+    ep = torch.export.export(M(), (x,), dynamic_shapes=({0: torch.export.Dim("n", min=1, max=64)},))
+    x5 = make_layout(randn((5, 8, 6, 5)), layout)
+    assert_close(ep.module()(x5), fn(x5))
