@@ -150,7 +150,20 @@ def _class_swap(net):
     net[2].__class__ = Shifted
 
 
+def _bn_eps(net):
+    net[4].block[1][1].eps = 0.5
+
+
+def _conv_stride(net):
+    net[0][0].stride = (1, 1)
+
+
+def _conv_padding(net):
+    net[0][0].padding = (2, 2)
+
+
 CHANGES = {
+    "bn_eps": _bn_eps, "conv_stride": _conv_stride, "conv_padding": _conv_padding,
     "weight_in_place": _change_weight, "bn_statistics": _change_bn, "load_state_dict": _load,
     "load_state_dict_assign": _assign, "weight_data_swapped": _swap_data, "child_replaced": _replace_child,
     "child_deleted": _delete_child, "child_appended": _append_child, "forward_hook": _hook,
@@ -256,3 +269,22 @@ def test_no_replay_under_autograd_profiler_or_compile():
     with torch.no_grad():
         compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
         torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_relu6_with_other_bounds_is_not_fused(monkeypatch):
+    """A ReLU6 whose bounds were changed on the instance is not the fused ops' relu6: conv_bn_act
+    runs the modules, before and after a kept inference plan and a replay were made."""
+    block = fnn.FusedSequential(fnn.ConvBNAct(8, 8, 3, groups=8, activation_layer=nn.ReLU6),
+                                fnn.ConvBNAct(8, 12, 1, activation_layer=nn.ReLU6))
+    randomise_bn(block, 3).eval()
+    x = randn((2, 8, 9, 7), scale=2.0).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        block(x), block(x)
+    for layer in block:
+        layer[2].max_val = 1.0
+    expected = x
+    for conv, bn, act in block:
+        expected = torch.clamp(bn(conv(expected)), 0.0, 1.0)
+    with torch.inference_mode():
+        for _ in range(2):
+            torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)

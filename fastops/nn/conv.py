@@ -55,6 +55,8 @@ def act_name(module: Optional[nn.Module]) -> Optional[str]:
     """The fused ops' name for an activation module ("none" for None), or None if unsupported."""
     if module is None or isinstance(module, nn.Identity):
         return "none"
+    if isinstance(module, nn.ReLU6) and (module.min_val, module.max_val) != (0.0, 6.0):
+        return None  # bounds changed on the instance: not the fused op's ReLU6
     for cls, name in _ACT_NAMES.items():
         if type(module) is cls or (isinstance(module, cls) and type(module).__module__.startswith("fastops")):
             return name
@@ -398,12 +400,30 @@ def _inference_state(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> tuple:
             [None if t is None else (t._version, t.data_ptr(), t.dtype) for t in tensors])
 
 
+_PLAIN = (int, float, bool, str, tuple, type(None))
+_SETTINGS: dict = {}
+
+
+def settings(m: nn.Module) -> tuple:
+    """The names of the settings of m's class that kept plans and replays watch: the public
+    attributes an instance holds as plain values (a conv's stride, padding, dilation, groups; a
+    BatchNorm's eps; a ReLU6's bounds ...), read from the first instance of the class seen."""
+    cls = m.__class__
+    names = _SETTINGS.get(cls)
+    if names is None:
+        names = _SETTINGS[cls] = tuple(k for k, v in m.__dict__.items() if not k.startswith("_")
+                                       and k != "training" and isinstance(v, _PLAIN))
+    return names
+
+
 def _structure(module: nn.Module) -> tuple:
     """module's children and grandchildren (the modules a block's kernel call is planned from:
-    a block's steps and the conv, BN and activation inside each), and each one's training flag."""
+    a block's steps and the conv, BN and activation inside each), each one's training flag and
+    settings (`settings`)."""
     kids = tuple(module._modules.values())
     mods = kids + tuple(g for k in kids if k is not None for g in k._modules.values())
-    return mods + tuple(m is not None and m.training for m in mods)
+    return mods + tuple(m is not None and m.training for m in mods) + tuple(
+        m.__dict__.get(n) for m in mods if m is not None for n in settings(m))
 
 
 def module_tensors(*modules: nn.Module) -> list:
@@ -457,7 +477,9 @@ def _kept_inference(x, conv, bn, act, residual):
     if plan is None:
         return None
     bn0, act0, has_residual, dtype, kind, state, dw_kernel, run = plan
-    if (bn0 is not bn or act0 is not act or (residual is not None) != has_residual or x.dtype != dtype
+    if (bn0 is not bn or act0 is not act or (act is not None and not isinstance(act, str) and act_name(act) is None)
+            or (residual is not None) != has_residual
+            or x.dtype != dtype
             or kind not in ONEDNN_CONVS and kind not in _DW_FORMATS or dw_kernel != DWCONV_KERNEL
             or x.device.type != "cpu" or x.dim() != 4
             or not (x.is_contiguous(memory_format=_DW_FORMATS[kind]) if kind in _DW_FORMATS

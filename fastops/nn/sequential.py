@@ -10,7 +10,7 @@ from torch.nn.modules import module as _module
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import conv as _conv
-from .conv import ConvBNAct, act_name, conv_bn_act, module_tensors
+from .conv import ConvBNAct, act_name, conv_bn_act, module_tensors, settings
 from .separable import SeparableConv2d, separable_bn_act
 
 
@@ -91,7 +91,7 @@ class FusedSequential(nn.Sequential):
 # own set on the instance) and every parameter and buffer (version and storage). A child that
 # made no single recordable call (another module, several kernels) is called as a module. (The
 # recording list is global: Python threads recording at once keep fewer calls, as modules, but a
-# call is kept only when its input and output are the child's own.) The check costs ~0.18 ms a
+# call is kept only when its input and output are the child's own.) The check costs ~0.22 ms a
 # forward (MobileNet V2's 209 modules and 312 tensors). Measured (2 cores, channels_last,
 # interleaved against REPLAY = False): MobileNet V2 N=8 34.2 vs 35.9 ms (its 17 blocks alone:
 # 28 ms as bare kernel calls, 31-32 ms through the modules), N=1 7.2 vs 7.9 ms; V3-Large N=8
@@ -139,18 +139,21 @@ def _input_key(x: torch.Tensor) -> tuple:
 
 def _state(mods: list) -> list:
     """What the replay of a Sequential whose modules are `mods` (itself included) depends on, as
-    one flat list to compare with ==: each module's class, mode, children, hooks or own forward,
-    each parameter's and buffer's identity, version and storage; global forward hooks. (Flat, of
-    plain values: ~180 us for MobileNet V2's 209 modules, and no tuples for the garbage
-    collector, which a list of tuples made run every forward.)"""
+    one flat list to compare with ==: each module's class, mode, settings (conv.settings), children,
+    hooks or own forward, each parameter's and buffer's identity, version and storage; global
+    forward hooks. (Flat, of plain values: ~0.22 ms for MobileNet V2's 209 modules, and no tuples
+    for the garbage collector, which a list of tuples made run every forward.)"""
     out = []
     add, extend = out.append, out.extend
     for m in mods:
         kids = m._modules
+        d = m.__dict__
         add(m.__class__)
         add(m.training)
         add(len(kids))
-        add(bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in m.__dict__)
+        add(bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in d)
+        for name in settings(m):
+            add(d.get(name))
         extend(kids.values())
         for d in (m._parameters, m._buffers):
             for t in d.values():
