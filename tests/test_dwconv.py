@@ -342,6 +342,26 @@ def test_gradcheck_float64_all_four_inputs(device, layout, act):
     assert torch.autograd.gradcheck(f, inputs)
 
 
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("mult", (1, 2))
+def test_stride_larger_than_the_input(layout, mult):
+    """A stride far beyond the padded input (one output per axis): the reference's values and
+    gradients, without scratch sized by the stride (the NCHW kernel's phase planes once took
+    ~1 GB at stride 1e6 and raised std::bad_alloc at 1e8)."""
+    x, weight, scale, shift = _case("cpu", torch.float32, 2, 16, 6, 7, 3, mult, layout=layout)
+    stride = (10 ** 8, 10 ** 8 + 1)
+    leaves = [t.detach().requires_grad_() for t in (x, weight)]
+    y = fastops.ops.dwconv_bn_act(*leaves, scale, shift, stride, 1, 1, "relu6")
+    assert y.shape == (2, 16 * mult, 1, 1)
+    _assert_matches(y, _ref(x, weight, scale, shift, stride, 1, 1, "relu6"), torch.float32)
+    g = randn(y.shape)
+    got = torch.autograd.grad(y, leaves, g)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, weight)]
+    yr = reference.dwconv_bn_act(*ref_leaves, scale.double(), shift.double(), stride, 1, 1, "relu6")
+    for a, b in zip(got, torch.autograd.grad(yr, ref_leaves, g.double())):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
 def test_empty_batch(device):
     x, weight, scale, shift = _case(device, torch.float32, 0, 4, 5, 5, 3)
     y = fastops.ops.dwconv_bn_act(x, weight, scale, shift, 1, 1, 1, "relu")

@@ -808,7 +808,12 @@ void generic_forward(const at::Tensor& xc, at::Tensor& yc, const at::Tensor& wc,
 
 // y = act(dwconv(x) * scale + shift), in the layout of output_channels_last(x), dtype of x.
 at::Tensor forward_impl(const at::Tensor& x, const at::Tensor& weight, const Affine& af,
-                        const DwConvShape& s, Act act) {
+                        const DwConvShape& shape, Act act) {
+  // A stride only matters with more than one output along its axis; there it is taken as 1 (as
+  // the CUDA kernels do): a huge one sized the NCHW kernel's phase planes (stride 1e6: ~1 GB).
+  DwConvShape s = shape;
+  if (s.OH == 1) s.SH = 1;
+  if (s.OW == 1) s.SW = 1;
   const bool cl = output_channels_last(x);
   at::Tensor y = empty_output(x, s, x.scalar_type());
   if (y.numel() == 0) return y;
