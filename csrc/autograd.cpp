@@ -382,7 +382,8 @@ struct SeparableConvBnAct : public torch::autograd::Function<SeparableConvBnAct>
       auto [gx, gd, gp, gs, gb] =
           op.call(grads[0], s[0], s[1], s[2], scale, shift, g.stride, g.padding, g.dilation, g.act);
       const at::Tensor none;
-      return variable_list{gx, gd, gp, defined(scale) ? gs : none, defined(shift) ? gb : none, none, none, none, none};
+      return variable_list{gx, gd, gp, defined(scale) ? gs : none, defined(shift) ? gb : none,
+                           none, none, none, none};
     });
   }
 };

@@ -153,7 +153,8 @@ def register_dwconv(ns, autograd=True):
         return gx, gw, gs if scale is not None else None, gb if shift is not None else None, None, None, None, None
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::dwconv_bn_act", _once_differentiable("dwconv_bn_act", backward), setup_context=setup)
+        torch.library.register_autograd(f"{ns}::dwconv_bn_act", _once_differentiable("dwconv_bn_act", backward),
+                                        setup_context=setup)
 
 
 def register_bn_act(ns, autograd=True):
@@ -192,7 +193,8 @@ def register_bn_act(ns, autograd=True):
         return gx, gw if weight is not None else None, gb if bias is not None else None, None, None
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::bn_act_train", _once_differentiable("bn_act_train", backward), setup_context=setup)
+        torch.library.register_autograd(f"{ns}::bn_act_train", _once_differentiable("bn_act_train", backward),
+                                        setup_context=setup)
 
 
 def _like_vector(t, n, x):
@@ -280,7 +282,8 @@ def register_squeeze_excite(ns, autograd=True):
         return gx, gw1, gb1 if b1 is not None else None, gw2, gb2 if b2 is not None else None, None, None
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::squeeze_excite", _once_differentiable("squeeze_excite", backward), setup_context=setup)
+        torch.library.register_autograd(f"{ns}::squeeze_excite", _once_differentiable("squeeze_excite", backward),
+                                        setup_context=setup)
 
 
 def register_pwconv(ns, autograd=True):
@@ -325,7 +328,8 @@ def register_pwconv(ns, autograd=True):
                 gr if residual is not None else None, None)
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::pwconv_bn_act", _once_differentiable("pwconv_bn_act", backward), setup_context=setup)
+        torch.library.register_autograd(f"{ns}::pwconv_bn_act", _once_differentiable("pwconv_bn_act", backward),
+                                        setup_context=setup)
 
 
 def register_separable(ns, autograd=True):
@@ -362,7 +366,8 @@ def register_separable(ns, autograd=True):
                 None, None, None, None)
 
     if autograd:
-        torch.library.register_autograd(f"{ns}::separable_conv_bn_act", _once_differentiable("separable_conv_bn_act", backward), setup_context=setup)
+        torch.library.register_autograd(f"{ns}::separable_conv_bn_act",
+                                        _once_differentiable("separable_conv_bn_act", backward), setup_context=setup)
 
 
 def register_inverted_residual(ns):
@@ -414,7 +419,8 @@ def register_inverted_residual(ns):
             gx = gx + grad
         return (gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None, None, None, *gse)[:ctx.n_inputs]
 
-    torch.library.register_autograd(f"{ns}::inverted_residual", _once_differentiable("inverted_residual", backward), setup_context=setup)
+    torch.library.register_autograd(f"{ns}::inverted_residual", _once_differentiable("inverted_residual", backward),
+                                    setup_context=setup)
 
 
 def register_shuffle_v2_block(ns):
@@ -465,7 +471,8 @@ def register_shuffle_v2_block(ns):
         gx = gx.contiguous(memory_format=_layout.conv_output_format(x))
         return (gx, gw1, gs1, gb1, gw2, gs2, gb2, gw3, gs3, gb3, None, None, *g_branch1)[:ctx.n_inputs]
 
-    torch.library.register_autograd(f"{ns}::shuffle_v2_block", _once_differentiable("shuffle_v2_block", backward), setup_context=setup)
+    torch.library.register_autograd(f"{ns}::shuffle_v2_block", _once_differentiable("shuffle_v2_block", backward),
+                                    setup_context=setup)
 
 
 def register_stem_conv(ns):
@@ -511,7 +518,8 @@ def register_stem_conv(ns):
         gx, gw, gs, gb = ops_.stem_conv_bn_act_backward(grad, x, weight, scale, shift, *ctx.conf)
         return (gx, gw, gs if scale is not None else None, gb if shift is not None else None) + (None,) * 6
 
-    torch.library.register_autograd(f"{ns}::stem_conv_bn_act", _once_differentiable("stem_conv_bn_act", backward), setup_context=setup)
+    torch.library.register_autograd(f"{ns}::stem_conv_bn_act", _once_differentiable("stem_conv_bn_act", backward),
+                                    setup_context=setup)
 
 
 if _extension.has_extension():

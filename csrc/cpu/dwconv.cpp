@@ -23,10 +23,10 @@
 //   with the same formulas (csrc/activation.h), float64 so gradcheck runs through the kernel.
 // Backward: the activation's derivative and the affine's gradients are one fused pass that
 //   recomputes the convolution (skipped for the plain convolution). The convolution's own
-//   gradients: float32 on the tiled shapes, one parallel sweep that gathers x's gradient and
-//   sums the weight's over the same rows while they are in cache (conv_backward_kernel; NCHW by
-//   blocks of 16 planes transposed into channels_last scratch images, as the forward); otherwise
-//   x's is (stride 1) the forward kernel's depthwise
+//   gradients: float32 (bfloat16 through float32 copies) on the tiled shapes, one parallel sweep
+//   that gathers x's gradient and sums the weight's over the same rows while they are in cache
+//   (conv_backward_kernel; NCHW by blocks of 16 planes transposed into channels_last scratch
+//   images, as the forward); otherwise x's is (stride 1) the forward kernel's depthwise
 //   convolution of that result with the kernels turned half a turn, else ATen's, and the
 //   weight's ATen's on channels_last operands.
 #include <ATen/Dispatch.h>
@@ -1176,7 +1176,8 @@ FASTOPS_CPU_INLINE void conv_backward_nchw_tasks(const float* x, const float* g,
     conv_grad_w_rows<K, S>(in.data(), gin.data(), b, 0, s.OH, sums.data());
     pixels_to_planes(out.data(), HW, gx + (n * s.C + c0) * HW, k0);
     float* slot = slots + n * (K * K + 1) * s.C + c0;
-    for (int64_t i = 0; i <= K * K; ++i) std::copy(sums.begin() + i * L + k0, sums.begin() + (i + 1) * L, slot + i * s.C + k0);
+    for (int64_t i = 0; i <= K * K; ++i)
+      std::copy(sums.begin() + i * L + k0, sums.begin() + (i + 1) * L, slot + i * s.C + k0);
   }
 }
 

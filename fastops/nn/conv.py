@@ -308,9 +308,9 @@ def _train_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     that dwconv_bn_act's channels_last backward kernel takes (`_tiled_depthwise_cl`) runs as the
     plain `dwconv_bn_act(x, w)`: its forward as fast as ATen's, its backward the one-sweep
     kernel (MobileNet V2's depthwise layers, N=8: ATen's gradient call took 1.6-2.6x the time its
-    memory traffic needs); so does an NCHW one of those shapes (`_nchw_depthwise_tiled`). A 1x1 conv runs as
-    the plain `pwconv_bn_act(x, w)` where that is faster (`_pointwise_train_kernel`). Not while
-    compiling: the compiler keeps its own convolution."""
+    memory traffic needs); so does an NCHW one of those shapes (`_nchw_depthwise_tiled`). A 1x1
+    conv runs as the plain `pwconv_bn_act(x, w)` where that is faster (`_pointwise_train_kernel`).
+    Not while compiling: the compiler keeps its own convolution."""
     if x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling():
         return conv(x)
     if _is_depthwise(conv) and ((not x.is_contiguous() and _tiled_depthwise_cl(x, conv))
@@ -477,9 +477,8 @@ def _kept_inference(x, conv, bn, act, residual):
     if plan is None:
         return None
     bn0, act0, has_residual, dtype, kind, state, dw_kernel, run = plan
-    if (bn0 is not bn or act0 is not act or (act is not None and not isinstance(act, str) and act_name(act) is None)
-            or (residual is not None) != has_residual
-            or x.dtype != dtype
+    changed_act = act is not None and not isinstance(act, str) and act_name(act) is None  # e.g. a ReLU6's bounds
+    if (bn0 is not bn or act0 is not act or changed_act or (residual is not None) != has_residual or x.dtype != dtype
             or kind not in ONEDNN_CONVS and kind not in _DW_FORMATS or dw_kernel != DWCONV_KERNEL
             or x.device.type != "cpu" or x.dim() != 4
             or not (x.is_contiguous(memory_format=_DW_FORMATS[kind]) if kind in _DW_FORMATS
