@@ -271,7 +271,7 @@ def test_no_replay_under_autograd_profiler_or_compile():
         torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_relu6_with_other_bounds_is_not_fused(monkeypatch):
+def test_relu6_with_other_bounds_is_not_fused():
     """A ReLU6 whose bounds were changed on the instance is not the fused ops' relu6: conv_bn_act
     runs the modules, before and after a kept inference plan and a replay were made."""
     block = fnn.FusedSequential(fnn.ConvBNAct(8, 8, 3, groups=8, activation_layer=nn.ReLU6),
