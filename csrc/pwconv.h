@@ -16,6 +16,8 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <vector>
+
 #include "dwconv.h"     // check_param_vector, output_channels_last, parse_act
 #include "pointwise.h"  // check_nchw, check_same_kind
 #include "shuffle.h"    // shuffle_source
@@ -59,6 +61,18 @@ inline PwShape check_pwconv(const char* op, const at::Tensor& x, const at::Tenso
   TORCH_CHECK_VALUE(s.OC % shuffle_groups == 0, "fastops.", op, ": argument 'shuffle_groups' (",
                     shuffle_groups, ") does not divide the ", s.OC, " output channels");
   return s;
+}
+
+// grad_out of a backward of the op that check_pwconv described: defined, the output's shape, x's
+// kind.
+inline void check_pwconv_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                                  const PwShape& s) {
+  TORCH_CHECK_VALUE(grad_out.defined(), "fastops.", op, ": argument 'grad_out' is an undefined tensor");
+  const std::vector<int64_t> out_shape{s.N, s.OC, s.H, s.W};
+  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(out_shape), "fastops.", op,
+                    ": argument 'grad_out' must have shape ", at::IntArrayRef(out_shape), ", got ",
+                    grad_out.sizes());
+  check_same_kind(op, "grad_out", grad_out, "x", x);
 }
 
 }  // namespace fastops

@@ -182,6 +182,9 @@ at::Tensor conv_z(const at::Tensor& x, const at::Tensor& weight, int64_t groups,
 // weight pays off (measured on 1x1 convs of 24-512 channels: 256-2048 pixels ran fastest).
 constexpr int64_t kTileBytes = 1024 * 1024;
 
+// sgemm's sizes and strides are int: the tiled paths take channel counts and planes below this.
+constexpr int64_t kIntLimit = int64_t(1) << 30;
+
 // float32 with sgemm: tiles of pixels, GEMM + epilogue per tile, tiles in parallel.
 void forward_tiled(const at::Tensor& x, const at::Tensor& w, const float* res, float* y, const PwShape& s, bool cl,
                    const Epi<float>& e) {
@@ -282,7 +285,7 @@ void pwconv_forward_into(const at::Tensor& x_, const at::Tensor& weight, const c
       // the epilogue's extra pass over it is cheap (measured: 144->24, 240->60 g3, 128->128,
       // 512->512 ran 5-20% faster that way; 24->144, 60->240 g3 and every NCHW case slower)
       const bool tiles = !(cl && s.OC <= s.C);
-      if (sgemm_ && tiles && s.C < (int64_t(1) << 30) && s.OC < (int64_t(1) << 30)) {
+      if (sgemm_ && tiles && s.C < kIntLimit && s.OC < kIntLimit) {
         forward_tiled(x, weight.contiguous(), rp, yp, s, cl, e);
         return;
       }
@@ -680,14 +683,6 @@ std::tuple<at::Tensor, at::Tensor> tiled_plain_grads_f32(const at::Tensor& g, co
   return {gx, gw.to(weight.scalar_type())};
 }
 
-void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& x, const PwShape& s) {
-  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == s.N && grad_out.size(1) == s.OC &&
-                        grad_out.size(2) == s.H && grad_out.size(3) == s.W,
-                    "fastops.", op, ": argument 'grad_out' must have shape [", s.N, ", ", s.OC, ", ", s.H, ", ", s.W,
-                    "], got ", grad_out.sizes());
-  check_same_kind(op, "grad_out", grad_out, "x", x);
-}
-
 // grad_x and grad_weight of the plain 1x1 convolution from g = grad_out (x and g dense in the
 // layout cl): GEMMs for ungrouped float32 / float64, ATen's convolution_backward otherwise.
 std::tuple<at::Tensor, at::Tensor> plain_grads(const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight,
@@ -699,7 +694,6 @@ std::tuple<at::Tensor, at::Tensor> plain_grads(const at::Tensor& g, const at::Te
   // 6.0-6.4 / 6.3; channels_last 128 -> 128 6.3-6.4 / 7.5, 144 -> 24 1.9-2.1 / 2.3-2.9. On
   // smaller maps the whole-tensor GEMMs: 512 at 14x14 6.4-6.5 either way, 960 -> 160 at 7x7
   // channels_last 1.25 / 0.88.
-  constexpr int64_t kIntLimit = int64_t(1) << 30;  // sgemm's sizes and strides are int
   if (s.groups == 1 && x.scalar_type() == at::kFloat && sgemm_ && s.N > 0 && s.H * s.W >= 28 * 28 &&
       s.C < kIntLimit && s.OC < kIntLimit && s.H * s.W < kIntLimit)
     std::tie(gx, gw) = tiled_plain_grads_f32(g, x, weight, s, cl);
@@ -718,7 +712,7 @@ std::tuple<at::Tensor, at::Tensor> pwconv_backward(const at::Tensor& grad_out, c
                                                    const at::Tensor& weight, int64_t groups) {
   const char* op = "pwconv_backward";
   const PwShape s = check_pwconv(op, x_, weight, c10::nullopt, c10::nullopt, groups, c10::nullopt, 1);
-  check_grad_out(op, grad_out, x_, s);
+  check_pwconv_grad_out(op, grad_out, x_, s);
   const bool cl = output_channels_last(x_);
   return plain_grads(grad_out.contiguous(layout_of(cl)), x_.contiguous(layout_of(cl)), weight, s, cl);
 }
@@ -729,7 +723,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
     const c10::optional<at::Tensor>& residual, int64_t shuffle_groups) {
   const char* op = "pwconv_bn_act_backward";
   const PwShape s = check_pwconv(op, x_, weight, scale, shift, groups, residual, shuffle_groups);
-  check_grad_out(op, grad_out, x_, s);
+  check_pwconv_grad_out(op, grad_out, x_, s);
   const Act a = parse_act(op, act);
   const bool cl = output_channels_last(x_);
   const at::Tensor x = x_.contiguous(layout_of(cl)), g = grad_out.contiguous(layout_of(cl));
@@ -752,7 +746,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
     const at::Tensor gw = G.to(acc).mul(sc.view({-1, 1, 1, 1})).to(weight.scalar_type());
     return {gx, gw, param_grad(sum_gz, scale, x), param_grad(sum_g, shift, x), g.clone(layout_of(cl))};
   }
-  constexpr int64_t kIntLimit = int64_t(1) << 30;  // sgemm's sizes and strides are int
   if (x.scalar_type() == at::kFloat && groups == 1 && sgemm_ && s.N * s.H * s.W > 0 && s.C < kIntLimit &&
       s.OC < kIntLimit && s.H * s.W < kIntLimit) {
     at::Tensor gr = at::empty({s.N, s.OC, s.H, s.W}, x.options(), layout_of(cl));

@@ -645,14 +645,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_ba
     const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
     const c10::optional<at::Tensor>& shift, Act act, const c10::optional<at::Tensor>& residual,
     bool cl, bool want_grad_residual) {
-  TORCH_CHECK_VALUE(grad_out.defined(), "fastops.", op,
-                    ": argument 'grad_out' is an undefined tensor");
-  const std::vector<int64_t> out_shape{s.N, s.OC, s.H, s.W};
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(out_shape), "fastops.", op,
-                    ": argument 'grad_out' must have shape ", at::IntArrayRef(out_shape), ", got ",
-                    grad_out.sizes());
-  check_same_kind(op, "grad_out", grad_out, "x", x);
+  check_pwconv_grad_out(op, grad_out, x, s);
   check_channel_range(op, s);
+  const std::vector<int64_t> out_shape{s.N, s.OC, s.H, s.W};
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto out_opts = x.options().memory_format(fmt);
   const at::ScalarType scale_dtype = given(scale) ? scale->scalar_type() : x.scalar_type();
