@@ -658,21 +658,45 @@ FASTOPS_CPU_INLINE void pixels_to_planes(const float* px, int64_t HW, E* planes,
     for (int k = k0; k < L; ++k) put(planes + k * HW + p, px[p * L + k]);
 }
 
-// Tasks [begin, end) (t = n * blocks + block) of the blocked NCHW kernel; wt: weights by tap,
-// [K*K][C]. The last block overlaps the one before when C % 16 != 0 and writes only its new planes.
+// Task t = n * blocks + block of the blocked NCHW kernels (forward and backward): image n, the
+// 16 channels from c0, its own from c0 + k0 on (the last block overlaps the one before when
+// C % 16 != 0); `scratch` is the shape of the channels_last scratch image of those 16 channels.
+struct PlaneBlock {
+  int64_t n, c0;
+  int k0;
+};
+
+inline int64_t plane_blocks(const DwConvShape& s) { return (s.C + L - 1) / L; }
+
+inline PlaneBlock plane_block(const DwConvShape& s, int64_t t) {
+  const int64_t blocks = plane_blocks(s), c0 = std::min((t % blocks) * L, s.C - L);
+  return {t / blocks, c0, int((t % blocks) * L - c0)};
+}
+
+inline DwConvShape scratch_shape(const DwConvShape& s) {
+  DwConvShape b = s;
+  b.N = 1, b.C = b.OC = L;
+  return b;
+}
+
+// The block's weights by tap, [K*K][16], from wt ([K*K][C]).
+inline void block_weights(const float* wt, const DwConvShape& s, int64_t c0, float* w) {
+  for (int64_t tap = 0; tap < s.KH * s.KW; ++tap) std::copy_n(wt + tap * s.C + c0, L, w + tap * L);
+}
+
+// Tasks [begin, end) of the blocked NCHW kernel; wt: weights by tap, [K*K][C]. An overlapping
+// last block writes only its new planes.
 template <int K, int S, typename E>
 FASTOPS_CPU_INLINE void nchw_blocks(const E* x, E* y, const float* wt, const float* sc, const float* sh,
                                     const DwConvShape& s, Act act, int64_t begin, int64_t end) {
   constexpr int RB = TileShape<K, S>::RB;
-  DwConvShape b = s;  // one image of 16 channels, channels_last, in the scratch
-  b.N = 1, b.C = b.OC = L;
-  const int64_t blocks = (s.C + L - 1) / L, HW = s.H * s.W, OHW = s.OH * s.OW;
+  const DwConvShape b = scratch_shape(s);
+  const int64_t HW = s.H * s.W, OHW = s.OH * s.OW;
   std::vector<float> in(HW * L), out(OHW * L), w(K * K * L);
   for (int64_t t = begin; t < end; ++t) {
-    const int64_t n = t / blocks, c0 = std::min((t % blocks) * L, s.C - L);
-    const int k0 = int((t % blocks) * L - c0);
+    const auto [n, c0, k0] = plane_block(s, t);
     planes_to_pixels(x + (n * s.C + c0) * HW, HW, HW, in.data(), L);
-    for (int64_t tap = 0; tap < K * K; ++tap) std::copy_n(wt + tap * s.C + c0, L, w.data() + tap * L);
+    block_weights(wt, s, c0, w.data());
     for (int64_t oh = 0; oh < s.OH; oh += RB)
       rowblock<K, S>(in.data(), out.data(), w.data(), sc + c0, sh + c0, b, 0, oh,
                      int(std::min<int64_t>(RB, s.OH - oh)), 0, act);
@@ -732,7 +756,7 @@ FASTOPS_CPU_MULTIVERSION void nchw_blocks_bf16(const uint16_t* x, uint16_t* y, c
 
 void nchw_blocks_forward(const at::Tensor& x, at::Tensor& y, const float* wt, const Affine& af,
                          const DwConvShape& s, Act act) {
-  at::parallel_for(0, s.N * ((s.C + L - 1) / L), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.N * plane_blocks(s), 1, [&](int64_t begin, int64_t end) {
     if (x.scalar_type() == at::kFloat)
       nchw_blocks_f32(x.const_data_ptr<float>(), y.mutable_data_ptr<float>(), wt, af.scale.data(),
                       af.shift.data(), s, act, begin, end);
@@ -1161,16 +1185,14 @@ FASTOPS_CPU_MULTIVERSION void conv_backward_f32(const float* x, const float* g, 
 template <int K, int S>
 FASTOPS_CPU_INLINE void conv_backward_nchw_tasks(const float* x, const float* g, float* gx, const float* wt,
                                                  const DwConvShape& s, int64_t begin, int64_t end, float* slots) {
-  DwConvShape b = s;  // one image of 16 channels, channels_last, in the scratch
-  b.N = 1, b.C = b.OC = L;
-  const int64_t blocks = (s.C + L - 1) / L, HW = s.H * s.W, OHW = s.OH * s.OW;
+  const DwConvShape b = scratch_shape(s);
+  const int64_t HW = s.H * s.W, OHW = s.OH * s.OW;
   std::vector<float> in(HW * L), gin(OHW * L), out(HW * L), w(K * K * L), sums((K * K + 1) * L);
   for (int64_t t = begin; t < end; ++t) {
-    const int64_t n = t / blocks, c0 = std::min((t % blocks) * L, s.C - L);
-    const int k0 = int((t % blocks) * L - c0);
+    const auto [n, c0, k0] = plane_block(s, t);
     planes_to_pixels(x + (n * s.C + c0) * HW, HW, HW, in.data(), L);
     planes_to_pixels(g + (n * s.C + c0) * OHW, OHW, OHW, gin.data(), L);
-    for (int64_t tap = 0; tap < K * K; ++tap) std::copy_n(wt + tap * s.C + c0, L, w.data() + tap * L);
+    block_weights(wt, s, c0, w.data());
     conv_grad_x_rows<K, S>(gin.data(), out.data(), w.data(), b, 0, s.H);
     std::fill(sums.begin(), sums.end(), 0.f);
     conv_grad_w_rows<K, S>(in.data(), gin.data(), b, 0, s.OH, sums.data());
@@ -1205,7 +1227,7 @@ ConvGrads conv_backward_kernel(const at::Tensor& gz, const at::Tensor& x, const 
   const int64_t C = s.C, KK = s.KH * s.KW, B = backward_rows_per_task(s);
   // channels_last: a task per block of B input rows of an image, a slot of sums per task;
   // NCHW: a task per 16-channel block of an image, a slot per image
-  const int64_t tasks = cl ? s.N * ((s.H + B - 1) / B) : s.N * ((C + L - 1) / L), nslots = cl ? tasks : s.N;
+  const int64_t tasks = cl ? s.N * ((s.H + B - 1) / B) : s.N * plane_blocks(s), nslots = cl ? tasks : s.N;
   const std::vector<float> wt = dwconv_weights_by_tap_f32(w);
   std::vector<float> slots(nslots * (KK + 1) * C);
   at::Tensor gx = at::empty_like(x);
