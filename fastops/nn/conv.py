@@ -352,7 +352,7 @@ def _dwconv_kernel(x, conv, bn, name, act, fmt):
         return inference_call(op, x, weight, scale, shift, *geometry, name)
 
     _KEPT.setdefault(conv, {})["_fastops_inference"] = (
-        bn, act, False, x.dtype, _DW_PLANS[fmt], _inference_state(conv, bn), DWCONV_KERNEL, run)
+        bn, act, False, x.dtype, _DW_PLANS[fmt], _inference_state(conv, bn, act), DWCONV_KERNEL, run)
     return _record(run, (None,), x, run(x, None))
 
 
@@ -386,10 +386,11 @@ def _onednn_usable(x: torch.Tensor, conv: nn.Conv2d, bn, name: str, residual, sh
     return True
 
 
-def _inference_state(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> tuple:
-    """What a kept inference plan for `conv` (+ `bn`) was made from: each parameter's and
-    buffer's version, storage and dtype, the conv's geometry, the BN's eps and mode. (Read from
-    the modules' dicts: nn.Module.__getattr__ would cost more than the rest together.)"""
+def _inference_state(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], act) -> tuple:
+    """What a kept inference plan for `conv` (+ `bn`, + `act`) was made from: each parameter's and
+    buffer's version, storage and dtype, the conv's geometry, the BN's eps and mode, the
+    activation module's settings (a ReLU6's bounds: `settings`). (Read from the modules' dicts:
+    nn.Module.__getattr__ would cost more than the rest together.)"""
     cp = conv._parameters
     tensors = [cp["weight"], cp.get("bias")]
     if bn is not None:
@@ -397,6 +398,7 @@ def _inference_state(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> tuple:
         tensors += [bb.get("running_mean"), bb.get("running_var"), bp.get("weight"), bp.get("bias")]
     return (torch.is_inference_mode_enabled(), conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode,
             None if bn is None else (bn.eps, bn.training),
+            None if act is None or isinstance(act, str) else tuple(act.__dict__.get(n) for n in settings(act)),
             [None if t is None else (t._version, t.data_ptr(), t.dtype) for t in tensors])
 
 
@@ -477,13 +479,12 @@ def _kept_inference(x, conv, bn, act, residual):
     if plan is None:
         return None
     bn0, act0, has_residual, dtype, kind, state, dw_kernel, run = plan
-    changed_act = act is not None and not isinstance(act, str) and act_name(act) is None  # e.g. a ReLU6's bounds
-    if (bn0 is not bn or act0 is not act or changed_act or (residual is not None) != has_residual or x.dtype != dtype
+    if (bn0 is not bn or act0 is not act or (residual is not None) != has_residual or x.dtype != dtype
             or kind not in ONEDNN_CONVS and kind not in _DW_FORMATS or dw_kernel != DWCONV_KERNEL
             or x.device.type != "cpu" or x.dim() != 4
             or not (x.is_contiguous(memory_format=_DW_FORMATS[kind]) if kind in _DW_FORMATS
                     else _channels_last_view(x))
-            or _inference_state(conv, bn) != state):
+            or _inference_state(conv, bn, act) != state):
         return None
     if residual is not None and not (residual.dtype == dtype and residual.shape[1:2] == (conv.out_channels,)
                                      and residual.is_contiguous(memory_format=torch.channels_last)):
@@ -523,7 +524,7 @@ def _onednn_conv(x, conv, bn, name, residual, act=None, kind=None):
                 x.contiguous(memory_format=torch.channels_last), packed, bias, *geometry, attr, scalars, None)
     if kind is not None and not torch.is_grad_enabled():
         _KEPT.setdefault(conv, {})["_fastops_inference"] = (
-            bn, act, residual is not None, x.dtype, kind, _inference_state(conv, bn), DWCONV_KERNEL, run)
+            bn, act, residual is not None, x.dtype, kind, _inference_state(conv, bn, act), DWCONV_KERNEL, run)
     return run(x, residual) if residual is not None else _record(run, (None,), x, run(x, None))
 
 
