@@ -200,6 +200,71 @@ def test_forward_mobilenet_shape_large(device):
         _assert_matches(y, _ref(x, weight, scale, shift, 1, 1, 1, "relu6"), torch.float32)
 
 
+# The CUDA forward's channels_last vector kernel (csrc/cuda/dwconv.cu, dw_cl_vec_kernel: 16 bytes of
+# channels per thread, multiplier 1), its per-thread code run on the host by the test op
+# fastops_testing::dwconv_bn_act_cl_vec, which poisons its output with NaN first. No GPU needed:
+# this checks the index arithmetic, the tap masks and the epilogue that the GPU runs.
+CL_VEC_GEOMETRIES = [
+    # k, stride, dilation, padding, (h, w)
+    (3, 1, 1, 1, (7, 9)),
+    (3, 2, 1, 1, (10, 11)),
+    (3, 2, 1, 0, (9, 6)),
+    (5, 1, 1, 2, (6, 13)),
+    (5, 2, 1, 2, (11, 8)),
+    (5, 2, 2, 1, (13, 12)),  # padding below (k // 2) * dilation
+    (3, 1, 1, 4, (3, 5)),    # padding beyond the kernel: rows and columns of pure padding
+    (7, 3, 1, 3, (10, 13)),  # any other size: runtime taps
+    ((3, 5), 1, 2, (1, 4), (8, 11)),
+    (1, 1, 1, 0, (4, 5)),
+    (3, 2, 1, 0, (3, 3)),    # 1x1 output
+]
+
+
+def _check_cl_vec_cases(device, geom, dtype, run):
+    k, s, d, p, (h, w) = geom
+    lanes = 16 // torch.empty((), dtype=dtype).element_size()
+    for n, c, act, affine in ((2, 3 * lanes, "relu6", True), (1, lanes, "hardswish", False), (3, 2 * lanes, "silu", True)):
+        x, weight, scale, shift = _case(device, dtype, n, c, h, w, k, affine=affine, layout="channels_last")
+        if dtype == torch.float64 and affine:
+            scale, shift = scale.double(), shift.double()
+        y = run(x, weight, scale, shift, s, p, d, act)
+        assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
+        _assert_matches(y, _ref(x, weight, scale, shift, s, p, d, act), dtype)
+
+
+@pytest.mark.skipif(not fastops.has_cuda_kernels(), reason="a CPU-only build has no CUDA kernel code to emulate")
+@pytest.mark.parametrize("geom", CL_VEC_GEOMETRIES, ids=str)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16, torch.float64), ids=str)
+def test_cuda_channels_last_vector_kernel_emulated(geom, dtype):
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+
+    def emulated(x, weight, scale, shift, s, p, d, act):
+        return torch.ops.fastops_testing.dwconv_bn_act_cl_vec(x, weight, scale, shift, pair(s), pair(p), pair(d), act)
+
+    _check_cl_vec_cases("cpu", geom, dtype, emulated)
+
+
+@pytest.mark.parametrize("geom", CL_VEC_GEOMETRIES, ids=str)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16, torch.float64), ids=str)
+def test_forward_channels_last_vector_shapes(device, geom, dtype):
+    """The same cases through fastops.ops: on a GPU, the vector kernel itself."""
+    _check_cl_vec_cases(device, geom, dtype, fastops.ops.dwconv_bn_act)
+
+
+@pytest.mark.skipif(not fastops.has_cuda_kernels(), reason="a CPU-only build has no CUDA kernel code to emulate")
+def test_cuda_channels_last_vector_kernel_scope():
+    """The cases the vector kernel does not take go to the tiled kernel: NCHW, a multiplier, a
+    channel count that is not a multiple of 16 bytes, data not 16-byte aligned."""
+    emulated = torch.ops.fastops_testing.dwconv_bn_act_cl_vec
+    args = ([1, 1], [1, 1], [1, 1], "relu6")
+    x, weight, _, _ = _case("cpu", torch.float32, 1, 8, 5, 6, 3, layout="channels_last")
+    emulated(x, weight, None, None, *args)
+    for bad_x, bad_w in ((x.contiguous(), weight), (x, weight.repeat(2, 1, 1, 1)), (x[:, :6], weight[:6]),
+                         (torch.randn(5 * 6 * 8 + 1)[1:].view(1, 5, 6, 8).permute(0, 3, 1, 2), weight)):
+        with pytest.raises(ValueError, match="does not take this case"):
+            emulated(bad_x, bad_w, None, None, *args)
+
+
 BACKWARD_CASES = list(itertools.product(
     [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (5, 1, 2, 4, 1), (3, 1, 1, 1, 2), (4, 2, 1, 0, 1)],
     ["relu6", "hardswish", "silu", "none"],

@@ -18,6 +18,17 @@
 //       type, output layout) for the grad_x kernel, and accumulates per thread sum(gu), sum(gu*z)
 //       and (K > 0) sum(gz * x) per tap over a run of tiles; each block then writes one row of
 //       per-channel partial sums (a tree reduction in shared memory; no atomics).
+//   dw_cl_vec_kernel<T, A, K>   the forward in NHWC with one output channel per input channel
+//       (multiplier 1) and a channel count that is a multiple of 16 bytes' worth of T (8 half /
+//       bfloat16, 4 float, 2 double): each thread computes those V channels of one output pixel
+//       from 16-byte loads of x straight from global memory (neighbouring threads read the
+//       neighbouring pixels' channels, so a warp's loads are contiguous; the halo re-reads hit the
+//       caches), weights, scale and shift from one [KH*KW + 2, C] buffer in the accumulation type
+//       that dw_cl_vec_params_kernel fills per call; a block is a run of pixels x channels of one
+//       output row, so a thread's index math is one division. No shared memory, no
+//       synchronisation. Its per-thread body (dw_cl_vec_point) is a host + device function, and
+//       the CPU op fastops_testing::dwconv_bn_act_cl_vec runs it thread by thread on the host,
+//       so the CPU test suite checks the index arithmetic, masking and epilogue the GPU runs.
 //   reduce_rows_kernel   sums the [splits, cols] partial rows into [cols] (deterministic).
 //   dw_grad_x_kernel<T, K, CL>   grad_x by gathering: each grad_x element sums gz * w over the
 //       output positions that read it (no atomics).
@@ -258,6 +269,104 @@ __global__ void __launch_bounds__(kBlock)
         if (writer) partial[base + 2 + i] = r;
       }
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// channels_last, multiplier 1, C a multiple of V = 16 / sizeof(T): V channels per thread.
+
+template <typename T>
+constexpr int vec_lanes() {
+  return int(16 / sizeof(T));
+}
+
+// v in the accumulation type. bfloat16 from its bits: c10's conversion reads the value through a
+// type-punned pointer, which the host compiler (g++ -O3, strict aliasing) turned into zeros when
+// the value came from a copied Pack (the host emulation below); device code is the same either way.
+template <typename T>
+FASTOPS_HD at::opmath_type<T> to_acc(T v) {
+  return at::opmath_type<T>(v);
+}
+FASTOPS_HD float to_acc(c10::BFloat16 v) { return c10::detail::f32_from_bits(v.x); }
+
+// Row r < KH*KW: the weights of tap r for every channel; row KH*KW: scale (1 when absent); row
+// KH*KW + 1: shift (0 when absent); all in the accumulation type. Element i of the buffer.
+template <typename T>
+FASTOPS_HD at::opmath_type<T> dw_cl_vec_param(int64_t i, const T* w, const at::opmath_type<T>* scale,
+                                              const at::opmath_type<T>* shift, int64_t C, int64_t KK) {
+  using acc_t = at::opmath_type<T>;
+  const int64_t row = i / C, c = i - row * C;
+  if (row < KK) return to_acc(w[c * KK + row]);
+  if (row == KK) return scale != nullptr ? scale[c] : acc_t(1);
+  return shift != nullptr ? shift[c] : acc_t(0);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBlock)
+    dw_cl_vec_params_kernel(const T* w, const at::opmath_type<T>* scale, const at::opmath_type<T>* shift,
+                            at::opmath_type<T>* params, int64_t C, int64_t KK) {
+  const int64_t total = (KK + 2) * C;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    params[i] = dw_cl_vec_param(i, w, scale, shift, C, KK);
+}
+
+// Output pixel (n, oh, ow), channels [c0, c0 + V): z by the taps that fall inside the input, then
+// act(z * scale + shift), one 16-byte store. x and y dense NHWC, 16-byte aligned; params as above,
+// aligned to its Pack of V accumulation values; C % V == 0 (so every load below is aligned).
+template <typename T, Act A, int K>
+FASTOPS_HD void dw_cl_vec_point(const T* __restrict__ x, const at::opmath_type<T>* __restrict__ params,
+                                T* __restrict__ y, const Geom& g, int64_t n, int oh, int ow, int c0) {
+  using acc_t = at::opmath_type<T>;
+  constexpr int V = vec_lanes<T>();
+  using XPack = Pack<T, V>;
+  using PPack = Pack<acc_t, V>;
+  const int KH = K > 0 ? K : g.KH;
+  const int KW = K > 0 ? K : g.KW;
+  const int64_t C = g.C;
+  acc_t acc[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) acc[j] = acc_t(0);
+  const T* xn = x + n * g.H * g.W * C + c0;
+  const int ih0 = oh * g.SH - g.PH, iw0 = ow * g.SW - g.PW;
+#pragma unroll
+  for (int kh = 0; kh < KH; ++kh) {
+    const int ih = ih0 + kh * g.DH;
+    if (ih < 0 || ih >= g.H) continue;
+    const T* xr = xn + int64_t(ih) * g.W * C;
+#pragma unroll
+    for (int kw = 0; kw < KW; ++kw) {
+      const int iw = iw0 + kw * g.DW;
+      if (iw < 0 || iw >= g.W) continue;
+      const XPack xv = *reinterpret_cast<const XPack*>(xr + int64_t(iw) * C);
+      const PPack wv = *reinterpret_cast<const PPack*>(params + int64_t(kh * KW + kw) * C + c0);
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc[j] += to_acc(xv.v[j]) * wv.v[j];
+    }
+  }
+  const int64_t KK = int64_t(KH) * KW;
+  const PPack sc = *reinterpret_cast<const PPack*>(params + KK * C + c0);
+  const PPack sh = *reinterpret_cast<const PPack*>(params + (KK + 1) * C + c0);
+  XPack out;
+#pragma unroll
+  for (int j = 0; j < V; ++j) out.v[j] = T(act_fwd<A>(acc[j] * sc.v[j] + sh.v[j]));
+  *reinterpret_cast<XPack*>(y + ((n * g.OH + oh) * g.OW + ow) * C + c0) = out;
+}
+
+// Block (x, y): threads over the OW * C / V (pixel, channel vector) pairs of output rows
+// blockIdx.y, blockIdx.y + gridDim.y, ... (rows = N * OH).
+template <typename T, Act A, int K>
+__global__ void __launch_bounds__(kBlock)
+    dw_cl_vec_kernel(const T* __restrict__ x, const at::opmath_type<T>* __restrict__ params, T* __restrict__ y,
+                     const Geom g, int64_t rows) {
+  constexpr int V = vec_lanes<T>();
+  const int CV = g.C / V;
+  const int i = int(blockIdx.x) * int(blockDim.x) + int(threadIdx.x);
+  if (i >= g.OW * CV) return;
+  const int ow = i / CV;
+  const int c0 = (i - ow * CV) * V;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const int64_t n = row / g.OH;
+    dw_cl_vec_point<T, A, K>(x, params, y, g, n, int(row - n * g.OH), ow, c0);
   }
 }
 
@@ -552,6 +661,67 @@ at::Tensor fresh_copy(const at::Tensor& src, at::IntArrayRef shape, at::ScalarTy
   return out.view(shape);
 }
 
+// Whether dw_cl_vec_kernel computes this forward: NHWC, multiplier 1, a multiple of V channels,
+// x's data 16-byte aligned (y is a fresh allocation), and a row's OW * C / V threads in int.
+bool cl_vec_usable(const Geom& g, bool cl, const at::Tensor& xc) {
+  const int V = int(16 / xc.element_size());
+  return cl && g.mult == 1 && g.C % V == 0 && aligned16(xc.const_data_ptr()) &&
+         int64_t(g.OW) * (g.C / V) <= std::numeric_limits<int>::max() - kBlock;
+}
+
+// The forward by dw_cl_vec_kernel into y (NHWC, y.numel() > 0; cl_vec_usable holds). Host = true
+// runs the same per-thread code on the host, thread by thread, on CPU tensors (the test op
+// fastops_testing::dwconv_bn_act_cl_vec), after poisoning y with NaN.
+template <bool Host>
+void dw_cl_vec_forward(const at::Tensor& xc, const at::Tensor& weight, const at::Tensor& sc, const at::Tensor& sh,
+                       const Geom& g, Act act, const at::Tensor& y) {
+  const int64_t KK = int64_t(g.KH) * g.KW, C = g.C, rows = g.N * g.OH;
+  const at::ScalarType acc = at::toOpMathType(xc.scalar_type());
+  const at::Tensor wc = weight.contiguous();
+  const at::Tensor params = at::empty({KK + 2, C}, xc.options().dtype(acc));
+  const int K = kernel_variant(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "dwconv_bn_act", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = vec_lanes<scalar_t>();
+    const scalar_t* w = wc.const_data_ptr<scalar_t>();
+    const acc_t* scale = ptr_or_null<acc_t>(sc);
+    const acc_t* shift = ptr_or_null<acc_t>(sh);
+    acc_t* pp = params.mutable_data_ptr<acc_t>();
+    const int threads_per_row = g.OW * (g.C / V);
+    cudaStream_t stream = nullptr;
+    if constexpr (Host) {
+      for (int64_t i = 0; i < (KK + 2) * C; ++i) pp[i] = dw_cl_vec_param(i, w, scale, shift, C, KK);
+      y.fill_(std::numeric_limits<double>::quiet_NaN());
+    } else {
+      stream = c10::cuda::getCurrentCUDAStream();
+      dw_cl_vec_params_kernel<scalar_t><<<blocks_for((KK + 2) * C), kBlock, 0, stream>>>(w, scale, shift, pp, C, KK);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    dispatch_act(act, [&](auto act_tag) {
+      constexpr Act A = decltype(act_tag)::value;
+      dispatch_kernel_size(K, [&](auto k_tag) {
+        constexpr int KS = decltype(k_tag)::value;
+        const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+        scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+        if constexpr (Host) {
+          for (int64_t row = 0; row < rows; ++row) {
+            const int64_t n = row / g.OH;
+            for (int i = 0; i < threads_per_row; ++i) {
+              const int ow = i / (g.C / V);
+              dw_cl_vec_point<scalar_t, A, KS>(xp, pp, yp, g, n, int(row - n * g.OH), ow, (i - ow * (g.C / V)) * V);
+            }
+          }
+        } else {
+          const int threads = int(std::min<int64_t>(kBlock, ceil_div(threads_per_row, 32) * 32));
+          const dim3 grid(unsigned(ceil_div(threads_per_row, threads)), unsigned(std::min<int64_t>(rows, 65535)));
+          dw_cl_vec_kernel<scalar_t, A, KS><<<grid, threads, 0, stream>>>(xp, pp, yp, g, rows);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    });
+  });
+}
+
 at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
                               const c10::optional<at::Tensor>& scale,
                               const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
@@ -570,9 +740,13 @@ at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
   const int K = kernel_variant(g);
   const at::ScalarType acc = at::toOpMathType(x.scalar_type());
   const at::Tensor xc = x.contiguous(fmt);
-  const at::Tensor wc = weight.contiguous();
   const at::Tensor sc = param_as(scale, acc);
   const at::Tensor sh = param_as(shift, acc);
+  if (cl_vec_usable(g, cl, xc)) {
+    dw_cl_vec_forward</*Host=*/false>(xc, weight, sc, sh, g, act, y);
+    return y;
+  }
+  const at::Tensor wc = weight.contiguous();
   const Tiling t = choose_tiling(op, g, cl, K, c10::elementSize(acc), /*bwd=*/false);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
@@ -713,7 +887,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   return std::make_tuple(grad_x, grad_weight, grad_scale, grad_shift);
 }
 
+// fastops_testing::dwconv_bn_act_cl_vec: dw_cl_vec_kernel's per-thread code run on the host, on
+// CPU tensors, for the cases cl_vec_usable takes (it raises for the others).
+at::Tensor dwconv_bn_act_cl_vec_host(const at::Tensor& x, const at::Tensor& weight,
+                                     const c10::optional<at::Tensor>& scale,
+                                     const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     std::string_view act_name) {
+  constexpr const char* op = "dwconv_bn_act_cl_vec";
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "fastops_testing.", op, ": emulates the CUDA kernel on CPU tensors only");
+  const DwConvShape s = check_dwconv(op, x, weight, scale, shift, stride, padding, dilation);
+  const Act act = parse_act(op, act_name);
+  const bool cl = output_channels_last(x);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor y = at::empty({s.N, s.OC, s.OH, s.OW}, x.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+  const Geom g = make_geom(op, s);
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  const at::Tensor xc = x.contiguous(fmt);
+  TORCH_CHECK_VALUE(cl_vec_usable(g, cl, xc), "fastops_testing.", op,
+                    ": dw_cl_vec_kernel does not take this case (NHWC, multiplier 1, channels a "
+                    "multiple of 16 bytes' worth, aligned data)");
+  dw_cl_vec_forward</*Host=*/true>(xc, weight, param_as(scale, acc), param_as(shift, acc), g, act, y);
+  return y;
+}
+
 }  // namespace
+
+// A test hook, not part of fastops' API: declared here, beside the only code it runs.
+TORCH_LIBRARY(fastops_testing, m) {
+  m.def(
+      "dwconv_bn_act_cl_vec(Tensor x, Tensor weight, Tensor? scale, Tensor? shift, int[2] stride, "
+      "int[2] padding, int[2] dilation, str act) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastops_testing, CPU, m) { m.impl("dwconv_bn_act_cl_vec", &dwconv_bn_act_cl_vec_host); }
 
 TORCH_LIBRARY_IMPL(fastops, CUDA, m) {
   m.impl("dwconv_bn_act", &dwconv_bn_act_cuda);
