@@ -84,11 +84,21 @@ GEOMETRIES = [
     # several channel blocks and pixel tiles in both layouts
     pytest.param(1, 9, 1, 13, 11, 3, 1, 1, 1, "silu", "contiguous", True, True, id="multi_tile-nchw"),
     pytest.param(2, 20, 2, 5, 6, 3, 1, 1, 1, "silu", "channels_last", True, True, id="multi_tile-cl"),
+    # channels_last with multiplier 1: the channels_last kernel (_forward_cl_kernel; the backward
+    # is the generic one): channel blocks that divide C (24: 8) or leave a masked tail (20: 8),
+    # several pixel tiles of a row (W 70 -> 64-pixel tiles), padding wider than the kernel
+    pytest.param(2, 24, 1, 7, 9, 3, 1, 1, 1, "relu6", "channels_last", True, True, id="cl_kernel-k3-s1"),
+    pytest.param(1, 20, 1, 9, 8, 5, 2, 1, 2, "hardswish", "channels_last", True, False, id="cl_kernel-k5-s2-d2-p1-tail"),
+    pytest.param(1, 16, 1, 3, 70, 3, 1, 4, 1, "silu", "channels_last", False, True, id="cl_kernel-p4-wide_row"),
+    pytest.param(1, 8, 1, 10, 11, (3, 5), (3, 1), (2, 0), (1, 2), "relu", "channels_last", True, True,
+                 id="cl_kernel-k3x5-s3x1-d1x2"),
+    pytest.param(2, 8, 1, 3, 3, 3, 2, 0, 1, "sigmoid", "channels_last", True, True, id="cl_kernel-1x1_output"),
 ]
 
 
 # float64 (the kernels' other code path) on the geometries that exercise the most index arithmetic
-FLOAT64_GEOMETRIES = ("k7-s2-m2-permuted-shift_only", "k2-s2-d2-cl_sliced", "k3x5-s2x1-p2x0-d1x2-m3", "multi_tile-cl")
+FLOAT64_GEOMETRIES = ("k7-s2-m2-permuted-shift_only", "k2-s2-d2-cl_sliced", "k3x5-s2x1-p2x0-d1x2-m3", "multi_tile-cl",
+                      "cl_kernel-k5-s2-d2-p1-tail")
 GEOMETRY_DTYPES = [pytest.param(g, torch.float32, id=f"{g.id}-float32") for g in GEOMETRIES] + [
     pytest.param(g, torch.float64, id=f"{g.id}-float64") for g in GEOMETRIES if g.id in FLOAT64_GEOMETRIES
 ]
@@ -100,10 +110,34 @@ def test_geometry(geometry, dtype):
     _run(N, C, m, H, W, k, stride, padding, dilation, act, dtype, layout, has_scale, has_shift)
 
 
+@pytest.mark.parametrize("layout, expect_cl_kernel", (("contiguous", False), ("channels_last", True),
+                                                      ("cl_sliced", False)))
+def test_channels_last_kernel_taken(monkeypatch, layout, expect_cl_kernel):
+    """Dense channels_last input with multiplier 1 runs _forward_cl_kernel, other inputs the
+    generic kernel; both against the reference."""
+    launched = []
+    real = dwconv._forward_cl_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(dwconv, "_forward_cl_kernel", Spy())
+    _run(1, 12, 1, 6, 5, 3, 1, 1, 1, "relu6", torch.float32, layout)
+    assert bool(launched) == expect_cl_kernel
+
+
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64), ids=str)
 @pytest.mark.parametrize("act", ACTS)
 def test_activations(act, dtype):
     _run(2, 3, 2, 7, 6, 3, 1, 1, 1, act, dtype, "contiguous")
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("act", ACTS)
+def test_channels_last_kernel_activations(act, dtype):
+    _run(2, 16, 1, 5, 6, 3, 2, 1, 1, act, dtype, "channels_last", param_dtype=torch.float32)
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
