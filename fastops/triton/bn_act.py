@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .. import _checks, _layout
-from ._pointwise import needs_manual_bf16_rounding
+from ._pointwise import cdiv, needs_manual_bf16_rounding, next_power_of_2
 from .activation import _load, _store
 from .dwconv import _act, _act_grad
 
@@ -286,7 +286,7 @@ def _addressable(t, fmt):
 def _blocks(C, channels_fast):
     """Tile [BLOCK_C, BLOCK_P] of TILE elements: along the channels when they are the fastest
     dimension, along the pixels otherwise."""
-    block_c = max(2, min(triton.next_power_of_2(C), 64 if channels_fast else 4))
+    block_c = max(2, min(next_power_of_2(C), 64 if channels_fast else 4))
     return block_c, TILE // block_c
 
 
@@ -304,10 +304,10 @@ class _Plan:
         # tile orientation from x (the operand every pass reads)
         sn, sc, shw = sx
         self.block_c, self.block_p = _blocks(C, sc < shw)
-        self.tiles = triton.cdiv(self.M, self.block_p)
-        self.c_blocks = triton.cdiv(C, self.block_c)
-        self.tiles_per_chunk = max(1, triton.cdiv(self.tiles * self.c_blocks, MAX_PROGRAMS))
-        self.chunks = triton.cdiv(self.tiles, self.tiles_per_chunk)
+        self.tiles = cdiv(self.M, self.block_p)
+        self.c_blocks = cdiv(C, self.block_c)
+        self.tiles_per_chunk = max(1, cdiv(self.tiles * self.c_blocks, MAX_PROGRAMS))
+        self.chunks = cdiv(self.tiles, self.tiles_per_chunk)
         self.p64 = self.M + self.tiles_per_chunk * self.block_p >= 2**31
 
     def split(self, *strides):
@@ -343,7 +343,7 @@ def forward(x, weight, bias, eps, act):
     _stats_kernel[(plan.chunks, plan.c_blocks)](
         plan.x, part, C, plan.HW, M, plan.tiles_per_chunk, *plan.sx, **plan.consts(plan.sx),
     )
-    _stats_merge_kernel[(triton.cdiv(C, MERGE_BLOCK_C),)](
+    _stats_merge_kernel[(cdiv(C, MERGE_BLOCK_C),)](
         part, mean, var, C, M, plan.chunks, plan.tiles_per_chunk * plan.block_p,
         FP64=plan.fp64, BLOCK_K=MERGE_BLOCK_K, BLOCK_C=MERGE_BLOCK_C,
     )

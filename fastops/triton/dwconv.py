@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .. import _checks, _layout
-from ._pointwise import needs_manual_bf16_rounding
+from ._pointwise import cdiv, needs_manual_bf16_rounding, next_power_of_2
 from .activation import _hardsigmoid, _hardsigmoid_grad, _hardswish, _hardswish_grad, _load, _store
 
 OP = "dwconv_bn_act"
@@ -308,7 +308,7 @@ def _grad_x_kernel(
 def _blocks(channels, channels_last):
     """Tile shape: channels_last tiles run along the channels (contiguous there), NCHW tiles
     along the pixels; 512 elements either way."""
-    block_c = min(triton.next_power_of_2(channels), 32 if channels_last else 4)
+    block_c = min(next_power_of_2(channels), 32 if channels_last else 4)
     block_c = max(block_c, 2)
     return block_c, 512 // block_c
 
@@ -336,8 +336,8 @@ def _cl_blocks(channels, out_w):
     block_c = 64
     while block_c > 8 and channels % block_c:
         block_c //= 2
-    block_c = min(block_c, triton.next_power_of_2(channels))
-    return min(triton.next_power_of_2(out_w), max(1, 1024 // block_c)), block_c
+    block_c = min(block_c, next_power_of_2(channels))
+    return min(next_power_of_2(out_w), max(1, 1024 // block_c)), block_c
 
 
 def _cl_kernel_usable(x, s: DwConvShape, cl: bool) -> bool:
@@ -345,7 +345,7 @@ def _cl_kernel_usable(x, s: DwConvShape, cl: bool) -> bool:
     elements (int32 offsets inside an image) and rows that fit the grid."""
     return (cl and s.M == 1 and x.is_contiguous(memory_format=torch.channels_last)
             and max(s.H * s.W, s.OH * s.OW) * s.C <= _INT32_MAX and s.N * s.OH <= _INT32_MAX
-            and triton.cdiv(s.OW, _cl_blocks(s.C, s.OW)[0]) <= 65535 and triton.cdiv(s.C, 8) <= 65535)
+            and cdiv(s.OW, _cl_blocks(s.C, s.OW)[0]) <= 65535 and cdiv(s.C, 8) <= 65535)
 
 
 def forward(x, weight, scale, shift, stride, padding, dilation, act) -> torch.Tensor:
@@ -357,7 +357,7 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act) -> torch.Te
     w = weight.reshape(s.OC, s.KH * s.KW).contiguous()
     if _cl_kernel_usable(x, s, cl):
         block_w, block_c = _cl_blocks(s.C, s.OW)
-        _forward_cl_kernel[(s.N * s.OH, triton.cdiv(s.OW, block_w), triton.cdiv(s.C, block_c))](
+        _forward_cl_kernel[(s.N * s.OH, cdiv(s.OW, block_w), cdiv(s.C, block_c))](
             x, w, _vector_or(scale, w), _vector_or(shift, w), y,
             s.H, s.W, s.C, s.OH, s.OW,
             ACT=act, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
@@ -368,8 +368,8 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act) -> torch.Te
         )
         return y
     block_c, block_p = _blocks(s.OC, cl)
-    tiles = triton.cdiv(s.OH * s.OW, block_p)
-    _forward_kernel[(s.N * tiles, triton.cdiv(s.OC, block_c))](
+    tiles = cdiv(s.OH * s.OW, block_p)
+    _forward_kernel[(s.N * tiles, cdiv(s.OC, block_c))](
         x, w, _vector_or(scale, w), _vector_or(shift, w), y,
         s.H, s.W, s.OC, s.OH, s.OW, s.M, tiles,
         *_strides(x), *_strides(y),
@@ -404,11 +404,11 @@ def backward(grad_out, x, weight, scale, shift, stride, padding, dilation, act):
     w = weight.reshape(s.OC, s.KH * s.KW).contiguous()
     gz = _empty(out_shape, acc_dtype, x.device, cl)
     block_c, block_p = _blocks(s.OC, cl)
-    tiles = triton.cdiv(s.OH * s.OW, block_p)
+    tiles = cdiv(s.OH * s.OW, block_p)
     rows = s.N * tiles
     part = torch.empty((rows, 2, s.OC), dtype=acc_dtype, device=x.device)
     part_w = torch.empty((rows, s.OC, s.KH * s.KW), dtype=acc_dtype, device=x.device)
-    _backward_gz_kernel[(rows, triton.cdiv(s.OC, block_c))](
+    _backward_gz_kernel[(rows, cdiv(s.OC, block_c))](
         grad_out, x, w, _vector_or(scale, w), _vector_or(shift, w), gz, part, part_w,
         s.H, s.W, s.OC, s.OH, s.OW, s.M, tiles,
         *_strides(grad_out), *_strides(x), *_strides(gz),
@@ -421,8 +421,8 @@ def backward(grad_out, x, weight, scale, shift, stride, padding, dilation, act):
     grad_weight = part_w.sum(0).view(s.OC, 1, s.KH, s.KW).to(weight.dtype)
 
     block_c, block_p = _blocks(s.C, cl)
-    tiles = triton.cdiv(s.H * s.W, block_p)
-    _grad_x_kernel[(s.N * tiles, triton.cdiv(s.C, block_c))](
+    tiles = cdiv(s.H * s.W, block_p)
+    _grad_x_kernel[(s.N * tiles, cdiv(s.C, block_c))](
         gz, w, grad_x,
         s.H, s.W, s.C, s.OH, s.OW, s.M, tiles,
         *_strides(gz), *_strides(grad_x),

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .. import _checks, _layout
-from ._pointwise import INTERPRETING, needs_manual_bf16_rounding
+from ._pointwise import INTERPRETING, cdiv, needs_manual_bf16_rounding, next_power_of_2
 from .activation import _load, _store
 from .bn_act import _addressable, _pixel_strides, _pixels
 from .dwconv import _act, _act_grad, _affine
@@ -146,10 +146,10 @@ class _Plan:
         upcast = INTERPRETING and x.dtype == torch.bfloat16
         half = x.dtype in (torch.float16, torch.bfloat16) and not upcast
         self.block_p = BLOCK_P
-        self.block_o = max(16, min(triton.next_power_of_2(self.OCg), MAX_BLOCK_O))
-        self.block_k = max(16, min(triton.next_power_of_2(self.Cg), MAX_BLOCK_K))
-        self.tiles = triton.cdiv(self.M, self.block_p)
-        self.grid = (self.tiles, triton.cdiv(self.OCg, self.block_o), groups)
+        self.block_o = max(16, min(next_power_of_2(self.OCg), MAX_BLOCK_O))
+        self.block_k = max(16, min(next_power_of_2(self.Cg), MAX_BLOCK_K))
+        self.tiles = cdiv(self.M, self.block_p)
+        self.grid = (self.tiles, cdiv(self.OCg, self.block_o), groups)
         self.consts = dict(FP64=self.fp64, UPCAST=upcast, PREC=None if half else "ieee",
                            BLOCK_P=self.block_p, BLOCK_O=self.block_o, BLOCK_K=self.block_k)
 

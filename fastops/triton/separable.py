@@ -16,10 +16,10 @@ grad_dw_weight.
 """
 
 import torch
-import triton
 
 from .. import _checks, _layout
 from . import dwconv, pwconv
+from ._pointwise import cdiv
 
 OP = "separable_conv_bn_act"
 
@@ -35,8 +35,8 @@ def _depthwise(x, dw_weight, stride, padding, dilation, fmt):
         return d
     w = dw_weight.reshape(s.OC, s.KH * s.KW).contiguous()
     block_c, block_p = dwconv._blocks(s.OC, cl)
-    tiles = triton.cdiv(s.OH * s.OW, block_p)
-    dwconv._forward_kernel[(s.N * tiles, triton.cdiv(s.OC, block_c))](
+    tiles = cdiv(s.OH * s.OW, block_p)
+    dwconv._forward_kernel[(s.N * tiles, cdiv(s.OC, block_c))](
         x, w, w, w, d, s.H, s.W, s.OC, s.OH, s.OW, s.M, tiles, *x.stride(), *d.stride(),
         ACT="none", HAS_SCALE=False, HAS_SHIFT=False, FP64=fp64, BF16_RNE=False,
         BLOCK_C=block_c, BLOCK_P=block_p, **dwconv._params(s),

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .. import _checks, _layout
+from ._pointwise import cdiv, next_power_of_2
 
 TILE = 1024  # elements per program
 
@@ -77,10 +78,10 @@ def _launch(srcs, dsts, C, G, fmt):
     src1, src2 = srcs[0], srcs[-1]
     dst1, dst2 = dsts[0], dsts[-1]
     channels_last = fmt == torch.channels_last
-    block_c = max(2, min(triton.next_power_of_2(C), 64 if channels_last else 4))
+    block_c = max(2, min(next_power_of_2(C), 64 if channels_last else 4))
     block_p = TILE // block_c
-    tiles = triton.cdiv(H * W, block_p)
-    _shuffle_kernel[(N * tiles, triton.cdiv(C, block_c))](
+    tiles = cdiv(H * W, block_p)
+    _shuffle_kernel[(N * tiles, cdiv(C, block_c))](
         src1, src2, dst1, dst2,
         C, src1.shape[1], dst1.shape[1], G, C // G, W, H * W, tiles,
         *src1.stride(), *src2.stride(), *dst1.stride(), *dst2.stride(),

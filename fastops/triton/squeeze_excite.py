@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .. import _checks, _layout, reference
-from ._pointwise import needs_manual_bf16_rounding
+from ._pointwise import cdiv, needs_manual_bf16_rounding, next_power_of_2
 from .activation import _load, _store
 from .bn_act import _addressable, _pixel_strides
 
@@ -87,7 +87,7 @@ def _scale_kernel(
 
 
 def _blocks(C, channels_fast):
-    block_c = max(2, min(triton.next_power_of_2(C), 64 if channels_fast else 4))
+    block_c = max(2, min(next_power_of_2(C), 64 if channels_fast else 4))
     return block_c, TILE // block_c
 
 
@@ -102,7 +102,7 @@ def _reduce(x, g, fmt):
     else:
         g, sg = _addressable(g, fmt)
     block_c, block_p = _blocks(C, sx[1] < sx[2])
-    _reduce_kernel[(N, triton.cdiv(C, block_c))](
+    _reduce_kernel[(N, cdiv(C, block_c))](
         x, g, out, C, H * W, N, *sx, *sg,
         HAS_G=out.shape[0] == 2, FP64=x.dtype == torch.float64, BLOCK_C=block_c, BLOCK_P=block_p,
     )
@@ -116,8 +116,8 @@ def _scale(x, s, b, fmt):
     x, sx = _addressable(x, fmt)
     sy = _pixel_strides(y)
     block_c, block_p = _blocks(C, sy[1] < sy[2])
-    tiles = triton.cdiv(H * W, block_p)
-    _scale_kernel[(N * tiles, triton.cdiv(C, block_c))](
+    tiles = cdiv(H * W, block_p)
+    _scale_kernel[(N * tiles, cdiv(C, block_c))](
         x, s, s if b is None else b, y, C, H * W, tiles, *sx, *sy,
         HAS_B=b is not None, FP64=x.dtype == torch.float64, BF16_RNE=needs_manual_bf16_rounding(y),
         BLOCK_C=block_c, BLOCK_P=block_p,
