@@ -39,11 +39,14 @@ inline Act parse_act(const char* op, std::string_view act, const char* arg = "ac
 }
 
 // The output (and grad_input) layout: channels_last when x is, else contiguous NCHW. A
-// non-contiguous x counts as channels_last when its channel stride is smaller than its width stride.
+// non-contiguous x counts as channels_last when its channel stride is smaller than the stride of
+// its innermost spatial dimension with more than one element (the width; the height when the
+// width is 1, whose stride is arbitrary then; the width again for a 1x1 map).
 inline bool output_channels_last(const at::Tensor& x) {
   if (x.is_contiguous()) return false;
   if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return true;
-  return x.stride(1) < x.stride(3);
+  const int64_t inner = x.size(3) == 1 && x.size(2) != 1 ? 2 : 3;
+  return x.stride(1) < x.stride(inner);
 }
 
 inline void check_param_vector(const char* op, const char* arg, const c10::optional<at::Tensor>& t,

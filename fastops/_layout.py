@@ -27,9 +27,12 @@ def as_flat_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def conv_output_format(x: torch.Tensor) -> torch.memory_format:
     """The memory format of a convolution op's output (and input gradient): channels_last when
     x is, else contiguous. A non-contiguous x counts as channels_last when its channel stride is
-    smaller than its width stride. Same rule as csrc/dwconv.h's output_channels_last."""
+    smaller than the stride of its innermost spatial dimension with more than one element (the
+    width; the height when the width is 1, whose stride is arbitrary then; the width again for a
+    1x1 map). Same rule as csrc/dwconv.h's output_channels_last."""
     if x.is_contiguous():
         return torch.contiguous_format
     if x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
-    return torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
+    inner = 2 if x.shape[3] == 1 and x.shape[2] != 1 else 3
+    return torch.channels_last if x.stride(1) < x.stride(inner) else torch.contiguous_format

@@ -36,6 +36,24 @@ def test_channel_shuffle_every_group_count(device, c, layout):
         assert torch.equal(y, nn.ChannelShuffle(g)(x.contiguous())), g
 
 
+def test_width_one_channels_last_view_gives_channels_last(device):
+    """A channel slice of a channels_last map of width 1 made by unsqueeze: the width's stride is
+    1 there, as the channels' is (a size-1 dimension's stride is arbitrary). It counts as
+    channels_last, as its other strides say, and the outputs are channels_last."""
+    x = randn((2, 7, 24), device=device).permute(0, 2, 1)[:, :12].unsqueeze(3)  # [2, 12, 7, 1]
+    assert x.stride() == (168, 1, 24, 1) and not x.is_contiguous(memory_format=torch.channels_last)
+    assert fastops._layout.conv_output_format(x) == torch.channels_last
+    cl = torch.channels_last
+    y = fastops.ops.channel_shuffle(x, 3)
+    assert y.is_contiguous(memory_format=cl) and torch.equal(y, reference.channel_shuffle(x, 3))
+    y = fastops.ops.concat_shuffle(x, x * 2)
+    assert y.is_contiguous(memory_format=cl) and torch.equal(y, reference.concat_shuffle(x, x * 2))
+    w = randn((12, 1, 3, 1), device=device)
+    y = fastops.ops.dwconv_bn_act(x, w, None, None, 1, (1, 0), 1, "relu")
+    assert y.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(y, reference.dwconv_bn_act(x, w, None, None, 1, (1, 0), 1, "relu"))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", ((1, 4, 1, 1), (3, 24, 7, 9), (1, 232, 14, 14)))
 @pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
