@@ -60,7 +60,8 @@ TORCH_LIBRARY(fastops, m) {
       "pwconv_bn_act(Tensor x, Tensor weight, Tensor? scale, Tensor? shift, int groups, str act, "
       "Tensor? residual, int shuffle_groups) -> Tensor");
   // -> (grad_x, grad_weight, grad_scale, grad_shift, grad_residual); grad_scale / grad_shift as if
-  // scale = 1 / shift = 0 where None, grad_residual as if residual were given (zeros' gradient).
+  // scale = 1 / shift = 0 where None; grad_residual empty (0 elements, nothing computed for it)
+  // where residual is None.
   m.def(
       "pwconv_bn_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? scale, Tensor? shift, "
       "int groups, str act, Tensor? residual, int shuffle_groups) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
@@ -62,6 +63,10 @@ inline PwShape check_pwconv(const char* op, const at::Tensor& x, const at::Tenso
                     shuffle_groups, ") does not divide the ", s.OC, " output channels");
   return s;
 }
+
+// pwconv_bn_act_backward's grad_residual where the op has no residual: empty (the schema's Tensor
+// return cannot be None), so that no backend writes an output-sized tensor nobody reads.
+inline at::Tensor no_grad_residual(const at::Tensor& x) { return at::empty({0}, x.options()); }
 
 // grad_out of a backward of the op that check_pwconv described: defined, the output's shape, x's
 // kind.

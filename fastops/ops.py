@@ -304,7 +304,8 @@ def register_pwconv(ns, autograd=True):
         fmt = _layout.conv_output_format(x)
         oc = weight.shape[0]
         return (torch.empty_like(x, memory_format=fmt), torch.empty_like(weight, memory_format=torch.contiguous_format),
-                _like_vector(scale, oc, x), _like_vector(shift, oc, x), x.new_empty(shape).contiguous(memory_format=fmt))
+                _like_vector(scale, oc, x), _like_vector(shift, oc, x),
+                x.new_empty(shape).contiguous(memory_format=fmt) if residual is not None else x.new_empty(0))
 
     if hasattr(getattr(torch.ops, ns), "pwconv_backward"):  # the C++ ops' plain-conv backward
         @torch.library.register_fake(f"{ns}::pwconv_backward")

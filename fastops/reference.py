@@ -202,14 +202,16 @@ def pwconv_bn_act(x, weight, scale=None, shift=None, groups=1, act="none", resid
 def pwconv_bn_act_backward(grad_out, x, weight, scale=None, shift=None, groups=1, act="none", residual=None,
                            shuffle_groups=1):
     """(grad_x, grad_weight, grad_scale, grad_shift, grad_residual) of pwconv_bn_act; the
-    gradients of a missing scale / shift / residual as if scale = 1, shift = 0, residual = 0."""
+    gradients of a missing scale / shift as if scale = 1, shift = 0; grad_residual empty (0
+    elements) without a residual."""
     oc = weight.shape[0]
     sc, sh = _vector(scale, oc, 1.0, x), _vector(shift, oc, 0.0, x)
     res = residual if residual is not None else torch.zeros_like(grad_out)
     fn = lambda x_, w_, s_, b_, r_: pwconv_bn_act(x_, w_, s_, b_, groups, act, r_, shuffle_groups)  # noqa: E731
     gx, gw, gs, gb, gr = _grads(fn, (x, weight, sc, sh, res), grad_out)
     fmt = conv_output_format(x)
-    return gx.contiguous(memory_format=fmt), gw, gs, gb, gr.contiguous(memory_format=fmt)
+    gr = gr.contiguous(memory_format=fmt) if residual is not None else x.new_empty(0)
+    return gx.contiguous(memory_format=fmt), gw, gs, gb, gr
 
 
 def separable_conv_bn_act(x, dw_weight, pw_weight, scale=None, shift=None, stride=1, padding=0, dilation=1,

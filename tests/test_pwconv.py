@@ -31,8 +31,8 @@ def _d(t):
 
 def _close(actual, expected, dtype):
     tol = TOL[dtype]
-    torch.testing.assert_close(actual.double(), expected, rtol=tol["rtol"],
-                               atol=tol["rtol"] * max(1.0, expected.abs().max().item()))
+    top = expected.abs().max().item() if expected.numel() else 0.0  # grad_residual without a residual: empty
+    torch.testing.assert_close(actual.double(), expected, rtol=tol["rtol"], atol=tol["rtol"] * max(1.0, top))
 
 
 @pytest.mark.parametrize("c,oc,groups", ((24, 144, 1), (17, 33, 1), (240, 60, 3), (12, 12, 4), (6, 10, 2), (8, 8, 8)))
@@ -183,6 +183,23 @@ def test_gradcheck(device):
     xc = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     assert torch.autograd.gradcheck(lambda x_, w_: fastops.ops.pwconv_bn_act(x_, w_, None, None, 1, "sigmoid"),
                                     (xc, randn((5, 6, 1, 1), torch.float64, device).requires_grad_()))
+
+
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("kind", ("plain_act_none", "tiled", "generic_bf16"))
+def test_backward_no_residual_gives_empty_grad_residual(device, kind, layout):
+    """Without a residual, pwconv_bn_act_backward returns an empty grad_residual (nothing is
+    written for it) on every path: no activation (gradients straight from grad_out), the tiled
+    float32 path, the generic one (bfloat16); the other four gradients as the reference's."""
+    dtype = torch.bfloat16 if kind == "generic_bf16" else torch.float32
+    act = "none" if kind == "plain_act_none" else "relu6"
+    x, w, sc, sh, _ = _case(device, dtype, 2, 12, 10, 6, 5, 1, True, False, layout)
+    g = make_layout(randn((2, 10, 6, 5), dtype, device), layout)
+    got = torch.ops.fastops.pwconv_bn_act_backward(g, x, w, sc, sh, 1, act, None, 1)
+    want = reference.pwconv_bn_act_backward(g.double(), x.double(), w.double(), _d(sc), _d(sh), 1, act, None, 1)
+    assert got[4].shape == (0,) and want[4].shape == (0,) and got[4].dtype == dtype
+    for a, b in zip(got[:4], want[:4]):
+        _close(a, b, dtype)
 
 
 def _opcheck_cases(device):

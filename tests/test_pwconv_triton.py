@@ -59,9 +59,12 @@ def _run(N, C, OC, H, W, groups=1, act="silu", dtype=torch.float32, layout="cont
     assert gw.shape == weight.shape and gw.dtype == dtype and gw.is_contiguous()
     assert gs.shape == gb.shape == (OC,)
     assert gs.dtype == (param_dtype if has_scale else dtype) and gb.dtype == (param_dtype if has_shift else dtype)
-    assert gr.shape == y.shape and gr.dtype == dtype and gr.is_contiguous(memory_format=fmt)
-    for name, actual, exp in zip(("grad_x", "grad_weight", "grad_scale", "grad_shift", "grad_residual"), grads,
-                                 expected):
+    if has_res:
+        assert gr.shape == y.shape and gr.dtype == dtype and gr.is_contiguous(memory_format=fmt)
+    else:  # without a residual nothing is computed for it
+        assert gr.shape == (0,) and gr.dtype == dtype
+    names = ("grad_x", "grad_weight", "grad_scale", "grad_shift") + (("grad_residual",) if has_res else ())
+    for name, actual, exp in zip(names, grads, expected):
         try:
             check_close_to_f64(actual, exp, actual.dtype, reduced=name != "grad_residual")
         except AssertionError as e:
@@ -153,13 +156,27 @@ def test_shuffle_is_channel_shuffle():
         assert torch.equal(shuffled, reference.channel_shuffle(plain, sg))
 
 
+@pytest.mark.parametrize("act", ("none", "hardswish"))
+def test_backward_no_residual_gives_empty_grad_residual(act):
+    x = triton_input((2, 8, 5, 6), torch.float32, "contiguous")
+    w = triton_input((6, 8, 1, 1), torch.float32, scale=8 ** -0.5)
+    sc, sh = triton_input((6,), torch.float32, offset=1.0), triton_input((6,), torch.float32)
+    g = triton_input((2, 6, 5, 6), torch.float32, "contiguous")
+    got = pwconv.backward(g, x, w, sc, sh, 1, act, None, 1)
+    want = reference.pwconv_bn_act_backward(g.double(), x.double(), w.double(), sc.double(), sh.double(), 1, act,
+                                            None, 1)
+    assert got[4].shape == (0,) and want[4].shape == (0,)
+    for a, b in zip(got[:4], want[:4]):
+        check_close_to_f64(a, b, torch.float32, reduced=True)
+
+
 def test_empty_batch():
     x = torch.randn(0, 4, 3, 3, device=TRITON_DEVICE)
     w = torch.randn(6, 2, 1, 1, device=TRITON_DEVICE)
     y = pwconv.forward(x, w, None, None, 2, "relu", None, 3)
     assert y.shape == (0, 6, 3, 3)
     gx, gw, gs, gb, gr = pwconv.backward(y, x, w, None, None, 2, "relu", None, 3)
-    assert gx.shape == x.shape and gw.shape == w.shape and gs.shape == gb.shape == (6,) and gr.shape == y.shape
+    assert gx.shape == x.shape and gw.shape == w.shape and gs.shape == gb.shape == (6,) and gr.shape == (0,)
     assert not gw.any() and not gs.any() and not gb.any()
 
 

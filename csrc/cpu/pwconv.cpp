@@ -385,8 +385,9 @@ at::Tensor pwconv_bn_act(const at::Tensor& x, const at::Tensor& weight, const c1
 // The backward's fused pass, along one run of n values that share a layout: z, res, gr, gz at
 // stride 1, g (already at the conv channel's position) at stride 1; per-element parameters
 // sc / sh (channels_last: the run is a pixel's channels) or one value broadcast (NCHW: the run
-// is part of a plane, sc_step = 0). gu = act'(u) * g, u = z * sc + sh (+ res); writes gr = gu,
-// gz = gu * sc and adds gu, gu * z into the float accumulators a1, a2 (same stepping as sc).
+// is part of a plane, sc_step = 0). gu = act'(u) * g, u = z * sc + sh (+ res); writes gr = gu
+// (when there is a residual: gr is null without one), gz = gu * sc and adds gu, gu * z into the
+// float accumulators a1, a2 (same stepping as sc).
 template <Act A, typename E, typename T>
 FASTOPS_CPU_INLINE void backward_run_act(const T* z, const E* g, const E* res, E* gr, T* gz, int64_t n, const T* sc,
                                          const T* sh, int64_t step, T* a1, T* a2) {
@@ -400,7 +401,7 @@ FASTOPS_CPU_INLINE void backward_run_act(const T* z, const E* g, const E* res, E
       f32x16 u = zv * scv + shv;
       if (res) u += load16(res + i);
       const f32x16 gu = act_bwd<A>(load16(g + i), u);
-      store16(gr + i, gu);
+      if (gr) store16(gr + i, gu);
       store16(gz + i, gu * scv);
       if (step) {
         store16(a1 + i, load16(a1 + i) + gu);
@@ -416,7 +417,7 @@ FASTOPS_CPU_INLINE void backward_run_act(const T* z, const E* g, const E* res, E
     const T c = sc[step ? i : 0], b = sh[step ? i : 0];
     const T u = z[i] * c + b + (res ? T(value(res[i])) : T(0));
     const T gu = act_bwd<A>(T(value(g[i])), u);
-    put(gr + i, gu);
+    if (gr) put(gr + i, gu);
     gz[i] = gu * c;
     a1[step ? i : 0] += gu, a2[step ? i : 0] += gu * z[i];
   }
@@ -462,8 +463,8 @@ void pass_plane_run(const T* z, const E* g, const E* res, E* gr, T* gz, int64_t 
   for (int64_t j = 0; j < len; j += kSumChunk * L) {
     const int64_t n = std::min(len - j, kSumChunk * L);
     T a1 = 0, a2 = 0;
-    bwd_run<E>(e.act, z + j, g + j, res ? res + j : nullptr, gr + j, gz + j, n, e.scale + o, e.shift + o, 0, &a1,
-               &a2);
+    bwd_run<E>(e.act, z + j, g + j, res ? res + j : nullptr, gr ? gr + j : nullptr, gz + j, n, e.scale + o,
+               e.shift + o, 0, &a1, &a2);
     d1 += a1, d2 += a2;
   }
 }
@@ -486,8 +487,8 @@ void pass_pixel_rows(const T* z, const E* g, const E* res, E* gr, T* gz, int64_t
         for (int64_t o = 0; o < OC; ++o) grow[o] = gq[dest[o]];
         gq = grow;
       }
-      bwd_run<E>(e.act, z + q * OC, gq, res ? res + q * OC : nullptr, gr + q * OC, gz + q * OC, OC, e.scale, e.shift,
-                 1, a1, a2);
+      bwd_run<E>(e.act, z + q * OC, gq, res ? res + q * OC : nullptr, gr ? gr + q * OC : nullptr, gz + q * OC, OC,
+                 e.scale, e.shift, 1, a1, a2);
     }
     for (int64_t o = 0; o < OC; ++o) d1[o] += a1[o], d2[o] += a2[o];
   }
@@ -510,8 +511,8 @@ void backward_pass(const T* z, const E* g, const E* res, E* gr, T* gz, const PwS
         double d1 = 0, d2 = 0;
         for (int64_t n = 0; n < s.N; ++n) {
           const int64_t zi = (n * OC + o) * HW;
-          pass_plane_run<E>(z + zi, g + (n * OC + dest[o]) * HW, res ? res + zi : nullptr, gr + zi, gz + zi, HW, e, o,
-                            d1, d2);
+          pass_plane_run<E>(z + zi, g + (n * OC + dest[o]) * HW, res ? res + zi : nullptr, gr ? gr + zi : nullptr,
+                            gz + zi, HW, e, o, d1, d2);
         }
         sum_gu[o] = d1, sum_guz[o] = d2;
       }
@@ -526,8 +527,8 @@ void backward_pass(const T* z, const E* g, const E* res, E* gr, T* gz, const PwS
     for (int64_t t = b; t < end; ++t) {
       double* d1 = part.data() + 2 * t * OC;
       const int64_t p0 = t * rows, p = p0 * OC;
-      pass_pixel_rows<E>(z + p, g + p, res ? res + p : nullptr, gr + p, gz + p, std::min(P, p0 + rows) - p0, e,
-                         dest.data(), grow.data(), a1.data(), a2.data(), d1, d1 + OC);
+      pass_pixel_rows<E>(z + p, g + p, res ? res + p : nullptr, gr ? gr + p : nullptr, gz + p,
+                         std::min(P, p0 + rows) - p0, e, dest.data(), grow.data(), a1.data(), a2.data(), d1, d1 + OC);
     }
   });
   for (int64_t t = 0; t < chunks; ++t)
@@ -610,7 +611,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
   const int64_t C = s.C, OC = s.OC, HW = s.H * s.W, P = s.N * HW;
   const at::Tensor w = weight.to(at::kFloat).contiguous();
   const float *xp = x.const_data_ptr<float>(), *gp = g.const_data_ptr<float>(), *wp = w.const_data_ptr<float>();
-  float* grp = gr.mutable_data_ptr<float>();
+  float* grp = res != nullptr ? gr.mutable_data_ptr<float>() : nullptr;  // no grad_residual without a residual
   at::Tensor gx = at::empty({s.N, C, s.H, s.W}, x.options(), layout_of(cl));
   float* gxp = gx.mutable_data_ptr<float>();
   const Tiles tiles(s, cl, C + 2 * OC);  // x_t, z and gz in kTileBytes
@@ -628,8 +629,8 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
         const int64_t p0 = t * tile, rows = std::min(tile, P - p0);
         const float* xt = xp + p0 * C;
         gemm_rowmajor(false, true, rows, OC, C, xt, C, wp, C, z.data(), OC);
-        pass_pixel_rows<float>(z.data(), gp + p0 * OC, res ? res + p0 * OC : nullptr, grp + p0 * OC, gz.data(), rows,
-                               e, dest.data(), grow.data(), a1.data(), a2.data(), d1, d2);
+        pass_pixel_rows<float>(z.data(), gp + p0 * OC, res ? res + p0 * OC : nullptr, grp ? grp + p0 * OC : nullptr,
+                               gz.data(), rows, e, dest.data(), grow.data(), a1.data(), a2.data(), d1, d2);
         gemm_rowmajor(false, false, rows, C, OC, gz.data(), OC, wp, C, gxp + p0 * C, C);
         gemm_rowmajor(true, false, OC, C, rows, gz.data(), OC, xt, C, gw_part, C, beta);
       } else {
@@ -639,7 +640,7 @@ std::tuple<at::Tensor, at::Tensor> tiled_backward_f32(const at::Tensor& x, const
         for (int64_t o = 0; o < OC; ++o) {
           const int64_t row = (n * OC + o) * HW + j0;
           pass_plane_run<float>(z.data() + o * cols, gp + (n * OC + dest[o]) * HW + j0, res ? res + row : nullptr,
-                                grp + row, gz.data() + o * cols, cols, e, o, d1[o], d2[o]);
+                                grp ? grp + row : nullptr, gz.data() + o * cols, cols, e, o, d1[o], d2[o]);
         }
         gemm_rowmajor(true, false, C, cols, OC, wp, C, gz.data(), cols, gxp + n * C * HW + j0, HW);
         gemm_rowmajor(false, true, OC, C, cols, gz.data(), cols, xt, HW, gw_part, C, beta);
@@ -744,11 +745,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
     const auto [gx, G] = plain_grads(g, x, weight.to(acc).mul(sc.view({-1, 1, 1, 1})), s, cl);  // G: weight-free
     const auto [sum_gz, sum_g] = plain_conv_affine_sums(weight, G, g);
     const at::Tensor gw = G.to(acc).mul(sc.view({-1, 1, 1, 1})).to(weight.scalar_type());
-    return {gx, gw, param_grad(sum_gz, scale, x), param_grad(sum_g, shift, x), g.clone(layout_of(cl))};
+    return {gx, gw, param_grad(sum_gz, scale, x), param_grad(sum_g, shift, x),
+            has_res ? g.clone(layout_of(cl)) : no_grad_residual(x)};
   }
   if (x.scalar_type() == at::kFloat && groups == 1 && sgemm_ && s.N * s.H * s.W > 0 && s.C < kIntLimit &&
       s.OC < kIntLimit && s.H * s.W < kIntLimit) {
-    at::Tensor gr = at::empty({s.N, s.OC, s.H, s.W}, x.options(), layout_of(cl));
+    at::Tensor gr = has_res ? at::empty({s.N, s.OC, s.H, s.W}, x.options(), layout_of(cl)) : no_grad_residual(x);
     std::vector<double> sum_gu(s.OC, 0.0), sum_guz(s.OC, 0.0);
     const Epi<float> e{sc.data_ptr<float>(), sh.data_ptr<float>(), s.OC, s.shuffle, s.OC / s.shuffle, a};
     const auto [gx, gw] = tiled_backward_f32(x, g, has_res ? res.const_data_ptr<float>() : nullptr, weight, s, cl, e,
@@ -756,7 +758,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
     return {gx, gw, param_grad(sum_guz, scale, x), param_grad(sum_gu, shift, x), gr};
   }
   const at::Tensor z = conv_z(x, weight, groups, cl, acc);
-  at::Tensor gr = at::empty({s.N, s.OC, s.H, s.W}, x.options(), layout_of(cl));
+  at::Tensor gr = has_res ? at::empty({s.N, s.OC, s.H, s.W}, x.options(), layout_of(cl)) : no_grad_residual(x);
   at::Tensor gz = at::empty_like(z);
   std::vector<double> sum_gu(s.OC, 0.0), sum_guz(s.OC, 0.0);
   dispatch_storage(op, x.scalar_type(), [&](auto tag) {
@@ -765,7 +767,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
     const Epi<T> e{sc.data_ptr<T>(), sh.data_ptr<T>(), s.OC, s.shuffle, s.OC / s.shuffle, a};
     const E* rp = has_res ? reinterpret_cast<const E*>(res.data_ptr()) : nullptr;
     backward_pass<E, T>(z.data_ptr<T>(), reinterpret_cast<const E*>(g.data_ptr()), rp,
-                        reinterpret_cast<E*>(gr.data_ptr()), gz.data_ptr<T>(), s, cl, e, sum_gu.data(), sum_guz.data());
+                        has_res ? reinterpret_cast<E*>(gr.data_ptr()) : nullptr, gz.data_ptr<T>(), s, cl, e, sum_gu.data(),
+                        sum_guz.data());
   });
   at::Tensor gx, gw;
   if (gemm_grads) {

@@ -639,7 +639,8 @@ at::Tensor pwconv_forward(const char* op, const PwShape& s, const at::Tensor& x,
 }
 
 // The backward with the input-gradient layout given (cl) -> (grad_x, grad_weight, grad_scale,
-// grad_shift, grad_residual); grad_residual is left undefined unless want_grad_residual.
+// grad_shift, grad_residual); grad_residual is left undefined unless want_grad_residual (the op
+// wants it when it has a residual, and returns no_grad_residual otherwise).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_backward(
     const char* op, const PwShape& s, const at::Tensor& grad_out, const at::Tensor& x,
     const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
@@ -708,8 +709,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
     std::string_view act, const c10::optional<at::Tensor>& residual, int64_t shuffle_groups) {
   constexpr const char* op = "pwconv_bn_act_backward";
   const PwShape s = check_pwconv(op, x, weight, scale, shift, groups, residual, shuffle_groups);
-  return pwconv_backward(op, s, grad_out, x, weight, scale, shift, parse_act(op, act), residual,
-                         output_channels_last(x), /*want_grad_residual=*/true);
+  const bool has_residual = residual.has_value() && residual->defined();
+  auto grads = pwconv_backward(op, s, grad_out, x, weight, scale, shift, parse_act(op, act), residual,
+                               output_channels_last(x), /*want_grad_residual=*/has_residual);
+  if (!has_residual) std::get<4>(grads) = no_grad_residual(x);
+  return grads;
 }
 
 // The plain convolution's (x, weight) gradients: the same kernels, without the scale, shift

@@ -246,14 +246,16 @@ def forward(x, weight, scale, shift, groups, act, residual, shuffle_groups):
 
 def backward(grad_out, x, weight, scale, shift, groups, act, residual, shuffle_groups):
     """(grad_x, grad_weight, grad_scale, grad_shift, grad_residual); grad_scale / grad_shift as if
-    scale = 1 / shift = 0 where None (in x's dtype then), grad_residual as if residual were
-    given."""
+    scale = 1 / shift = 0 where None (in x's dtype then), grad_residual empty (0 elements) where
+    residual is None."""
     op = f"{OP}_backward"
     shape = _checks.check_pwconv(op, x, weight, scale, shift, groups, act, residual, shuffle_groups)
     check_grad_out(op, grad_out, shape, x)
     fmt = _layout.conv_output_format(x)
     gz, sums, grad_residual = _backward_elementwise(grad_out, x, weight, scale, shift, groups, act, residual,
-                                                    shuffle_groups, fmt)
+                                                    shuffle_groups, fmt, write_grad_residual=residual is not None)
+    if grad_residual is None:
+        grad_residual = x.new_empty(0)
     grad_x, grad_w = _input_weight_grads(gz, x, weight, groups)
     return (grad_x.to(x.dtype).contiguous(memory_format=fmt), grad_w.to(weight.dtype).contiguous(),
             sums[1].to(x.dtype if scale is None else scale.dtype, copy=True),
