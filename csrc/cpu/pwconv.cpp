@@ -185,13 +185,23 @@ constexpr int64_t kTileBytes = 1024 * 1024;
 // sgemm's sizes and strides are int: the tiled paths take channel counts and planes below this.
 constexpr int64_t kIntLimit = int64_t(1) << 30;
 
+// Pixels per tile: input + result of a tile (per_pixel_floats a pixel) within kTileBytes, 256 to
+// 2048 pixels, a multiple of 16; then evened out over the `extent` pixels it cuts (an image's
+// plane in NCHW, all pixels in channels_last), so that the tiles, which run in parallel, are of
+// about one size: 361 pixels (19x19) as 192 + 169 rather than 256 + 105.
+int64_t even_tile(int64_t per_pixel_floats, int64_t extent) {
+  const int64_t most = std::clamp<int64_t>(kTileBytes / int64_t(sizeof(float) * per_pixel_floats), 256, 2048) / 16 * 16;
+  const int64_t tiles = std::max<int64_t>(1, (extent + most - 1) / most);
+  return std::min(most, ((extent + tiles - 1) / tiles + 15) / 16 * 16);
+}
+
 // float32 with sgemm: tiles of pixels, GEMM + epilogue per tile, tiles in parallel.
 void forward_tiled(const at::Tensor& x, const at::Tensor& w, const float* res, float* y, const PwShape& s, bool cl,
                    const Epi<float>& e) {
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   const int64_t C = s.C, OC = s.OC, G = s.groups, Cg = s.Cg(), OCg = s.OCg(), HW = s.H * s.W;
-  const int64_t tile = std::clamp<int64_t>(kTileBytes / int64_t(sizeof(float) * (C + OC)), 256, 2048) / 16 * 16;
+  const int64_t tile = even_tile(C + OC, cl ? s.N * HW : HW);
   if (cl) {
     const int64_t P = s.N * HW, tiles = (P + tile - 1) / tile;
     at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t end) {
@@ -582,7 +592,7 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_grads(const at::Tensor& gz, const at:
 struct Tiles {
   int64_t tile, per_image, count, parts;
   Tiles(const PwShape& s, bool cl, int64_t per_pixel_floats)
-      : tile(std::clamp<int64_t>(kTileBytes / int64_t(sizeof(float) * per_pixel_floats), 256, 2048) / 16 * 16),
+      : tile(even_tile(per_pixel_floats, cl ? s.N * s.H * s.W : s.H * s.W)),
         per_image(cl ? 0 : (s.H * s.W + tile - 1) / tile),
         count(cl ? (s.N * s.H * s.W + tile - 1) / tile : s.N * per_image),
         parts(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count))) {}
