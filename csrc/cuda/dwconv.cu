@@ -722,17 +722,22 @@ void dw_cl_vec_forward(const at::Tensor& xc, const at::Tensor& weight, const at:
   });
 }
 
-at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
-                              const c10::optional<at::Tensor>& scale,
-                              const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef dilation,
-                              std::string_view act_name) {
-  constexpr const char* op = "dwconv_bn_act";
+// The forward. Host = false: the CUDA op (dw_cl_vec_kernel where cl_vec_usable, else the tiled
+// kernel). Host = true: the test op fastops_testing::dwconv_bn_act_cl_vec, dw_cl_vec_kernel's
+// per-thread code run on the host on CPU tensors, for the cases cl_vec_usable takes only.
+template <bool Host>
+at::Tensor dwconv_forward(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                          const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                          std::string_view act_name) {
+  if constexpr (Host)
+    TORCH_CHECK_VALUE(x.device().is_cpu(), "fastops_testing.", op, ": emulates the CUDA kernel on CPU tensors only");
   const DwConvShape s = check_dwconv(op, x, weight, scale, shift, stride, padding, dilation);
   const Act act = parse_act(op, act_name);
   const bool cl = output_channels_last(x);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const c10::cuda::CUDAGuard guard(x.device());
+  c10::optional<c10::cuda::CUDAGuard> guard;
+  if constexpr (!Host) guard.emplace(x.device());
   at::Tensor y = at::empty({s.N, s.OC, s.OH, s.OW}, x.options().memory_format(fmt));
   if (y.numel() == 0) return y;
 
@@ -743,14 +748,17 @@ at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
   const at::Tensor sc = param_as(scale, acc);
   const at::Tensor sh = param_as(shift, acc);
   if (cl_vec_usable(g, cl, xc)) {
-    dw_cl_vec_forward</*Host=*/false>(xc, weight, sc, sh, g, act, y);
+    dw_cl_vec_forward<Host>(xc, weight, sc, sh, g, act, y);
     return y;
   }
+  TORCH_CHECK_VALUE(!Host, "fastops_testing.", op,
+                    ": dw_cl_vec_kernel does not take this case (NHWC, multiplier 1, channels a "
+                    "multiple of 16 bytes' worth, aligned data)");
   const at::Tensor wc = weight.contiguous();
   const Tiling t = choose_tiling(op, g, cl, K, c10::elementSize(acc), /*bwd=*/false);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwconv_bn_act", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     dispatch_act(act, [&](auto act_tag) {
       constexpr Act A = decltype(act_tag)::value;
@@ -767,6 +775,15 @@ at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
     });
   });
   return y;
+}
+
+at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& scale,
+                              const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation,
+                              std::string_view act_name) {
+  return dwconv_forward</*Host=*/false>("dwconv_bn_act", x, weight, scale, shift, stride, padding, dilation,
+                                        act_name);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backward_cuda(
@@ -887,29 +904,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   return std::make_tuple(grad_x, grad_weight, grad_scale, grad_shift);
 }
 
-// fastops_testing::dwconv_bn_act_cl_vec: dw_cl_vec_kernel's per-thread code run on the host, on
-// CPU tensors, for the cases cl_vec_usable takes (it raises for the others).
+// fastops_testing::dwconv_bn_act_cl_vec (see dwconv_forward).
 at::Tensor dwconv_bn_act_cl_vec_host(const at::Tensor& x, const at::Tensor& weight,
                                      const c10::optional<at::Tensor>& scale,
                                      const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
                                      at::IntArrayRef padding, at::IntArrayRef dilation,
                                      std::string_view act_name) {
-  constexpr const char* op = "dwconv_bn_act_cl_vec";
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "fastops_testing.", op, ": emulates the CUDA kernel on CPU tensors only");
-  const DwConvShape s = check_dwconv(op, x, weight, scale, shift, stride, padding, dilation);
-  const Act act = parse_act(op, act_name);
-  const bool cl = output_channels_last(x);
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  at::Tensor y = at::empty({s.N, s.OC, s.OH, s.OW}, x.options().memory_format(fmt));
-  if (y.numel() == 0) return y;
-  const Geom g = make_geom(op, s);
-  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
-  const at::Tensor xc = x.contiguous(fmt);
-  TORCH_CHECK_VALUE(cl_vec_usable(g, cl, xc), "fastops_testing.", op,
-                    ": dw_cl_vec_kernel does not take this case (NHWC, multiplier 1, channels a "
-                    "multiple of 16 bytes' worth, aligned data)");
-  dw_cl_vec_forward</*Host=*/true>(xc, weight, param_as(scale, acc), param_as(shift, acc), g, act, y);
-  return y;
+  return dwconv_forward</*Host=*/true>("dwconv_bn_act_cl_vec", x, weight, scale, shift, stride, padding, dilation,
+                                       act_name);
 }
 
 }  // namespace
