@@ -21,8 +21,11 @@ BACKENDS = ("auto", "cuda", "triton")
 
 # Ops whose CUDA C++ kernels passed their CUDA tests on a real GPU *and* beat the Triton kernels
 # in a committed GPU benchmark (bench/results/). Only those may be "auto"'s choice; add an entry
-# only together with the results file that shows both. No GPU has run fastops' CUDA kernels yet,
-# so "auto" means Triton everywhere.
+# only together with the results file that shows both. The two H200 runs of 2026-11-30
+# (bench/results/cuda-2026-11-30-*) found the CUDA kernels faster than Triton for most ops but
+# four of their tests failing (C++ checks that raise crashed torch 2.11 there), and the channels_last
+# depthwise forward has new kernels in both backends since, not yet run on a GPU: so "auto" still
+# means Triton everywhere.
 AUTO_PREFERS_CUDA: dict = {}
 
 _current = "auto"
