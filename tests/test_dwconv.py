@@ -223,7 +223,8 @@ CL_VEC_GEOMETRIES = [
 def _check_cl_vec_cases(device, geom, dtype, run):
     k, s, d, p, (h, w) = geom
     lanes = 16 // torch.empty((), dtype=dtype).element_size()
-    for n, c, act, affine in ((2, 3 * lanes, "relu6", True), (1, lanes, "hardswish", False), (3, 2 * lanes, "silu", True)):
+    for n, c, act, affine in ((2, 3 * lanes, "relu6", True), (1, lanes, "hardswish", False),
+                              (3, 2 * lanes, "silu", True)):
         x, weight, scale, shift = _case(device, dtype, n, c, h, w, k, affine=affine, layout="channels_last")
         if dtype == torch.float64 and affine:
             scale, shift = scale.double(), shift.double()

@@ -88,7 +88,8 @@ GEOMETRIES = [
     # is the generic one): channel blocks that divide C (24: 8) or leave a masked tail (20: 8),
     # several pixel tiles of a row (W 70 -> 64-pixel tiles), padding wider than the kernel
     pytest.param(2, 24, 1, 7, 9, 3, 1, 1, 1, "relu6", "channels_last", True, True, id="cl_kernel-k3-s1"),
-    pytest.param(1, 20, 1, 9, 8, 5, 2, 1, 2, "hardswish", "channels_last", True, False, id="cl_kernel-k5-s2-d2-p1-tail"),
+    pytest.param(1, 20, 1, 9, 8, 5, 2, 1, 2, "hardswish", "channels_last", True, False,
+                 id="cl_kernel-k5-s2-d2-p1-tail"),
     pytest.param(1, 16, 1, 3, 70, 3, 1, 4, 1, "silu", "channels_last", False, True, id="cl_kernel-p4-wide_row"),
     pytest.param(1, 8, 1, 10, 11, (3, 5), (3, 1), (2, 0), (1, 2), "relu", "channels_last", True, True,
                  id="cl_kernel-k3x5-s3x1-d1x2"),

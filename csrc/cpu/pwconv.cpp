@@ -777,8 +777,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pwconv_bn
     const Epi<T> e{sc.data_ptr<T>(), sh.data_ptr<T>(), s.OC, s.shuffle, s.OC / s.shuffle, a};
     const E* rp = has_res ? reinterpret_cast<const E*>(res.data_ptr()) : nullptr;
     backward_pass<E, T>(z.data_ptr<T>(), reinterpret_cast<const E*>(g.data_ptr()), rp,
-                        has_res ? reinterpret_cast<E*>(gr.data_ptr()) : nullptr, gz.data_ptr<T>(), s, cl, e, sum_gu.data(),
-                        sum_guz.data());
+                        has_res ? reinterpret_cast<E*>(gr.data_ptr()) : nullptr, gz.data_ptr<T>(), s, cl, e,
+                        sum_gu.data(), sum_guz.data());
   });
   at::Tensor gx, gw;
   if (gemm_grads) {
