@@ -108,25 +108,36 @@ GEOMETRY_DTYPES = [pytest.param(g, torch.float32, id=f"{g.id}-float32") for g in
 @pytest.mark.parametrize("geometry, dtype", GEOMETRY_DTYPES)
 def test_geometry(geometry, dtype):
     N, C, m, H, W, k, stride, padding, dilation, act, layout, has_scale, has_shift = geometry.values
-    _run(N, C, m, H, W, k, stride, padding, dilation, act, dtype, layout, has_scale, has_shift)
+    # the channels_last kernels' geometries with a channels_last grad_out: their backward too
+    grad_layout = "channels_last" if geometry.id.startswith("cl_kernel") else "contiguous"
+    _run(N, C, m, H, W, k, stride, padding, dilation, act, dtype, layout, has_scale, has_shift,
+         grad_layout=grad_layout)
 
 
-@pytest.mark.parametrize("layout, expect_cl_kernel", (("contiguous", False), ("channels_last", True),
-                                                      ("cl_sliced", False)))
-def test_channels_last_kernel_taken(monkeypatch, layout, expect_cl_kernel):
-    """Dense channels_last input with multiplier 1 runs _forward_cl_kernel, other inputs the
-    generic kernel; both against the reference."""
+CL_KERNELS = ("_forward_cl_kernel", "_backward_gz_cl_kernel", "_grad_x_cl_kernel")
+
+
+@pytest.mark.parametrize("layout, grad_layout, expected", (
+    ("contiguous", "contiguous", ()), ("channels_last", "channels_last", CL_KERNELS),
+    ("channels_last", "contiguous", CL_KERNELS[:1]), ("cl_sliced", "channels_last", ())))
+def test_channels_last_kernels_taken(monkeypatch, layout, grad_layout, expected):
+    """Dense channels_last input with multiplier 1 runs _forward_cl_kernel, and with a dense
+    channels_last grad_out the channels_last backward kernels; other inputs the generic kernels;
+    all against the reference."""
     launched = []
-    real = dwconv._forward_cl_kernel
 
     class Spy:
-        def __getitem__(self, grid):
-            launched.append(grid)
-            return real[grid]
+        def __init__(self, name):
+            self.name, self.real = name, getattr(dwconv, name)
 
-    monkeypatch.setattr(dwconv, "_forward_cl_kernel", Spy())
-    _run(1, 12, 1, 6, 5, 3, 1, 1, 1, "relu6", torch.float32, layout)
-    assert bool(launched) == expect_cl_kernel
+        def __getitem__(self, grid):
+            launched.append(self.name)
+            return self.real[grid]
+
+    for name in CL_KERNELS:
+        monkeypatch.setattr(dwconv, name, Spy(name))
+    _run(1, 12, 1, 6, 5, 3, 1, 1, 1, "relu6", torch.float32, layout, grad_layout=grad_layout)
+    assert tuple(launched) == expected
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64), ids=str)
@@ -138,7 +149,8 @@ def test_activations(act, dtype):
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16), ids=str)
 @pytest.mark.parametrize("act", ACTS)
 def test_channels_last_kernel_activations(act, dtype):
-    _run(2, 16, 1, 5, 6, 3, 2, 1, 1, act, dtype, "channels_last", param_dtype=torch.float32)
+    _run(2, 16, 1, 5, 6, 3, 2, 1, 1, act, dtype, "channels_last", param_dtype=torch.float32,
+         grad_layout="channels_last")
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)

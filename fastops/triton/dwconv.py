@@ -16,7 +16,8 @@ rather than per element (the generic kernel divides each flat pixel index by the
 computes 64-bit offsets and masks per element and tap; on an H200 it reached ~11% of the copy
 bandwidth at C144 56x56, N=64, fp16). Not yet timed on a GPU.
 
-Backward runs two kernels:
+Backward runs two kernels (for dense channels_last x and grad_out with multiplier 1, their
+channels_last twins `_backward_gz_cl_kernel` and `_grad_x_cl_kernel`, tiled the same way):
   1. `_backward_gz_kernel`, over the output: recomputes z and u, forms gu = grad_out * act'(u)
      and gz = gu * scale, writes gz (float32 / float64) and per-program partial sums of gu
      (grad_shift), gu * z (grad_scale) and gz * x per tap (grad_weight); torch sums the partials,
@@ -197,13 +198,22 @@ def _forward_cl_kernel(
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     cmask = c < C
     mask = (ow < OW) & cmask
-    if FP64:
-        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
     x_img = x_ptr + n.to(tl.int64) * H * W * C
-    ih0 = oh * SH - PH
-    iw0 = ow * SW - PW
+    z = _conv_cl(x_img, w_ptr, oh * SH - PH, ow * SW - PW, c, cmask, mask, H, W, C, DH, DW, KH, KW, FP64)
+    u, _ = _affine(z, scale_ptr, shift_ptr, c, cmask, HAS_SCALE, HAS_SHIFT, FP64)
+    y_img = n.to(tl.int64) * OH * OW * C
+    _store(y_ptr + y_img, (oh * OW + ow) * C + c, _act(u, ACT), mask, BF16_RNE)
+
+
+@triton.jit
+def _conv_cl(x_img, w_ptr, ih0, iw0, c, cmask, mask, H, W, C, DH, DW, KH: tl.constexpr, KW: tl.constexpr,
+             FP64: tl.constexpr):
+    """z of a channels_last tile: x_img points at the image, ih0 (scalar) and iw0 [BLOCK_W, 1]
+    are the tile's first tap's input row and columns, c [1, BLOCK_C] its channels."""
+    if FP64:
+        acc = tl.zeros(mask.shape, dtype=tl.float64)
+    else:
+        acc = tl.zeros(mask.shape, dtype=tl.float32)
     w_c = w_ptr + c * (KH * KW)
     for kh in tl.static_range(KH):
         ih = ih0 + kh * DH
@@ -214,9 +224,93 @@ def _forward_cl_kernel(
             xv = tl.load(x_row + iw * C, mask=row_mask & (iw >= 0) & (iw < W), other=0.0)
             wv = tl.load(w_c + (kh * KW + kw), mask=cmask, other=0.0)
             acc += xv.to(acc.dtype) * wv.to(acc.dtype)
-    u, _ = _affine(acc, scale_ptr, shift_ptr, c, cmask, HAS_SCALE, HAS_SHIFT, FP64)
-    y_img = n.to(tl.int64) * OH * OW * C
-    _store(y_ptr + y_img, (oh * OW + ow) * C + c, _act(u, ACT), mask, BF16_RNE)
+    return acc
+
+
+@triton.jit
+def _backward_gz_cl_kernel(
+    g_ptr, x_ptr, w_ptr, scale_ptr, shift_ptr, gz_ptr, part_ptr, part_w_ptr,
+    H, W, C, OH, OW, W_BLOCKS,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr, ACT: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    FP64: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """_backward_gz_kernel for dense channels_last x, grad_out and gz, multiplier 1, tiled as
+    _forward_cl_kernel: gz, and this program's partial sums in row (output row) * W_BLOCKS + (w
+    block) of part [rows, 2, C] and part_w [rows, C, KH * KW]."""
+    row = tl.program_id(0)
+    pid_w = tl.program_id(1)
+    n = row // OH
+    oh = row - n * OH
+    ow = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)[:, None]
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    cmask = c < C
+    mask = (ow < OW) & cmask
+    x_img = x_ptr + n.to(tl.int64) * H * W * C
+    ih0 = oh * SH - PH
+    iw0 = ow * SW - PW
+    z = _conv_cl(x_img, w_ptr, ih0, iw0, c, cmask, mask, H, W, C, DH, DW, KH, KW, FP64)
+    u, scale = _affine(z, scale_ptr, shift_ptr, c, cmask, HAS_SCALE, HAS_SHIFT, FP64)
+    out = n.to(tl.int64) * OH * OW * C + (oh * OW + ow) * C + c
+    g = _load(g_ptr, out, mask, FP64)
+    gu = tl.where(mask, _act_grad(g, u, ACT), 0.0)
+    gz = gu * scale
+    tl.store(gz_ptr + out, gz, mask=mask)
+
+    prow = row.to(tl.int64) * W_BLOCKS + pid_w
+    part = part_ptr + prow * (2 * C) + c  # [1, BLOCK_C]
+    tl.store(part, tl.sum(gu, axis=0)[None, :], mask=cmask)
+    tl.store(part + C, tl.sum(gu * z, axis=0)[None, :], mask=cmask)
+    part_w = part_w_ptr + prow * (C * KH * KW) + c * (KH * KW)
+    for kh in tl.static_range(KH):
+        ih = ih0 + kh * DH
+        row_mask = mask & (ih >= 0) & (ih < H)
+        x_row = x_img + ih * (W * C) + c
+        for kw in tl.static_range(KW):
+            iw = iw0 + kw * DW
+            xv = tl.load(x_row + iw * C, mask=row_mask & (iw >= 0) & (iw < W), other=0.0)
+            tl.store(part_w + (kh * KW + kw), tl.sum(gz * xv.to(gz.dtype), axis=0)[None, :], mask=cmask)
+
+
+@triton.jit
+def _grad_x_cl_kernel(
+    gz_ptr, w_ptr, gx_ptr,
+    H, W, C, OH, OW,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr, FP64: tl.constexpr, BF16_RNE: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """_grad_x_kernel for dense channels_last gz and grad_x, multiplier 1: program (row, w, c)
+    gathers input row `row` = n * H + ih, pixels [BLOCK_W, 1] x channels [1, BLOCK_C]; a tap's
+    output row is one scalar test, its output columns one [BLOCK_W, 1] test (no division where
+    the stride is 1: Triton specialises an argument equal to 1)."""
+    row = tl.program_id(0)
+    n = row // H
+    ih = row - n * H
+    iw = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[:, None]
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    cmask = c < C
+    mask = (iw < W) & cmask
+    if FP64:
+        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+    gz_img = gz_ptr + n.to(tl.int64) * OH * OW * C
+    w_c = w_ptr + c * (KH * KW)
+    for kh in tl.static_range(KH):
+        th = ih + PH - kh * DH
+        thc = tl.maximum(th, 0)  # divide non-negative numbers only: // and % round alike everywhere
+        oh = thc // SH
+        hmask = mask & (th >= 0) & (thc % SH == 0) & (oh < OH)
+        gz_row = gz_img + oh * (OW * C) + c
+        for kw in tl.static_range(KW):
+            tw = iw + PW - kw * DW
+            twc = tl.maximum(tw, 0)
+            ow = twc // SW
+            g = tl.load(gz_row + ow * C, mask=hmask & (tw >= 0) & (twc % SW == 0) & (ow < OW), other=0.0)
+            wv = tl.load(w_c + (kh * KW + kw), mask=cmask, other=0.0)
+            acc += g.to(acc.dtype) * wv.to(acc.dtype)
+    _store(gx_ptr + n.to(tl.int64) * H * W * C, (ih * W + iw) * C + c, acc, mask, BF16_RNE)
 
 
 @triton.jit
@@ -341,11 +435,13 @@ def _cl_blocks(channels, out_w):
 
 
 def _cl_kernel_usable(x, s: DwConvShape, cl: bool) -> bool:
-    """_forward_cl_kernel takes dense channels_last x, multiplier 1, images of fewer than 2^31
-    elements (int32 offsets inside an image) and rows that fit the grid."""
+    """The channels_last kernels (forward, and backward with a dense channels_last grad_out) take
+    dense channels_last x, multiplier 1, images of fewer than 2^31 elements (int32 offsets inside
+    an image) and input and output rows that fit the grid."""
     return (cl and s.M == 1 and x.is_contiguous(memory_format=torch.channels_last)
-            and max(s.H * s.W, s.OH * s.OW) * s.C <= _INT32_MAX and s.N * s.OH <= _INT32_MAX
-            and cdiv(s.OW, _cl_blocks(s.C, s.OW)[0]) <= 65535 and cdiv(s.C, 8) <= 65535)
+            and max(s.H * s.W, s.OH * s.OW) * s.C <= _INT32_MAX and s.N * max(s.H, s.OH) <= _INT32_MAX
+            and cdiv(s.OW, _cl_blocks(s.C, s.OW)[0]) <= 65535 and cdiv(s.W, _cl_blocks(s.C, s.W)[0]) <= 65535
+            and cdiv(s.C, 8) <= 65535)
 
 
 def forward(x, weight, scale, shift, stride, padding, dilation, act) -> torch.Tensor:
@@ -362,9 +458,7 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act) -> torch.Te
             s.H, s.W, s.C, s.OH, s.OW,
             ACT=act, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
             FP64=x.dtype == torch.float64, BF16_RNE=needs_manual_bf16_rounding(y),
-            BLOCK_W=block_w, BLOCK_C=block_c,
-            # a stride with one output along its axis is never applied (and in int32 could overflow)
-            **_params(s._replace(SH=s.SH if s.OH > 1 else 1, SW=s.SW if s.OW > 1 else 1)),
+            BLOCK_W=block_w, BLOCK_C=block_c, **_cl_params(s),
         )
         return y
     block_c, block_p = _blocks(s.OC, cl)
@@ -378,6 +472,40 @@ def forward(x, weight, scale, shift, stride, padding, dilation, act) -> torch.Te
         BLOCK_C=block_c, BLOCK_P=block_p, **_params(s),
     )
     return y
+
+
+def _cl_params(s: DwConvShape):
+    """The geometry the channels_last kernels take: a stride with one output along its axis is
+    never applied (and in int32 could overflow), so it is passed as 1."""
+    return _params(s._replace(SH=s.SH if s.OH > 1 else 1, SW=s.SW if s.OW > 1 else 1))
+
+
+def _backward_cl(grad_out, x, w, scale, shift, act, s, gz, grad_x, scale_dtype, shift_dtype, weight_dtype):
+    """backward by the channels_last kernels (dense channels_last x and grad_out, multiplier 1)."""
+    fp64 = x.dtype == torch.float64
+    block_w, block_c = _cl_blocks(s.C, s.OW)
+    w_blocks = cdiv(s.OW, block_w)
+    rows = s.N * s.OH * w_blocks
+    part = torch.empty((rows, 2, s.OC), dtype=gz.dtype, device=x.device)
+    part_w = torch.empty((rows, s.OC, s.KH * s.KW), dtype=gz.dtype, device=x.device)
+    _backward_gz_cl_kernel[(s.N * s.OH, w_blocks, cdiv(s.C, block_c))](
+        grad_out, x, w, _vector_or(scale, w), _vector_or(shift, w), gz, part, part_w,
+        s.H, s.W, s.C, s.OH, s.OW, w_blocks,
+        ACT=act, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, FP64=fp64,
+        BLOCK_W=block_w, BLOCK_C=block_c, **_cl_params(s),
+    )
+    sums = part.sum(0)
+    grad_shift = sums[0].to(shift_dtype, copy=True)  # copies: outputs must not alias each other
+    grad_scale = sums[1].to(scale_dtype, copy=True)
+    grad_weight = part_w.sum(0).view(s.OC, 1, s.KH, s.KW).to(weight_dtype)
+    block_w, block_c = _cl_blocks(s.C, s.W)
+    _grad_x_cl_kernel[(s.N * s.H, cdiv(s.W, block_w), cdiv(s.C, block_c))](
+        gz, w, grad_x,
+        s.H, s.W, s.C, s.OH, s.OW,
+        FP64=fp64, BF16_RNE=needs_manual_bf16_rounding(grad_x),
+        BLOCK_W=block_w, BLOCK_C=block_c, **_cl_params(s),
+    )
+    return grad_x, grad_weight, grad_scale, grad_shift
 
 
 def backward(grad_out, x, weight, scale, shift, stride, padding, dilation, act):
@@ -403,6 +531,8 @@ def backward(grad_out, x, weight, scale, shift, stride, padding, dilation, act):
 
     w = weight.reshape(s.OC, s.KH * s.KW).contiguous()
     gz = _empty(out_shape, acc_dtype, x.device, cl)
+    if _cl_kernel_usable(x, s, cl) and grad_out.is_contiguous(memory_format=torch.channels_last):
+        return _backward_cl(grad_out, x, w, scale, shift, act, s, gz, grad_x, scale_dtype, shift_dtype, weight.dtype)
     block_c, block_p = _blocks(s.OC, cl)
     tiles = cdiv(s.OH * s.OW, block_p)
     rows = s.N * tiles
