@@ -179,6 +179,19 @@ def _forward_kernel(
 
 
 @triton.jit
+def _cl_tile(ROWS, COLS, C, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The tile of a channels_last program (row, w, c) over images of ROWS x COLS pixels: image
+    n and row (scalars), columns [BLOCK_W, 1], channels [1, BLOCK_C], the channel mask and the
+    tile's mask."""
+    row = tl.program_id(0)
+    n = row // ROWS
+    col = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[:, None]
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    cmask = c < C
+    return n, row - n * ROWS, col, c, cmask, (col < COLS) & cmask
+
+
+@triton.jit
 def _forward_cl_kernel(
     x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr,
     H, W, C, OH, OW,
@@ -191,40 +204,13 @@ def _forward_cl_kernel(
     memory). The index math is per program and per tap, not per element: a tap's row is one
     scalar test, its columns one [BLOCK_W, 1] test; offsets inside an image are int32 (the
     launcher checks that an image has fewer than 2^31 elements), the image's own offset int64."""
-    row = tl.program_id(0)
-    n = row // OH
-    oh = row - n * OH
-    ow = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[:, None]
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    cmask = c < C
-    mask = (ow < OW) & cmask
-    x_img = x_ptr + n.to(tl.int64) * H * W * C
-    z = _conv_cl(x_img, w_ptr, oh * SH - PH, ow * SW - PW, c, cmask, mask, H, W, C, DH, DW, KH, KW, FP64)
+    n, oh, ow, c, cmask, mask = _cl_tile(OH, OW, C, BLOCK_W, BLOCK_C)
+    # _conv with the strides of a dense channels_last image (channel 1, column C, row W * C)
+    z = _conv(x_ptr, w_ptr, n.to(tl.int64) * H * W * C, c, c * (KH * KW), oh, ow, cmask, mask, H, W, W * C, C,
+              SH, SW, PH, PW, DH, DW, KH, KW, FP64)
     u, _ = _affine(z, scale_ptr, shift_ptr, c, cmask, HAS_SCALE, HAS_SHIFT, FP64)
     y_img = n.to(tl.int64) * OH * OW * C
     _store(y_ptr + y_img, (oh * OW + ow) * C + c, _act(u, ACT), mask, BF16_RNE)
-
-
-@triton.jit
-def _conv_cl(x_img, w_ptr, ih0, iw0, c, cmask, mask, H, W, C, DH, DW, KH: tl.constexpr, KW: tl.constexpr,
-             FP64: tl.constexpr):
-    """z of a channels_last tile: x_img points at the image, ih0 (scalar) and iw0 [BLOCK_W, 1]
-    are the tile's first tap's input row and columns, c [1, BLOCK_C] its channels."""
-    if FP64:
-        acc = tl.zeros(mask.shape, dtype=tl.float64)
-    else:
-        acc = tl.zeros(mask.shape, dtype=tl.float32)
-    w_c = w_ptr + c * (KH * KW)
-    for kh in tl.static_range(KH):
-        ih = ih0 + kh * DH
-        row_mask = mask & (ih >= 0) & (ih < H)
-        x_row = x_img + ih * (W * C) + c
-        for kw in tl.static_range(KW):
-            iw = iw0 + kw * DW
-            xv = tl.load(x_row + iw * C, mask=row_mask & (iw >= 0) & (iw < W), other=0.0)
-            wv = tl.load(w_c + (kh * KW + kw), mask=cmask, other=0.0)
-            acc += xv.to(acc.dtype) * wv.to(acc.dtype)
-    return acc
 
 
 @triton.jit
@@ -238,38 +224,19 @@ def _backward_gz_cl_kernel(
     """_backward_gz_kernel for dense channels_last x, grad_out and gz, multiplier 1, tiled as
     _forward_cl_kernel: gz, and this program's partial sums in row (output row) * W_BLOCKS + (w
     block) of part [rows, 2, C] and part_w [rows, C, KH * KW]."""
-    row = tl.program_id(0)
-    pid_w = tl.program_id(1)
-    n = row // OH
-    oh = row - n * OH
-    ow = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)[:, None]
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    cmask = c < C
-    mask = (ow < OW) & cmask
-    x_img = x_ptr + n.to(tl.int64) * H * W * C
-    ih0 = oh * SH - PH
-    iw0 = ow * SW - PW
-    z = _conv_cl(x_img, w_ptr, ih0, iw0, c, cmask, mask, H, W, C, DH, DW, KH, KW, FP64)
+    n, oh, ow, c, cmask, mask = _cl_tile(OH, OW, C, BLOCK_W, BLOCK_C)
+    x_img = n.to(tl.int64) * H * W * C
+    z = _conv(x_ptr, w_ptr, x_img, c, c * (KH * KW), oh, ow, cmask, mask, H, W, W * C, C,
+              SH, SW, PH, PW, DH, DW, KH, KW, FP64)
     u, scale = _affine(z, scale_ptr, shift_ptr, c, cmask, HAS_SCALE, HAS_SHIFT, FP64)
     out = n.to(tl.int64) * OH * OW * C + (oh * OW + ow) * C + c
     g = _load(g_ptr, out, mask, FP64)
     gu = tl.where(mask, _act_grad(g, u, ACT), 0.0)
     gz = gu * scale
     tl.store(gz_ptr + out, gz, mask=mask)
-
-    prow = row.to(tl.int64) * W_BLOCKS + pid_w
-    part = part_ptr + prow * (2 * C) + c  # [1, BLOCK_C]
-    tl.store(part, tl.sum(gu, axis=0)[None, :], mask=cmask)
-    tl.store(part + C, tl.sum(gu * z, axis=0)[None, :], mask=cmask)
-    part_w = part_w_ptr + prow * (C * KH * KW) + c * (KH * KW)
-    for kh in tl.static_range(KH):
-        ih = ih0 + kh * DH
-        row_mask = mask & (ih >= 0) & (ih < H)
-        x_row = x_img + ih * (W * C) + c
-        for kw in tl.static_range(KW):
-            iw = iw0 + kw * DW
-            xv = tl.load(x_row + iw * C, mask=row_mask & (iw >= 0) & (iw < W), other=0.0)
-            tl.store(part_w + (kh * KW + kw), tl.sum(gz * xv.to(gz.dtype), axis=0)[None, :], mask=cmask)
+    prow = tl.program_id(0).to(tl.int64) * W_BLOCKS + tl.program_id(1)
+    _partial_sums(part_ptr, part_w_ptr, prow, c, C, gu, z, gz, x_ptr, x_img, c, oh,
+                  ow, cmask, mask, H, W, W * C, C, SH, SW, PH, PW, DH, DW, KH, KW, 0)
 
 
 @triton.jit
@@ -284,33 +251,36 @@ def _grad_x_cl_kernel(
     gathers input row `row` = n * H + ih, pixels [BLOCK_W, 1] x channels [1, BLOCK_C]; a tap's
     output row is one scalar test, its output columns one [BLOCK_W, 1] test (no division where
     the stride is 1: Triton specialises an argument equal to 1)."""
-    row = tl.program_id(0)
-    n = row // H
-    ih = row - n * H
-    iw = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)[:, None]
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    cmask = c < C
-    mask = (iw < W) & cmask
+    n, ih, iw, c, cmask, mask = _cl_tile(H, W, C, BLOCK_W, BLOCK_C)
     if FP64:
         acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float64)
     else:
         acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
-    gz_img = gz_ptr + n.to(tl.int64) * OH * OW * C
-    w_c = w_ptr + c * (KH * KW)
+    # _gather_taps with the strides of a dense channels_last gz (channel 1, column C, row OW * C)
+    acc = _gather_taps(acc, gz_ptr + n.to(tl.int64) * OH * OW * C + c, w_ptr + c * (KH * KW), ih, iw, mask, cmask,
+                       OH, OW, OW * C, C, SH, SW, PH, PW, DH, DW, KH, KW)
+    _store(gx_ptr + n.to(tl.int64) * H * W * C, (ih * W + iw) * C + c, acc, mask, BF16_RNE)
+
+
+@triton.jit
+def _gather_taps(acc, gz_c, w_c, ih, iw, mask, cmask, OH, OW, szh, szw, SH, SW, PH, PW, DH, DW,
+                 KH: tl.constexpr, KW: tl.constexpr):
+    """acc + sum over the taps of gz * w at the outputs that read input (ih, iw): gz_c points at
+    the output channels' planes (row stride szh, column stride szw), w_c at their weight rows."""
     for kh in tl.static_range(KH):
         th = ih + PH - kh * DH
         thc = tl.maximum(th, 0)  # divide non-negative numbers only: // and % round alike everywhere
         oh = thc // SH
+        gz_row = gz_c + oh * szh
         hmask = mask & (th >= 0) & (thc % SH == 0) & (oh < OH)
-        gz_row = gz_img + oh * (OW * C) + c
         for kw in tl.static_range(KW):
             tw = iw + PW - kw * DW
             twc = tl.maximum(tw, 0)
             ow = twc // SW
-            g = tl.load(gz_row + ow * C, mask=hmask & (tw >= 0) & (twc % SW == 0) & (ow < OW), other=0.0)
+            g = tl.load(gz_row + ow * szw, mask=hmask & (tw >= 0) & (twc % SW == 0) & (ow < OW), other=0.0)
             wv = tl.load(w_c + (kh * KW + kw), mask=cmask, other=0.0)
             acc += g.to(acc.dtype) * wv.to(acc.dtype)
-    _store(gx_ptr + n.to(tl.int64) * H * W * C, (ih * W + iw) * C + c, acc, mask, BF16_RNE)
+    return acc
 
 
 @triton.jit
@@ -339,12 +309,21 @@ def _backward_gz_kernel(
     gz = gu * scale
     tl.store(gz_ptr + n * szn + oc * szc + oh * szh + ow * szw, gz, mask=mask)
 
-    row = pid.to(tl.int64)
-    part = part_ptr + row * (2 * OC) + oc  # [BLOCK_C, 1]
-    tl.store(part, tl.sum(gu, axis=1)[:, None], mask=cmask)
-    tl.store(part + OC, tl.sum(gu * z, axis=1)[:, None], mask=cmask)
+    _partial_sums(part_ptr, part_w_ptr, pid.to(tl.int64), oc, OC, gu, z, gz, x_ptr, x_img, xc, oh, ow, cmask, mask,
+                  H, W, sxh, sxw, SH, SW, PH, PW, DH, DW, KH, KW, 1)
 
-    part_w = part_w_ptr + row * (OC * KH * KW) + w_row
+
+@triton.jit
+def _partial_sums(part_ptr, part_w_ptr, prow, oc, OC, gu, z, gz, x_ptr, x_img, xc, oh, ow, cmask, mask,
+                  H, W, sxh, sxw, SH, SW, PH, PW, DH, DW, KH: tl.constexpr, KW: tl.constexpr, AXIS: tl.constexpr):
+    """A backward program's partial sums over its pixels (axis AXIS of its tiles: 1 for the
+    generic kernel's [channels, pixels], 0 for the channels_last one's [pixels, channels]):
+    part[prow, 0, oc] = sum gu, part[prow, 1, oc] = sum gu * z, part_w[prow, oc, tap] =
+    sum gz * x_tap (x re-read tap by tap, as _conv reads it)."""
+    part = part_ptr + prow * (2 * OC) + oc
+    tl.store(part, tl.expand_dims(tl.sum(gu, axis=AXIS), AXIS), mask=cmask)
+    tl.store(part + OC, tl.expand_dims(tl.sum(gu * z, axis=AXIS), AXIS), mask=cmask)
+    part_w = part_w_ptr + prow * (OC * KH * KW) + oc * (KH * KW)
     ih0 = oh * SH - PH
     iw0 = ow * SW - PW
     x_c = x_ptr + (x_img + xc)
@@ -355,7 +334,8 @@ def _backward_gz_kernel(
         for kw in tl.static_range(KW):
             iw = iw0 + kw * DW
             xv = tl.load(x_row + iw * sxw, mask=hmask & (iw >= 0) & (iw < W), other=0.0)
-            tl.store(part_w + (kh * KW + kw), tl.sum(gz * xv.to(gz.dtype), axis=1)[:, None], mask=cmask)
+            tl.store(part_w + (kh * KW + kw), tl.expand_dims(tl.sum(gz * xv.to(gz.dtype), axis=AXIS), AXIS),
+                     mask=cmask)
 
 
 @triton.jit
@@ -378,21 +358,8 @@ def _grad_x_kernel(
     gz_img = gz_ptr + n * szn
     for j in range(M):
         oc = c * M + j
-        gz_c = gz_img + oc * szc
-        w_c = w_ptr + oc * (KH * KW)
-        for kh in tl.static_range(KH):
-            th = ih + PH - kh * DH
-            thc = tl.maximum(th, 0)  # divide non-negative numbers only: // and % round alike everywhere
-            oh = thc // SH
-            gz_row = gz_c + oh * szh
-            hmask = mask & (th >= 0) & (thc % SH == 0) & (oh < OH)
-            for kw in tl.static_range(KW):
-                tw = iw + PW - kw * DW
-                twc = tl.maximum(tw, 0)
-                ow = twc // SW
-                g = tl.load(gz_row + ow * szw, mask=hmask & (tw >= 0) & (twc % SW == 0) & (ow < OW), other=0.0)
-                wv = tl.load(w_c + (kh * KW + kw), mask=cmask, other=0.0)
-                acc += g.to(acc.dtype) * wv.to(acc.dtype)
+        acc = _gather_taps(acc, gz_img + oc * szc, w_ptr + oc * (KH * KW), ih, iw, mask, cmask, OH, OW, szh, szw,
+                           SH, SW, PH, PW, DH, DW, KH, KW)
     _store(gx_ptr, n * sgn + c * sgc + ih * sgh + iw * sgw, acc, mask, BF16_RNE)
 
 
