@@ -117,6 +117,31 @@ bench() {  # bench NAME SECONDS ARGS...: one bench/run.py call, its JSON into OU
 # issue 3's GPU goals: depthwise conv + BN + act, fp16 channels_last, against eager (cuDNN) and
 # torch.compile; the copy bandwidth is measured in the same run
 bench dwconv "$(allow 100 60)" --ops dwconv --dtype float16 --layout channels_last --backends triton cuda
+# issue 3's GPU goals at a glance (2x eager, 70% of the copy bandwidth on 56x56): each fastops
+# backend's median against eager's in the same case, unstable timings included and marked
+"$py" - "$out/bench-dwconv.json" <<'PY' 2>&1 | tee -a "$out/summary.txt"
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["rows"]
+except Exception as e:  # the bench did not run or was cut before its first case
+    sys.exit(f"goal check: no dwconv results ({e})")
+cases = {}
+for r in rows:
+    if r.get("median_ms"):
+        cases.setdefault(r["case"], {})[r["contender"]] = r
+for case, by in cases.items():
+    eager = by.get("eager")
+    if eager is None:
+        continue
+    parts = []
+    for name in ("fastops", "fastops[triton]", "fastops[cuda]", "compile+freezing"):
+        r = by.get(name)
+        if r is not None:
+            roof = r.get("roof_fraction")
+            parts.append(f"{name} {eager['median_ms'] / r['median_ms']:.2f}x"
+                         + (f" {roof:.0%} roof" if roof else "") + (" (unstable)" if r.get("unstable") else ""))
+    print(f"goal check: {case}: " + "; ".join(parts))
+PY
 # kernels alone (CUDA graph replays) against the same calls launched from Python: how much of
 # the time above is host overhead
 secs=$(allow 60 60)
