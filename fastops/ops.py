@@ -119,15 +119,21 @@ def hardsigmoid_second_derivative(gg, grad_out, x):
     return torch.zeros_like(x)
 
 
+def _dwconv_fake(op):
+    """The fake impl of a dwconv_bn_act forward (the op, and the CUDA build's test hook that
+    emulates its channels_last kernel on the host)."""
+    def fake(x, weight, scale, shift, stride, padding, dilation, act):
+        shape = _checks.check_dwconv(op, x, weight, scale, shift, stride, padding, dilation, act)
+        return x.new_empty(shape).contiguous(memory_format=_layout.conv_output_format(x))
+
+    return fake
+
+
 def register_dwconv(ns, autograd=True):
     """fake + autograd for <ns>::dwconv_bn_act and <ns>::dwconv_bn_act_backward (autograd=False:
     the fake impls only; fastops' own op has its autograd in C++, csrc/autograd.cpp)."""
     bwd_op = getattr(torch.ops, ns).dwconv_bn_act_backward
-
-    @torch.library.register_fake(f"{ns}::dwconv_bn_act")
-    def _fake(x, weight, scale, shift, stride, padding, dilation, act):
-        shape = _checks.check_dwconv("dwconv_bn_act", x, weight, scale, shift, stride, padding, dilation, act)
-        return x.new_empty(shape).contiguous(memory_format=_layout.conv_output_format(x))
+    torch.library.register_fake(f"{ns}::dwconv_bn_act")(_dwconv_fake("dwconv_bn_act"))
 
     @torch.library.register_fake(f"{ns}::dwconv_bn_act_backward")
     def _fake_backward(grad_out, x, weight, scale, shift, stride, padding, dilation, act):
@@ -538,6 +544,10 @@ if _extension.has_extension():
     register_squeeze_excite("fastops", autograd=False)
     register_pwconv("fastops", autograd=False)
     register_separable("fastops", autograd=False)
+    # the CUDA build's test hook (csrc/cuda/dwconv.cu): a CPU op without autograd, whose outputs
+    # the tests only compare
+    if hasattr(torch.ops.fastops_testing, "dwconv_bn_act_cl_vec"):
+        torch.library.register_fake("fastops_testing::dwconv_bn_act_cl_vec")(_dwconv_fake("dwconv_bn_act_cl_vec"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -245,6 +245,15 @@ def test_cuda_channels_last_vector_kernel_emulated(geom, dtype):
     _check_cl_vec_cases("cpu", geom, dtype, emulated)
 
 
+@pytest.mark.skipif(not fastops.has_cuda_kernels(), reason="a CPU-only build has no CUDA kernel code to emulate")
+def test_cuda_channels_last_vector_kernel_emulation_opcheck():
+    """The test hook's schema and fake impl (shapes, layout) agree with its kernel."""
+    x, weight, scale, shift = _case("cpu", torch.float32, 2, 8, 7, 9, 3, layout="channels_last")
+    for args in ((x, weight, scale, shift, [1, 1], [1, 1], [1, 1], "relu6"),
+                 (x, weight, None, None, [2, 1], [0, 2], [1, 2], "none")):
+        torch.library.opcheck(torch.ops.fastops_testing.dwconv_bn_act_cl_vec.default, args)
+
+
 @pytest.mark.parametrize("geom", CL_VEC_GEOMETRIES, ids=str)
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16, torch.float64), ids=str)
 def test_forward_channels_last_vector_shapes(device, geom, dtype):
