@@ -669,17 +669,17 @@ bool cl_vec_usable(const Geom& g, bool cl, const at::Tensor& xc) {
          int64_t(g.OW) * (g.C / V) <= std::numeric_limits<int>::max() - kBlock;
 }
 
-// The forward by dw_cl_vec_kernel into y (NHWC, y.numel() > 0; cl_vec_usable holds). Host = true
+// The forward by dw_cl_vec_kernel into y (NHWC, y.numel() > 0; cl_vec_usable holds; K:
+// kernel_variant(g)). Host = true
 // runs the same per-thread code on the host, thread by thread, on CPU tensors (the test op
 // fastops_testing::dwconv_bn_act_cl_vec), after poisoning y with NaN.
 template <bool Host>
 void dw_cl_vec_forward(const at::Tensor& xc, const at::Tensor& weight, const at::Tensor& sc, const at::Tensor& sh,
-                       const Geom& g, Act act, const at::Tensor& y) {
+                       const Geom& g, int K, Act act, const at::Tensor& y) {
   const int64_t KK = int64_t(g.KH) * g.KW, C = g.C, rows = g.N * g.OH;
   const at::ScalarType acc = at::toOpMathType(xc.scalar_type());
   const at::Tensor wc = weight.contiguous();
   const at::Tensor params = at::empty({KK + 2, C}, xc.options().dtype(acc));
-  const int K = kernel_variant(g);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "dwconv_bn_act", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     constexpr int V = vec_lanes<scalar_t>();
@@ -725,11 +725,12 @@ void dw_cl_vec_forward(const at::Tensor& xc, const at::Tensor& weight, const at:
 // The forward. Host = false: the CUDA op (dw_cl_vec_kernel where cl_vec_usable, else the tiled
 // kernel). Host = true: the test op fastops_testing::dwconv_bn_act_cl_vec, dw_cl_vec_kernel's
 // per-thread code run on the host on CPU tensors, for the cases cl_vec_usable takes only.
+// (Registered as both ops' kernel: it has their signature.)
 template <bool Host>
-at::Tensor dwconv_forward(const char* op, const at::Tensor& x, const at::Tensor& weight,
-                          const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
-                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                          std::string_view act_name) {
+at::Tensor dwconv_forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& scale,
+                          const c10::optional<at::Tensor>& shift, at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, std::string_view act_name) {
+  constexpr const char* op = Host ? "dwconv_bn_act_cl_vec" : "dwconv_bn_act";
   if constexpr (Host)
     TORCH_CHECK_VALUE(x.device().is_cpu(), "fastops_testing.", op, ": emulates the CUDA kernel on CPU tensors only");
   const DwConvShape s = check_dwconv(op, x, weight, scale, shift, stride, padding, dilation);
@@ -748,7 +749,7 @@ at::Tensor dwconv_forward(const char* op, const at::Tensor& x, const at::Tensor&
   const at::Tensor sc = param_as(scale, acc);
   const at::Tensor sh = param_as(shift, acc);
   if (cl_vec_usable(g, cl, xc)) {
-    dw_cl_vec_forward<Host>(xc, weight, sc, sh, g, act, y);
+    dw_cl_vec_forward<Host>(xc, weight, sc, sh, g, K, act, y);
     return y;
   }
   TORCH_CHECK_VALUE(!Host, "fastops_testing.", op,
@@ -775,15 +776,6 @@ at::Tensor dwconv_forward(const char* op, const at::Tensor& x, const at::Tensor&
     });
   });
   return y;
-}
-
-at::Tensor dwconv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight,
-                              const c10::optional<at::Tensor>& scale,
-                              const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef dilation,
-                              std::string_view act_name) {
-  return dwconv_forward</*Host=*/false>("dwconv_bn_act", x, weight, scale, shift, stride, padding, dilation,
-                                        act_name);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backward_cuda(
@@ -904,16 +896,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwconv_bn_act_backwar
   return std::make_tuple(grad_x, grad_weight, grad_scale, grad_shift);
 }
 
-// fastops_testing::dwconv_bn_act_cl_vec (see dwconv_forward).
-at::Tensor dwconv_bn_act_cl_vec_host(const at::Tensor& x, const at::Tensor& weight,
-                                     const c10::optional<at::Tensor>& scale,
-                                     const c10::optional<at::Tensor>& shift, at::IntArrayRef stride,
-                                     at::IntArrayRef padding, at::IntArrayRef dilation,
-                                     std::string_view act_name) {
-  return dwconv_forward</*Host=*/true>("dwconv_bn_act_cl_vec", x, weight, scale, shift, stride, padding, dilation,
-                                       act_name);
-}
-
 }  // namespace
 
 // A test hook, not part of fastops' API: declared here, beside the only code it runs.
@@ -923,10 +905,10 @@ TORCH_LIBRARY(fastops_testing, m) {
       "int[2] padding, int[2] dilation, str act) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(fastops_testing, CPU, m) { m.impl("dwconv_bn_act_cl_vec", &dwconv_bn_act_cl_vec_host); }
+TORCH_LIBRARY_IMPL(fastops_testing, CPU, m) { m.impl("dwconv_bn_act_cl_vec", &dwconv_forward</*Host=*/true>); }
 
 TORCH_LIBRARY_IMPL(fastops, CUDA, m) {
-  m.impl("dwconv_bn_act", &dwconv_bn_act_cuda);
+  m.impl("dwconv_bn_act", &dwconv_forward</*Host=*/false>);
   m.impl("dwconv_bn_act_backward", &dwconv_bn_act_backward_cuda);
 }
 
